@@ -1,0 +1,223 @@
+/*
+ * cpattn.h — the one public header of cpattn, a C library for context-parallel
+ * (sequence-parallel) attention over MPI.
+ *
+ * This header holds everything a caller uses: status codes and the last-error
+ * message, strided fp32 tensor views, the local blockwise attention kernels
+ * (forward, backward, merge) and their plain reference counterparts, and
+ * NumPy .npy input/output.  The context-parallel algorithms (ring, double
+ * ring, Ulysses, hybrid) build on the kernels declared here.
+ *
+ * Conventions
+ *   - Every fallible call returns a cpa_status.  On failure the library writes
+ *     one message, retrievable with cpa_last_error(), and never exits or
+ *     aborts.  Outputs are written only on success where that is possible.
+ *   - Dimension letters: B batch, S sequence rows, H query heads, G key/value
+ *     heads (GQA: H % G == 0), D head dim (Dqk for Q·K, Dv for V), P ranks.
+ *   - All tensors are fp32.  Strides count elements, not bytes.
+ */
+#ifndef CPATTN_H
+#define CPATTN_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define CPA_VERSION_STRING "0.1.0"
+
+/* ------------------------------------------------------------------------ */
+/* Status and errors                                                         */
+/* ------------------------------------------------------------------------ */
+
+typedef enum cpa_status {
+    CPA_OK = 0,
+    CPA_ERR_ARG = 1,      /* invalid argument: NULL, bad shape or stride, a rule broken */
+    CPA_ERR_NOMEM = 2,    /* allocation failed */
+    CPA_ERR_IO = 3,       /* a file could not be opened, read, written or renamed */
+    CPA_ERR_FORMAT = 4,   /* a file is malformed: bad header, dtype, order, truncated */
+    CPA_ERR_MPI = 5,      /* an MPI call failed */
+    CPA_ERR_NUMERIC = 6,  /* NaN or Inf found where finite values were required */
+    CPA_ERR_INTERNAL = 7  /* a bug in cpattn: please report it */
+} cpa_status;
+
+/* A short constant name for a status ("invalid argument", ...). */
+const char *cpa_status_string(cpa_status status);
+
+/* The message written by the last failing call on this thread ("" if none). */
+const char *cpa_last_error(void);
+
+/* Forget the last error on this thread. */
+void cpa_clear_error(void);
+
+/* ------------------------------------------------------------------------ */
+/* Tensor views                                                              */
+/* ------------------------------------------------------------------------ */
+
+#define CPA_MAX_DIMS 4
+
+/* A strided view of fp32 data; it never owns the memory.  Element
+ * (i0, i1, ...) lives at data[i0*stride[0] + i1*stride[1] + ...]. */
+typedef struct cpa_tensor {
+    float *data;
+    int ndim;
+    int64_t shape[CPA_MAX_DIMS];
+    int64_t stride[CPA_MAX_DIMS];
+} cpa_tensor;
+
+/* Physical orders of the four logical attention dims [B, S, N, D]
+ * (N = heads).  The kernels see every tensor as logical [B, S, N, D]; the
+ * layout only decides the strides, so no layout needs a copy. */
+typedef enum cpa_layout {
+    CPA_LAYOUT_BSHD = 0, /* [B, S, N, D]: batch-major, the default */
+    CPA_LAYOUT_SBHD = 1, /* [S, B, N, D]: Megatron's sequence-major */
+    CPA_LAYOUT_BNSD = 2  /* [B, N, S, D]: --megatron-cp-in-bnsd */
+} cpa_layout;
+
+/* A C-contiguous view of `ndim` dims (1..4). */
+cpa_tensor cpa_tensor_make(float *data, int ndim, const int64_t *shape);
+
+/* A logical [B, S, N, D] view over `data` stored in `layout` order. */
+cpa_tensor cpa_tensor_attn(float *data, cpa_layout layout, int64_t B, int64_t S, int64_t N,
+                           int64_t D);
+
+/* Number of elements (product of the shape). */
+int64_t cpa_tensor_numel(const cpa_tensor *t);
+
+/* "bshd", "sbhd", "bnsd"; and the reverse (CPA_ERR_ARG on an unknown name). */
+const char *cpa_layout_name(cpa_layout layout);
+cpa_status cpa_layout_parse(const char *name, cpa_layout *out);
+
+/* ------------------------------------------------------------------------ */
+/* Local attention kernels                                                   */
+/* ------------------------------------------------------------------------ */
+
+/* A contiguous run of rows of a tensor's S dimension with its place in the
+ * global sequence: rows [row, row+len) sit at global positions
+ * [pos, pos+len).  Masks are applied by global position, which is what lets a
+ * context-parallel rank compute, say, its late zigzag chunk of queries
+ * against both chunks of a remote key block with one call. */
+typedef struct cpa_piece {
+    int64_t row;
+    int64_t len;
+    int64_t pos;
+} cpa_piece;
+
+/* A list of pieces.  count == 0 means "every row of the tensor, at global
+ * positions 0, 1, ..." (the single-process case).  Pieces must lie inside
+ * the tensor; query pieces must not overlap each other. */
+typedef struct cpa_rows {
+    const cpa_piece *pieces;
+    int count;
+} cpa_rows;
+
+typedef enum cpa_mask_kind {
+    CPA_MASK_NONE = 0,   /* every query sees every key ("general") */
+    CPA_MASK_CAUSAL = 1  /* query at position i sees keys at positions <= i */
+} cpa_mask_kind;
+
+/* The mask as a rule on global positions.  A query at position i sees the
+ * keys in [lo(i), hi(i)]; a sliding window would only add a lower bound, so
+ * it fits this shape without touching the kernels' tiling. */
+typedef struct cpa_mask {
+    cpa_mask_kind kind;
+} cpa_mask;
+
+/* Which implementation runs a call: the blocked fast kernel, or the plain
+ * reference (double accumulation, O(S) memory per row, slow but obviously
+ * right).  Selectable for every call. */
+typedef enum cpa_impl {
+    CPA_IMPL_FAST = 0,
+    CPA_IMPL_REFERENCE = 1
+} cpa_impl;
+
+/* One attention block: the rows of Q in q_rows against the rows of K/V in
+ * kv_rows.  Tensors are logical [B, S, N, D] views with unit stride in D.
+ *   q : [B, Sq, H, Dqk]
+ *   k : [B, Sk, G, Dqk]
+ *   v : [B, Sk, G, Dv]
+ * Query head h reads key/value head h / (H/G); K and V are never
+ * replicated. */
+typedef struct cpa_attn_desc {
+    cpa_tensor q;
+    cpa_tensor k;
+    cpa_tensor v;
+    cpa_rows q_rows;
+    cpa_rows kv_rows;
+    cpa_mask mask;
+    float softmax_scale; /* 0 means 1/sqrt(Dqk) */
+    cpa_impl impl;
+} cpa_attn_desc;
+
+/* A kernel context: the thread count and every per-thread scratch buffer, made
+ * once so that forward and backward calls allocate nothing. */
+typedef struct cpa_attn_ctx cpa_attn_ctx;
+
+typedef struct cpa_attn_ctx_config {
+    int64_t max_head_dim; /* largest Dqk or Dv the context will see */
+    int num_threads;      /* OpenMP threads for a call; 0 means omp_get_max_threads() */
+} cpa_attn_ctx_config;
+
+cpa_status cpa_attn_ctx_create(const cpa_attn_ctx_config *config, cpa_attn_ctx **out);
+void cpa_attn_ctx_destroy(cpa_attn_ctx *ctx);
+int cpa_attn_ctx_threads(const cpa_attn_ctx *ctx);
+
+/* Forward.  For each selected query row writes (overwrites)
+ *   out : [B, Sq, H, Dv]  the softmax-weighted sum of V over the visible keys
+ *   lse : [B, H, Sq]      natural-log sum of exp(scale * q·k) over those keys
+ * A row that sees no key gets out = 0 and lse = -inf.  Rows outside q_rows
+ * are not touched.  Results are bitwise identical for any thread count. */
+cpa_status cpa_attn_forward(cpa_attn_ctx *ctx, const cpa_attn_desc *desc, cpa_tensor out,
+                            cpa_tensor lse);
+
+/* Backward of one block given the FINAL out and lse of the query rows (after
+ * merging every block), FlashAttention-2 style.  ADDS this block's
+ * contribution to dq [B, Sq, H, Dqk], dk [B, Sk, G, Dqk] and dv [B, Sk, G, Dv]
+ * (dk/dv summed over the query heads of each group), so ring steps can
+ * accumulate.  dout has out's shape.  Bitwise identical for any thread
+ * count. */
+cpa_status cpa_attn_backward(cpa_attn_ctx *ctx, const cpa_attn_desc *desc, cpa_tensor out,
+                             cpa_tensor lse, cpa_tensor dout, cpa_tensor dq, cpa_tensor dk,
+                             cpa_tensor dv);
+
+/* Merge a partial result (out2, lse2) over one key set into (out, lse) over a
+ * disjoint key set, in place, for the rows in `rows` (count 0: all rows):
+ *   lse = log(e^lse + e^lse2),  out = out·e^(lse_old-lse) + out2·e^(lse2-lse)
+ * Stable in fp32; -inf on either side is handled exactly.  out/out2 are
+ * [B, S, H, Dv] and lse/lse2 [B, H, S] with matching shapes. */
+cpa_status cpa_attn_merge(cpa_tensor out, cpa_tensor lse, cpa_tensor out2, cpa_tensor lse2,
+                          cpa_rows rows);
+
+/* Flop counts used by every benchmark: 4·Sq·Sk·Dqk-ish per head for the
+ * forward (2 GEMMs), counted as 2·Sq·Sk·(Dqk+Dv) per head over the visible
+ * (unmasked) pairs; the backward is counted as 2.5x the forward. */
+double cpa_attn_forward_flops(const cpa_attn_desc *desc);
+
+/* ------------------------------------------------------------------------ */
+/* NumPy .npy files (float32, C order, format versions 1.0 and 2.0)          */
+/* ------------------------------------------------------------------------ */
+
+/* Read the header of `path`: its shape (up to CPA_MAX_DIMS dims).  Fails with
+ * CPA_ERR_FORMAT naming the file and the problem for anything that is not a
+ * float32 little-endian C-order array whose data length matches. */
+cpa_status cpa_npy_shape(const char *path, int *ndim, int64_t shape[CPA_MAX_DIMS]);
+
+/* Read `path` into a newly malloc'd buffer; the caller frees *data. */
+cpa_status cpa_npy_load(const char *path, float **data, int *ndim, int64_t shape[CPA_MAX_DIMS]);
+
+/* Read `path` into `dst`, which must have exactly the file's shape (any
+ * strides). */
+cpa_status cpa_npy_load_into(const char *path, cpa_tensor dst);
+
+/* Write `src` (any strides) as a C-order float32 .npy.  The data go to a
+ * temporary file in the same folder which is renamed into place, so `path`
+ * is either the old file or the complete new one. */
+cpa_status cpa_npy_save(const char *path, cpa_tensor src);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* CPATTN_H */

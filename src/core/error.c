@@ -1,0 +1,68 @@
+/*
+ * error.c — status names, the per-thread last-error message, and the
+ * library's allocator (aligned, with a failure-injection hook for tests).
+ */
+#include "internal.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static _Thread_local char last_error[1024];
+
+const char *cpa_status_string(cpa_status status)
+{
+    switch (status) {
+    case CPA_OK: return "ok";
+    case CPA_ERR_ARG: return "invalid argument";
+    case CPA_ERR_NOMEM: return "out of memory";
+    case CPA_ERR_IO: return "I/O error";
+    case CPA_ERR_FORMAT: return "malformed file";
+    case CPA_ERR_MPI: return "MPI error";
+    case CPA_ERR_NUMERIC: return "non-finite value";
+    case CPA_ERR_INTERNAL: return "internal error";
+    }
+    return "unknown status";
+}
+
+const char *cpa_last_error(void) { return last_error; }
+
+void cpa_clear_error(void) { last_error[0] = '\0'; }
+
+cpa_status cpa_error(cpa_status status, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(last_error, sizeof last_error, fmt, ap);
+    va_end(ap);
+    return status;
+}
+
+static long fail_alloc_countdown;
+
+void cpa_debug_fail_alloc_after(long n) { fail_alloc_countdown = n; }
+
+void *cpa_malloc(size_t bytes, const char *what)
+{
+    if (fail_alloc_countdown > 0 && --fail_alloc_countdown == 0) {
+        cpa_error(CPA_ERR_NOMEM, "cannot allocate %zu bytes for %s (injected failure)", bytes,
+                  what);
+        return NULL;
+    }
+    size_t rounded = (bytes + 63) / 64 * 64;
+    void *p = aligned_alloc(64, rounded ? rounded : 64);
+    if (!p)
+        cpa_error(CPA_ERR_NOMEM, "cannot allocate %zu bytes for %s", bytes, what);
+    return p;
+}
+
+void *cpa_calloc(size_t bytes, const char *what)
+{
+    void *p = cpa_malloc(bytes, what);
+    if (p)
+        memset(p, 0, bytes);
+    return p;
+}
+
+void cpa_free(void *p) { free(p); }

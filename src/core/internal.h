@@ -1,0 +1,44 @@
+/*
+ * internal.h — helpers shared by cpattn's own sources, never installed.
+ *
+ * Error convention (after UCX): the function that first detects an error
+ * writes the message with cpa_error() and returns its status; callers only
+ * propagate with CPA_TRY.  Allocation goes through cpa_malloc so that tests
+ * can inject failures.
+ */
+#ifndef CPATTN_INTERNAL_H
+#define CPATTN_INTERNAL_H
+
+#include "cpattn.h"
+
+#include <stddef.h>
+
+#if defined(__GNUC__)
+#define CPA_PRINTF(a, b) __attribute__((format(printf, a, b)))
+#else
+#define CPA_PRINTF(a, b)
+#endif
+
+/* Record `status` with a printf-style message as this thread's last error;
+ * returns `status` so a detector can `return cpa_error(...)`. */
+cpa_status cpa_error(cpa_status status, const char *fmt, ...) CPA_PRINTF(2, 3);
+
+/* Propagate a failing status without adding a message. */
+#define CPA_TRY(expr)                         \
+    do {                                      \
+        cpa_status cpa_try_s_ = (expr);       \
+        if (cpa_try_s_ != CPA_OK)             \
+            return cpa_try_s_;                \
+    } while (0)
+
+/* 64-byte aligned allocation (NULL on failure, with the error recorded).
+ * `what` names the buffer for the message.  cpa_free accepts NULL. */
+void *cpa_malloc(size_t bytes, const char *what);
+void *cpa_calloc(size_t bytes, const char *what);
+void cpa_free(void *p);
+
+/* Test hook: make the n-th following cpa_malloc/cpa_calloc fail (n >= 1);
+ * 0 disables.  Not thread-safe; for unit tests only. */
+void cpa_debug_fail_alloc_after(long n);
+
+#endif /* CPATTN_INTERNAL_H */

@@ -1,0 +1,84 @@
+/*
+ * tensor.c — strided fp32 views: construction for each attention layout,
+ * element counts, and layout names.  Views never own memory.
+ */
+#include "internal.h"
+
+#include <string.h>
+
+cpa_tensor cpa_tensor_make(float *data, int ndim, const int64_t *shape)
+{
+    cpa_tensor t;
+    memset(&t, 0, sizeof t);
+    t.data = data;
+    t.ndim = ndim;
+    int64_t stride = 1;
+    for (int i = ndim - 1; i >= 0; --i) {
+        t.shape[i] = shape[i];
+        t.stride[i] = stride;
+        stride *= shape[i];
+    }
+    return t;
+}
+
+cpa_tensor cpa_tensor_attn(float *data, cpa_layout layout, int64_t B, int64_t S, int64_t N,
+                           int64_t D)
+{
+    cpa_tensor t;
+    memset(&t, 0, sizeof t);
+    t.data = data;
+    t.ndim = 4;
+    t.shape[0] = B;
+    t.shape[1] = S;
+    t.shape[2] = N;
+    t.shape[3] = D;
+    t.stride[3] = 1;
+    switch (layout) {
+    case CPA_LAYOUT_SBHD: /* memory order S, B, N, D */
+        t.stride[2] = D;
+        t.stride[0] = N * D;
+        t.stride[1] = B * N * D;
+        break;
+    case CPA_LAYOUT_BNSD: /* memory order B, N, S, D */
+        t.stride[1] = D;
+        t.stride[2] = S * D;
+        t.stride[0] = N * S * D;
+        break;
+    case CPA_LAYOUT_BSHD:
+    default: /* memory order B, S, N, D */
+        t.stride[2] = D;
+        t.stride[1] = N * D;
+        t.stride[0] = S * N * D;
+        break;
+    }
+    return t;
+}
+
+int64_t cpa_tensor_numel(const cpa_tensor *t)
+{
+    int64_t n = 1;
+    for (int i = 0; i < t->ndim; ++i)
+        n *= t->shape[i];
+    return n;
+}
+
+static const char *const layout_names[] = {"bshd", "sbhd", "bnsd"};
+
+const char *cpa_layout_name(cpa_layout layout)
+{
+    if ((int)layout < 0 || (int)layout > 2)
+        return "unknown";
+    return layout_names[layout];
+}
+
+cpa_status cpa_layout_parse(const char *name, cpa_layout *out)
+{
+    for (int i = 0; i < 3; ++i) {
+        if (name && strcmp(name, layout_names[i]) == 0) {
+            *out = (cpa_layout)i;
+            return CPA_OK;
+        }
+    }
+    return cpa_error(CPA_ERR_ARG, "unknown layout '%s' (expected bshd, sbhd or bnsd)",
+                     name ? name : "(null)");
+}

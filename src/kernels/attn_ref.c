@@ -1,0 +1,2 @@
+/* placeholder while the kernel is being written */
+#include "internal.h"

@@ -1,0 +1,51 @@
+/*
+ * cpattn.c — entry point of the `cpattn` program: picks the subcommand and
+ * hands it the rest of the command line.  Each subcommand lives in its own
+ * cmd_*.c file and is a thin layer over the library's public API.
+ */
+#include "cmd.h"
+
+#include "cpattn.h"
+
+#include <stdio.h>
+#include <string.h>
+
+static const struct {
+    const char *name;
+    int (*run)(int argc, char **argv);
+    const char *help;
+} subcommands[] = {
+    {"attn", cmd_attn, "attention forward/backward on random or .npy inputs, --check against the reference"},
+    {"bench", cmd_bench, "benchmarks (`cpattn bench kernel`: kernel GFLOP/s vs same-run sgemm)"},
+};
+
+static void usage(FILE *f)
+{
+    fprintf(f, "cpattn %s — context-parallel attention\n\nusage: cpattn <subcommand> [flags]\n\n",
+            CPA_VERSION_STRING);
+    for (size_t i = 0; i < sizeof subcommands / sizeof subcommands[0]; ++i)
+        fprintf(f, "  %-8s %s\n", subcommands[i].name, subcommands[i].help);
+    fprintf(f, "\n`cpattn <subcommand> --help` lists its flags and defaults.\n");
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2) {
+        usage(stderr);
+        return EXIT_USAGE;
+    }
+    if (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
+        usage(stdout);
+        return EXIT_OK;
+    }
+    if (!strcmp(argv[1], "--version")) {
+        printf("cpattn %s\n", CPA_VERSION_STRING);
+        return EXIT_OK;
+    }
+    for (size_t i = 0; i < sizeof subcommands / sizeof subcommands[0]; ++i)
+        if (!strcmp(argv[1], subcommands[i].name))
+            return subcommands[i].run(argc - 1, argv + 1);
+    fprintf(stderr, "cpattn: unknown subcommand '%s' (expected one of: attn, bench)\n", argv[1]);
+    usage(stderr);
+    return EXIT_USAGE;
+}
