@@ -149,11 +149,21 @@ typedef struct cpa_attn_desc {
     cpa_mask mask;
     float softmax_scale; /* 0 means 1/sqrt(Dqk) */
     cpa_impl impl;
+    /* Optional: called by the calling thread (OpenMP thread 0) between
+     * tiles, about every few hundred microseconds of work, so that a
+     * caller can drive MPI progress (MPI_Test) while the kernel runs
+     * without the kernel knowing about MPI.  NULL: no callback. */
+    void (*progress)(void *arg);
+    void *progress_arg;
 } cpa_attn_desc;
 
 /* A kernel context: the thread count and every per-thread scratch buffer, made
  * once so that forward and backward calls allocate nothing. */
 typedef struct cpa_attn_ctx cpa_attn_ctx;
+
+/* Limit on the number of pieces in one cpa_rows list (context-parallel
+ * blocks need at most a handful). */
+#define CPA_MAX_PIECES 64
 
 typedef struct cpa_attn_ctx_config {
     int64_t max_head_dim; /* largest Dqk or Dv the context will see */
@@ -164,7 +174,8 @@ cpa_status cpa_attn_ctx_create(const cpa_attn_ctx_config *config, cpa_attn_ctx *
 void cpa_attn_ctx_destroy(cpa_attn_ctx *ctx);
 int cpa_attn_ctx_threads(const cpa_attn_ctx *ctx);
 
-/* Forward.  For each selected query row writes (overwrites)
+/* Forward.  `ctx` may be NULL: a temporary context is then made (and
+ * allocated) for the call.  For each selected query row writes (overwrites)
  *   out : [B, Sq, H, Dv]  the softmax-weighted sum of V over the visible keys
  *   lse : [B, H, Sq]      natural-log sum of exp(scale * q·k) over those keys
  * A row that sees no key gets out = 0 and lse = -inf.  Rows outside q_rows

@@ -1,2 +1,320 @@
-/* placeholder while the kernel is being written */
-#include "internal.h"
+/*
+ * attn_common.c — what the fast and reference attention paths share:
+ * argument validation (one place, so both paths refuse the same inputs with
+ * the same message), the kernel context, tiling of piece lists, the mask's
+ * tile classification, and the flop count used by every benchmark.
+ */
+#include "kernel_internal.h"
+
+#include <omp.h>
+#include <string.h>
+
+/* ---- tiling ------------------------------------------------------------ */
+
+void cpa_tiling_init(cpa_tiling *t, cpa_rows rows, int64_t nrows, int64_t tile)
+{
+    t->tile = tile;
+    if (rows.count == 0) {
+        t->count = 1;
+        t->pieces[0].row = 0;
+        t->pieces[0].len = nrows;
+        t->pieces[0].pos = 0;
+    } else {
+        t->count = rows.count;
+        memcpy(t->pieces, rows.pieces, (size_t)rows.count * sizeof *rows.pieces);
+    }
+    t->first_tile[0] = 0;
+    for (int i = 0; i < t->count; ++i)
+        t->first_tile[i + 1] = t->first_tile[i] + (t->pieces[i].len + tile - 1) / tile;
+}
+
+cpa_tile cpa_tiling_get(const cpa_tiling *t, int64_t index)
+{
+    int p = 0;
+    while (index >= t->first_tile[p + 1])
+        ++p;
+    int64_t off = (index - t->first_tile[p]) * t->tile;
+    cpa_tile tile;
+    tile.row = t->pieces[p].row + off;
+    tile.pos = t->pieces[p].pos + off;
+    tile.len = t->pieces[p].len - off < t->tile ? t->pieces[p].len - off : t->tile;
+    return tile;
+}
+
+/* ---- masks ------------------------------------------------------------- */
+
+cpa_tile_class cpa_tile_classify(cpa_mask m, cpa_tile q, cpa_tile k)
+{
+    int64_t lo_first, hi_first, lo_last, hi_last;
+    cpa_mask_range(m, q.pos, &lo_first, &hi_first);
+    cpa_mask_range(m, q.pos + q.len - 1, &lo_last, &hi_last);
+    int64_t kfirst = k.pos, klast = k.pos + k.len - 1;
+    /* Bounds are monotone in the query position: the first query row has
+     * the smallest window, the last the largest. */
+    if (kfirst > hi_last || klast < lo_first)
+        return CPA_TILE_SKIP;
+    if (kfirst >= lo_last && klast <= hi_first)
+        return CPA_TILE_FULL;
+    return CPA_TILE_PARTIAL;
+}
+
+void cpa_tile_row_visible(cpa_mask m, cpa_tile q, cpa_tile k, int64_t i, int64_t *j0,
+                          int64_t *j1)
+{
+    int64_t lo, hi;
+    cpa_mask_range(m, q.pos + i, &lo, &hi);
+    int64_t a = lo == INT64_MIN ? 0 : lo - k.pos;
+    int64_t b = hi == INT64_MAX ? k.len : hi - k.pos + 1;
+    if (a < 0)
+        a = 0;
+    if (b > k.len)
+        b = k.len;
+    if (b < a)
+        b = a;
+    *j0 = a;
+    *j1 = b;
+}
+
+double cpa_visible_pairs(cpa_mask m, cpa_piece q, cpa_piece k)
+{
+    double pairs = 0.0;
+    for (int64_t i = 0; i < q.len; ++i) {
+        int64_t lo, hi;
+        cpa_mask_range(m, q.pos + i, &lo, &hi);
+        int64_t a = lo == INT64_MIN ? k.pos : (lo > k.pos ? lo : k.pos);
+        int64_t b = hi == INT64_MAX ? k.pos + k.len - 1
+                                    : (hi < k.pos + k.len - 1 ? hi : k.pos + k.len - 1);
+        if (b >= a)
+            pairs += (double)(b - a + 1);
+    }
+    return pairs;
+}
+
+double cpa_attn_forward_flops(const cpa_attn_desc *d)
+{
+    if (!d || d->q.ndim != 4 || d->k.ndim != 4 || d->v.ndim != 4)
+        return 0.0;
+    cpa_tiling qt, kt;
+    if (d->q_rows.count < 0 || d->q_rows.count > CPA_MAX_PIECES || d->kv_rows.count < 0 ||
+        d->kv_rows.count > CPA_MAX_PIECES)
+        return 0.0;
+    cpa_tiling_init(&qt, d->q_rows, d->q.shape[1], 1);
+    cpa_tiling_init(&kt, d->kv_rows, d->k.shape[1], 1);
+    double pairs = 0.0;
+    for (int i = 0; i < qt.count; ++i)
+        for (int j = 0; j < kt.count; ++j)
+            pairs += cpa_visible_pairs(d->mask, qt.pieces[i], kt.pieces[j]);
+    return 2.0 * pairs * (double)(d->q.shape[3] + d->v.shape[3]) * (double)d->q.shape[0] *
+           (double)d->q.shape[2];
+}
+
+/* ---- validation -------------------------------------------------------- */
+
+/* A logical [B, S, N, D] view usable by the kernels: 4-D, positive sizes,
+ * unit stride in D, rows at least D apart (a GEMM leading dimension). */
+static cpa_status check_view4(const char *name, const cpa_tensor *t)
+{
+    if (!t)
+        return cpa_error(CPA_ERR_ARG, "%s: tensor is NULL", name);
+    if (t->ndim != 4)
+        return cpa_error(CPA_ERR_ARG, "%s: expected a 4-d [B, S, N, D] view, got %d dims", name,
+                         t->ndim);
+    for (int i = 0; i < 4; ++i) {
+        if (t->shape[i] <= 0)
+            return cpa_error(CPA_ERR_ARG, "%s: dim %d is %lld; every dim must be positive", name,
+                             i, (long long)t->shape[i]);
+        if (t->stride[i] < 0)
+            return cpa_error(CPA_ERR_ARG, "%s: stride %d is %lld; strides must be >= 0", name, i,
+                             (long long)t->stride[i]);
+    }
+    if (!t->data)
+        return cpa_error(CPA_ERR_ARG, "%s: data is NULL", name);
+    if (t->stride[3] != 1)
+        return cpa_error(CPA_ERR_ARG,
+                         "%s: stride of the head dim is %lld; the kernels need it to be 1", name,
+                         (long long)t->stride[3]);
+    if (t->stride[1] < t->shape[3] && t->shape[1] > 1)
+        return cpa_error(CPA_ERR_ARG,
+                         "%s: sequence stride %lld is smaller than the head dim %lld (rows overlap)",
+                         name, (long long)t->stride[1], (long long)t->shape[3]);
+    return CPA_OK;
+}
+
+static cpa_status check_same_shape(const char *name, const cpa_tensor *t, const char *like,
+                                   const int64_t *shape, int ndim)
+{
+    if (t->ndim != ndim)
+        return cpa_error(CPA_ERR_ARG, "%s: expected %d dims like %s, got %d", name, ndim, like,
+                         t->ndim);
+    for (int i = 0; i < ndim; ++i)
+        if (t->shape[i] != shape[i])
+            return cpa_error(CPA_ERR_ARG, "%s: dim %d is %lld but must be %lld to match %s", name,
+                             i, (long long)t->shape[i], (long long)shape[i], like);
+    return CPA_OK;
+}
+
+static cpa_status check_rows(const char *name, cpa_rows rows, int64_t nrows, int disjoint)
+{
+    if (rows.count < 0 || rows.count > CPA_MAX_PIECES)
+        return cpa_error(CPA_ERR_ARG, "%s: %d pieces; the limit is 0..%d", name, rows.count,
+                         CPA_MAX_PIECES);
+    if (rows.count > 0 && !rows.pieces)
+        return cpa_error(CPA_ERR_ARG, "%s: count is %d but pieces is NULL", name, rows.count);
+    for (int i = 0; i < rows.count; ++i) {
+        cpa_piece p = rows.pieces[i];
+        if (p.len < 0 || p.row < 0 || p.row > nrows - p.len || p.pos < 0 ||
+            p.pos > INT64_MAX / 2 - p.len)
+            return cpa_error(CPA_ERR_ARG,
+                             "%s: piece %d {row %lld, len %lld, pos %lld} lies outside the %lld "
+                             "rows of the tensor or has a negative length/position",
+                             name, i, (long long)p.row, (long long)p.len, (long long)p.pos,
+                             (long long)nrows);
+        if (disjoint)
+            for (int j = 0; j < i; ++j) {
+                cpa_piece o = rows.pieces[j];
+                if (p.row < o.row + o.len && o.row < p.row + p.len)
+                    return cpa_error(CPA_ERR_ARG, "%s: pieces %d and %d overlap (rows %lld and %lld)",
+                                     name, j, i, (long long)o.row, (long long)p.row);
+            }
+    }
+    return CPA_OK;
+}
+
+cpa_status cpa_attn_check(const cpa_attn_desc *d, const cpa_tensor *out, const cpa_tensor *lse,
+                          const cpa_tensor *dout, const cpa_tensor *dq, const cpa_tensor *dk,
+                          const cpa_tensor *dv)
+{
+    if (!d)
+        return cpa_error(CPA_ERR_ARG, "attention descriptor is NULL");
+    CPA_TRY(check_view4("q", &d->q));
+    CPA_TRY(check_view4("k", &d->k));
+    CPA_TRY(check_view4("v", &d->v));
+    const int64_t B = d->q.shape[0], Sq = d->q.shape[1], H = d->q.shape[2];
+    const int64_t Dqk = d->q.shape[3], Sk = d->k.shape[1], G = d->k.shape[2];
+    const int64_t Dv = d->v.shape[3];
+    if (d->k.shape[0] != B || d->v.shape[0] != B)
+        return cpa_error(CPA_ERR_ARG, "batch sizes differ: q %lld, k %lld, v %lld", (long long)B,
+                         (long long)d->k.shape[0], (long long)d->v.shape[0]);
+    if (d->k.shape[3] != Dqk)
+        return cpa_error(CPA_ERR_ARG, "k head dim %lld differs from q head dim %lld",
+                         (long long)d->k.shape[3], (long long)Dqk);
+    if (d->v.shape[1] != Sk || d->v.shape[2] != G)
+        return cpa_error(CPA_ERR_ARG, "v is [%lld, %lld, %lld, %lld] but must have k's rows %lld "
+                         "and heads %lld", (long long)d->v.shape[0], (long long)d->v.shape[1],
+                         (long long)d->v.shape[2], (long long)Dv, (long long)Sk, (long long)G);
+    if (H % G != 0)
+        return cpa_error(CPA_ERR_ARG,
+                         "query heads H=%lld are not a multiple of key/value heads G=%lld "
+                         "(GQA needs H %% G == 0)", (long long)H, (long long)G);
+    if (d->mask.kind != CPA_MASK_NONE && d->mask.kind != CPA_MASK_CAUSAL)
+        return cpa_error(CPA_ERR_ARG, "unknown mask kind %d", (int)d->mask.kind);
+    if (d->impl != CPA_IMPL_FAST && d->impl != CPA_IMPL_REFERENCE)
+        return cpa_error(CPA_ERR_ARG, "unknown implementation %d", (int)d->impl);
+    if (!isfinite(d->softmax_scale))
+        return cpa_error(CPA_ERR_ARG, "softmax scale %g is not finite", (double)d->softmax_scale);
+    CPA_TRY(check_rows("q_rows", d->q_rows, Sq, 1));
+    CPA_TRY(check_rows("kv_rows", d->kv_rows, Sk, 0));
+
+    const int64_t out_shape[4] = {B, Sq, H, Dv}, lse_shape[3] = {B, H, Sq};
+    if (out) {
+        CPA_TRY(check_view4("out", out));
+        CPA_TRY(check_same_shape("out", out, "[B, Sq, H, Dv]", out_shape, 4));
+    }
+    if (lse) {
+        CPA_TRY(check_same_shape("lse", lse, "[B, H, Sq]", lse_shape, 3));
+        if (!lse->data)
+            return cpa_error(CPA_ERR_ARG, "lse: data is NULL");
+    }
+    if (dout) {
+        CPA_TRY(check_view4("dout", dout));
+        CPA_TRY(check_same_shape("dout", dout, "out [B, Sq, H, Dv]", out_shape, 4));
+    }
+    if (dq) {
+        CPA_TRY(check_view4("dq", dq));
+        CPA_TRY(check_same_shape("dq", dq, "q", d->q.shape, 4));
+    }
+    if (dk) {
+        CPA_TRY(check_view4("dk", dk));
+        CPA_TRY(check_same_shape("dk", dk, "k", d->k.shape, 4));
+    }
+    if (dv) {
+        CPA_TRY(check_view4("dv", dv));
+        CPA_TRY(check_same_shape("dv", dv, "v", d->v.shape, 4));
+    }
+    return CPA_OK;
+}
+
+float cpa_attn_scale(const cpa_attn_desc *d)
+{
+    return d->softmax_scale != 0.0f ? d->softmax_scale : (float)(1.0 / sqrt((double)d->q.shape[3]));
+}
+
+/* ---- context ----------------------------------------------------------- */
+
+/* Per-thread scratch: forward needs scores [TQ, TK], the output accumulator
+ * [TQ, D], row max and row sum [TQ]; backward needs P and dP [TQ, TK] and two
+ * row vectors [TQ]. */
+static size_t scratch_floats(int64_t max_head_dim)
+{
+    size_t tile = (size_t)CPA_TILE_Q * CPA_TILE_K;
+    size_t fwd = tile + (size_t)CPA_TILE_Q * (size_t)max_head_dim + 2 * CPA_TILE_Q;
+    size_t bwd = 2 * tile + 2 * CPA_TILE_Q;
+    size_t n = fwd > bwd ? fwd : bwd;
+    return (n + 15) / 16 * 16; /* keep every thread's block 64-byte aligned */
+}
+
+cpa_status cpa_attn_ctx_create(const cpa_attn_ctx_config *config, cpa_attn_ctx **out)
+{
+    if (!config || !out)
+        return cpa_error(CPA_ERR_ARG, "cpa_attn_ctx_create: config and out must not be NULL");
+    if (config->max_head_dim <= 0 || config->max_head_dim > 65536)
+        return cpa_error(CPA_ERR_ARG, "max_head_dim %lld: must be in 1..65536",
+                         (long long)config->max_head_dim);
+    if (config->num_threads < 0 || config->num_threads > 4096)
+        return cpa_error(CPA_ERR_ARG, "num_threads %d: must be 0 (all) or 1..4096",
+                         config->num_threads);
+    cpa_attn_ctx *ctx = cpa_calloc(sizeof *ctx, "attention context");
+    if (!ctx)
+        return CPA_ERR_NOMEM;
+    ctx->num_threads = config->num_threads ? config->num_threads : omp_get_max_threads();
+    ctx->max_head_dim = config->max_head_dim;
+    ctx->scratch_floats = scratch_floats(config->max_head_dim);
+    ctx->scratch = cpa_malloc(ctx->scratch_floats * sizeof(float) * (size_t)ctx->num_threads,
+                              "attention scratch");
+    if (!ctx->scratch) {
+        cpa_free(ctx);
+        return CPA_ERR_NOMEM;
+    }
+    *out = ctx;
+    return CPA_OK;
+}
+
+void cpa_attn_ctx_destroy(cpa_attn_ctx *ctx)
+{
+    if (!ctx)
+        return;
+    cpa_free(ctx->scratch);
+    cpa_free(ctx);
+}
+
+int cpa_attn_ctx_threads(const cpa_attn_ctx *ctx) { return ctx ? ctx->num_threads : 0; }
+
+cpa_status cpa_attn_ctx_resolve(cpa_attn_ctx *ctx, const cpa_attn_desc *d, cpa_attn_ctx **use,
+                                cpa_attn_ctx **tmp)
+{
+    int64_t dmax = d->q.shape[3] > d->v.shape[3] ? d->q.shape[3] : d->v.shape[3];
+    *tmp = NULL;
+    if (ctx) {
+        if (dmax > ctx->max_head_dim)
+            return cpa_error(CPA_ERR_ARG,
+                             "head dim %lld exceeds the context's max_head_dim %lld; create the "
+                             "context with a larger max_head_dim", (long long)dmax,
+                             (long long)ctx->max_head_dim);
+        *use = ctx;
+        return CPA_OK;
+    }
+    cpa_attn_ctx_config cfg = {dmax, 0};
+    CPA_TRY(cpa_attn_ctx_create(&cfg, tmp));
+    *use = *tmp;
+    return CPA_OK;
+}

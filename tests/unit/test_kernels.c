@@ -1,1 +1,627 @@
-int main(void){return 0;}
+/*
+ * test_kernels.c — the fast attention kernels against the double-precision
+ * reference over a grid of shapes, pieces, masks and layouts; merge;
+ * finite-difference gradients; fully masked rows; determinism across
+ * thread counts; argument errors.
+ *
+ * Tolerances, and why.  Errors are measured relative to the largest
+ * magnitude in the reference tensor (max|got-want| / max|want|).  The fast
+ * path sums in fp32 over up to Sk keys in tiles of 128 with an online
+ * softmax; the reference sums in double.  Rounding then grows like
+ * eps·sqrt(terms) ≈ 6e-8·sqrt(1000·128) ≈ 2e-5 at the largest shapes here,
+ * so we allow:
+ *   out, lse (forward): 1e-5 relative (lse: 1e-5 absolute per unit of |lse|)
+ *   dq, dk, dv:         5e-5 relative (two more GEMM chains and the Dr
+ *                       subtraction, which cancels)
+ * Measured worst cases over the grid (printed at the end): out 6e-7,
+ * lse 5e-7, dq/dk 2-4e-6, dv 6e-7 — 10-20x below the bounds, so a real bug
+ * (a wrong mask edge, a lost tile) fails while rounding never does.
+ */
+#include "kernel_test_util.h"
+#include "test.h"
+
+#include <omp.h>
+#include <stdio.h>
+
+#define TOL_FWD 1e-5
+#define TOL_BWD 5e-5
+
+static int verbose;
+
+typedef struct kcase {
+    int64_t B, Sq, Sk, H, G, Dqk, Dv;
+    cpa_mask_kind mask;
+    cpa_layout layout;
+    int nq, nk; /* piece counts; 0 = all rows at positions 0.. */
+    cpa_piece qp[4], kp[4];
+    float scale;
+} kcase;
+
+typedef struct kresult {
+    tu_err out, lse, dq, dk, dv;
+} kresult;
+
+static void describe(const kcase *c, char *buf, size_t n)
+{
+    snprintf(buf, n, "B=%lld Sq=%lld Sk=%lld H=%lld G=%lld Dqk=%lld Dv=%lld %s %s pieces=%d/%d",
+             (long long)c->B, (long long)c->Sq, (long long)c->Sk, (long long)c->H,
+             (long long)c->G, (long long)c->Dqk, (long long)c->Dv,
+             c->mask == CPA_MASK_CAUSAL ? "causal" : "none", cpa_layout_name(c->layout), c->nq,
+             c->nk);
+}
+
+/* Fast fwd+bwd vs reference fwd+bwd on the same inputs.  The gradient
+ * outputs start from the same random values so accumulation is tested. */
+static kresult run_case(const kcase *c, int threads)
+{
+    tu_tensor q = tu_attn(c->layout, c->B, c->Sq, c->H, c->Dqk);
+    tu_tensor k = tu_attn(c->layout, c->B, c->Sk, c->G, c->Dqk);
+    tu_tensor v = tu_attn(c->layout, c->B, c->Sk, c->G, c->Dv);
+    tu_tensor dout = tu_attn(c->layout, c->B, c->Sq, c->H, c->Dv);
+    tu_tensor out[2], lse[2], dq[2], dk[2], dv[2];
+    tu_fill(q.t, 1, 1.0f);
+    tu_fill(k.t, 2, 1.0f);
+    tu_fill(v.t, 3, 1.0f);
+    tu_fill(dout.t, 4, 1.0f);
+    for (int i = 0; i < 2; ++i) {
+        out[i] = tu_attn(c->layout, c->B, c->Sq, c->H, c->Dv);
+        lse[i] = tu_lse(c->B, c->H, c->Sq);
+        dq[i] = tu_attn(c->layout, c->B, c->Sq, c->H, c->Dqk);
+        dk[i] = tu_attn(c->layout, c->B, c->Sk, c->G, c->Dqk);
+        dv[i] = tu_attn(c->layout, c->B, c->Sk, c->G, c->Dv);
+        tu_fill(dq[i].t, 5, 0.1f);
+        tu_fill(dk[i].t, 6, 0.1f);
+        tu_fill(dv[i].t, 7, 0.1f);
+    }
+    cpa_attn_desc d;
+    memset(&d, 0, sizeof d);
+    d.q = q.t;
+    d.k = k.t;
+    d.v = v.t;
+    d.q_rows.pieces = c->qp;
+    d.q_rows.count = c->nq;
+    d.kv_rows.pieces = c->kp;
+    d.kv_rows.count = c->nk;
+    d.mask.kind = c->mask;
+    d.softmax_scale = c->scale;
+
+    cpa_attn_ctx *ctx = NULL;
+    cpa_attn_ctx_config cfg = {c->Dqk > c->Dv ? c->Dqk : c->Dv, threads};
+    CHECK_OK(cpa_attn_ctx_create(&cfg, &ctx));
+    for (int i = 0; i < 2; ++i) {
+        d.impl = i == 0 ? CPA_IMPL_FAST : CPA_IMPL_REFERENCE;
+        CHECK_OK(cpa_attn_forward(ctx, &d, out[i].t, lse[i].t));
+        CHECK_OK(cpa_attn_backward(ctx, &d, out[i].t, lse[i].t, dout.t, dq[i].t, dk[i].t, dv[i].t));
+    }
+    cpa_attn_ctx_destroy(ctx);
+
+    kresult r;
+    r.out = tu_compare(out[0].t, out[1].t);
+    r.lse = tu_compare(lse[0].t, lse[1].t);
+    r.dq = tu_compare(dq[0].t, dq[1].t);
+    r.dk = tu_compare(dk[0].t, dk[1].t);
+    r.dv = tu_compare(dv[0].t, dv[1].t);
+    free(q.buf);
+    free(k.buf);
+    free(v.buf);
+    free(dout.buf);
+    for (int i = 0; i < 2; ++i) {
+        free(out[i].buf);
+        free(lse[i].buf);
+        free(dq[i].buf);
+        free(dk[i].buf);
+        free(dv[i].buf);
+    }
+    return r;
+}
+
+static double worst[5];
+
+static void check_case(const kcase *c)
+{
+    char desc[256];
+    describe(c, desc, sizeof desc);
+    kresult r = run_case(c, 0);
+    /* lse is compared in absolute terms scaled by its magnitude (>= 1). */
+    double lse_tol = TOL_FWD * (r.lse.scale > 1.0 ? r.lse.scale : 1.0);
+    CHECK_MSG(r.out.rel <= TOL_FWD, "%s: out rel err %.3g > %.1g", desc, r.out.rel, TOL_FWD);
+    CHECK_MSG(r.lse.abs <= lse_tol, "%s: lse abs err %.3g > %.3g", desc, r.lse.abs, lse_tol);
+    CHECK_MSG(r.dq.rel <= TOL_BWD, "%s: dq rel err %.3g > %.1g", desc, r.dq.rel, TOL_BWD);
+    CHECK_MSG(r.dk.rel <= TOL_BWD, "%s: dk rel err %.3g > %.1g", desc, r.dk.rel, TOL_BWD);
+    CHECK_MSG(r.dv.rel <= TOL_BWD, "%s: dv rel err %.3g > %.1g", desc, r.dv.rel, TOL_BWD);
+    double e[5] = {r.out.rel, r.lse.abs, r.dq.rel, r.dk.rel, r.dv.rel};
+    for (int i = 0; i < 5; ++i)
+        if (e[i] > worst[i])
+            worst[i] = e[i];
+    if (verbose)
+        fprintf(stderr, "  %s: out %.2g lse %.2g dq %.2g dk %.2g dv %.2g\n", desc, r.out.rel,
+                r.lse.abs, r.dq.rel, r.dk.rel, r.dv.rel);
+}
+
+/* The grid of the issue: every S, D, (H, G), B, layout and mask appears,
+ * without the full Cartesian product (the reference is O(S²·D) in double). */
+static void test_grid(void)
+{
+    static const int64_t S_list[] = {1, 7, 64, 200, 1000};
+    static const int64_t D_list[] = {8, 64, 80, 128};
+    static const int64_t HG[][2] = {{1, 1}, {8, 8}, {8, 2}, {5, 5}, {32, 4}};
+    int n = 0;
+    for (int si = 0; si < 5; ++si)
+        for (int hi = 0; hi < 5; ++hi)
+            for (int mask = 0; mask < 2; ++mask) {
+                kcase c;
+                memset(&c, 0, sizeof c);
+                c.Sq = c.Sk = S_list[si];
+                c.H = HG[hi][0];
+                c.G = HG[hi][1];
+                if (c.Sq >= 1000 && c.H > 8)
+                    continue; /* the reference would dominate the test time */
+                c.Dqk = D_list[(si + hi + mask) % 4];
+                c.Dv = (n % 3 == 0) ? D_list[(si + hi + mask + 1) % 4] : c.Dqk;
+                c.B = 1 + (n % 2);
+                c.layout = (cpa_layout)(n % 3);
+                c.mask = mask ? CPA_MASK_CAUSAL : CPA_MASK_NONE;
+                check_case(&c);
+                ++n;
+            }
+}
+
+/* Pieces cut at ragged points with global positions, as context-parallel
+ * ranks use them: zigzag-like two-piece queries against one- and two-piece
+ * key blocks, including blocks entirely in the queries' past or future. */
+static void test_pieces(void)
+{
+    const int64_t S = 300;
+    /* Query rows: 0..96 at positions 0..96 and 97..299 at positions 700..902. */
+    const cpa_piece q2[2] = {{0, 97, 0}, {97, 203, 700}};
+    /* Keys: a ragged split; positions interleave with the queries'. */
+    const cpa_piece k_early[1] = {{0, 300, 50}};
+    const cpa_piece k_two[2] = {{0, 131, 10}, {131, 169, 600}};
+    const cpa_piece k_future[1] = {{0, 300, 5000}};
+    const cpa_piece k_sub[2] = {{17, 40, 0}, {200, 33, 650}}; /* only some rows of K */
+    const cpa_piece *kl[] = {k_early, k_two, k_future, k_sub};
+    const int kn[] = {1, 2, 1, 2};
+    for (int t = 0; t < 4; ++t)
+        for (int mask = 0; mask < 2; ++mask) {
+            kcase c;
+            memset(&c, 0, sizeof c);
+            c.B = 2;
+            c.Sq = c.Sk = S;
+            c.H = 8;
+            c.G = 2;
+            c.Dqk = 64;
+            c.Dv = t == 1 ? 48 : 64;
+            c.mask = mask ? CPA_MASK_CAUSAL : CPA_MASK_NONE;
+            c.layout = (cpa_layout)(t % 3);
+            c.nq = 2;
+            memcpy(c.qp, q2, sizeof q2);
+            c.nk = kn[t];
+            memcpy(c.kp, kl[t], sizeof(cpa_piece) * (size_t)kn[t]);
+            c.scale = t == 3 ? 0.3f : 0.0f;
+            check_case(&c);
+        }
+    /* A subset of query rows: rows outside q_rows must be left alone. */
+    kcase c;
+    memset(&c, 0, sizeof c);
+    c.B = 1;
+    c.Sq = 150;
+    c.Sk = 150;
+    c.H = c.G = 2;
+    c.Dqk = c.Dv = 32;
+    c.mask = CPA_MASK_CAUSAL;
+    c.nq = 1;
+    c.qp[0] = (cpa_piece){75, 75, 75}; /* the late half only */
+    check_case(&c);
+}
+
+/* ---- split, merge, additivity ----------------------------------------- */
+
+typedef struct problem {
+    int64_t B, S, H, G, Dqk, Dv;
+    tu_tensor q, k, v, dout;
+    cpa_attn_desc d;
+} problem;
+
+static void problem_init(problem *p, int64_t B, int64_t S, int64_t H, int64_t G, int64_t Dqk,
+                         int64_t Dv, cpa_mask_kind mask)
+{
+    p->B = B, p->S = S, p->H = H, p->G = G, p->Dqk = Dqk, p->Dv = Dv;
+    p->q = tu_attn(CPA_LAYOUT_BSHD, B, S, H, Dqk);
+    p->k = tu_attn(CPA_LAYOUT_BSHD, B, S, G, Dqk);
+    p->v = tu_attn(CPA_LAYOUT_BSHD, B, S, G, Dv);
+    p->dout = tu_attn(CPA_LAYOUT_BSHD, B, S, H, Dv);
+    tu_fill(p->q.t, 11, 1.0f);
+    tu_fill(p->k.t, 12, 1.0f);
+    tu_fill(p->v.t, 13, 1.0f);
+    tu_fill(p->dout.t, 14, 1.0f);
+    memset(&p->d, 0, sizeof p->d);
+    p->d.q = p->q.t;
+    p->d.k = p->k.t;
+    p->d.v = p->v.t;
+    p->d.mask.kind = mask;
+}
+
+static void problem_free(problem *p)
+{
+    free(p->q.buf);
+    free(p->k.buf);
+    free(p->v.buf);
+    free(p->dout.buf);
+}
+
+/* Keys split at arbitrary positions into blocks; forward each block and
+ * merge: equals the unsplit forward.  Backward of each block with the final
+ * (out, lse), summed: equals the unsplit backward. */
+static void test_split_merge(void)
+{
+    const int64_t cuts[][4] = {{0, 1, 130, 233}, {0, 100, 101, 233}, {0, 57, 200, 233}};
+    for (int mask = 0; mask < 2; ++mask)
+        for (int ci = 0; ci < 3; ++ci) {
+            problem p;
+            problem_init(&p, 2, 233, 4, 2, 40, 24, mask ? CPA_MASK_CAUSAL : CPA_MASK_NONE);
+            tu_tensor out = tu_attn(CPA_LAYOUT_BSHD, 2, 233, 4, 24), lse = tu_lse(2, 4, 233);
+            tu_tensor outb = tu_attn(CPA_LAYOUT_BSHD, 2, 233, 4, 24), lseb = tu_lse(2, 4, 233);
+            tu_tensor acc = tu_attn(CPA_LAYOUT_BSHD, 2, 233, 4, 24), lacc = tu_lse(2, 4, 233);
+            tu_tensor g1[3], g2[3];
+            const int64_t gs[3][2] = {{4, 40}, {2, 40}, {2, 24}}; /* dq, dk, dv heads/dims */
+            for (int i = 0; i < 3; ++i) {
+                g1[i] = tu_attn(CPA_LAYOUT_BSHD, 2, 233, gs[i][0], gs[i][1]);
+                g2[i] = tu_attn(CPA_LAYOUT_BSHD, 2, 233, gs[i][0], gs[i][1]);
+            }
+            CHECK_OK(cpa_attn_forward(NULL, &p.d, out.t, lse.t));
+            CHECK_OK(cpa_attn_backward(NULL, &p.d, out.t, lse.t, p.dout.t, g1[0].t, g1[1].t, g1[2].t));
+            for (int b = 0; b < 3; ++b) {
+                cpa_piece kp = {cuts[ci][b], cuts[ci][b + 1] - cuts[ci][b], cuts[ci][b]};
+                cpa_attn_desc d = p.d;
+                d.kv_rows.pieces = &kp;
+                d.kv_rows.count = 1;
+                cpa_rows all = {NULL, 0};
+                if (b == 0) {
+                    CHECK_OK(cpa_attn_forward(NULL, &d, acc.t, lacc.t));
+                } else {
+                    CHECK_OK(cpa_attn_forward(NULL, &d, outb.t, lseb.t));
+                    CHECK_OK(cpa_attn_merge(acc.t, lacc.t, outb.t, lseb.t, all));
+                }
+            }
+            for (int b = 0; b < 3; ++b) {
+                cpa_piece kp = {cuts[ci][b], cuts[ci][b + 1] - cuts[ci][b], cuts[ci][b]};
+                cpa_attn_desc d = p.d;
+                d.kv_rows.pieces = &kp;
+                d.kv_rows.count = 1;
+                CHECK_OK(cpa_attn_backward(NULL, &d, acc.t, lacc.t, p.dout.t, g2[0].t, g2[1].t,
+                                           g2[2].t));
+            }
+            tu_err eo = tu_compare(acc.t, out.t), el = tu_compare(lacc.t, lse.t);
+            CHECK_MSG(eo.rel <= TOL_FWD, "split %d mask %d: merged out err %.3g", ci, mask, eo.rel);
+            CHECK_MSG(el.abs <= TOL_FWD * (el.scale > 1 ? el.scale : 1),
+                      "split %d mask %d: merged lse err %.3g", ci, mask, el.abs);
+            for (int i = 0; i < 3; ++i) {
+                tu_err e = tu_compare(g2[i].t, g1[i].t);
+                CHECK_MSG(e.rel <= TOL_BWD, "split %d mask %d: summed grad %d err %.3g", ci, mask,
+                          i, e.rel);
+            }
+            free(out.buf), free(lse.buf), free(outb.buf), free(lseb.buf), free(acc.buf),
+                free(lacc.buf);
+            for (int i = 0; i < 3; ++i)
+                free(g1[i].buf), free(g2[i].buf);
+            problem_free(&p);
+        }
+}
+
+/* Merge edge cases: a side that saw no key (lse = -inf), both sides empty,
+ * and a large gap between the two lse values. */
+static void test_merge_edges(void)
+{
+    float o1[4] = {1, 2, 3, 4}, o2[4] = {5, 6, 7, 8}, l1[4], l2[4];
+    int64_t oshape[4] = {1, 4, 1, 1}, lshape[3] = {1, 1, 4};
+    cpa_tensor O1 = cpa_tensor_make(o1, 4, oshape), O2 = cpa_tensor_make(o2, 4, oshape);
+    cpa_tensor L1 = cpa_tensor_make(l1, 3, lshape), L2 = cpa_tensor_make(l2, 3, lshape);
+    l1[0] = -INFINITY, l2[0] = 0.5f;      /* left empty: take the right */
+    l1[1] = 0.25f, l2[1] = -INFINITY;     /* right empty: keep the left */
+    l1[2] = -INFINITY, l2[2] = -INFINITY; /* both empty */
+    l1[3] = 0.0f, l2[3] = 200.0f;         /* far apart: no overflow */
+    o1[2] = 0.0f, o2[2] = 0.0f;
+    cpa_rows all = {NULL, 0};
+    CHECK_OK(cpa_attn_merge(O1, L1, O2, L2, all));
+    CHECK(o1[0] == 5 && l1[0] == 0.5f);
+    CHECK(o1[1] == 2 && l1[1] == 0.25f);
+    CHECK(o1[2] == 0 && l1[2] == -INFINITY);
+    CHECK(fabsf(o1[3] - 8) < 1e-6f && fabsf(l1[3] - 200) < 1e-4f);
+    /* Equal lse: the average, lse + ln 2. */
+    o1[0] = 1, o2[0] = 3, l1[0] = 2, l2[0] = 2;
+    cpa_piece one = {0, 1, 0};
+    cpa_rows r = {&one, 1};
+    CHECK_OK(cpa_attn_merge(O1, L1, O2, L2, r));
+    CHECK(fabsf(o1[0] - 2) < 1e-6f && fabsf(l1[0] - (2 + logf(2))) < 1e-6f);
+    CHECK(o1[1] == 2); /* rows outside `rows` untouched */
+}
+
+/* ---- fully masked rows -------------------------------------------------- */
+
+static void test_fully_masked(void)
+{
+    problem p;
+    problem_init(&p, 1, 40, 2, 1, 16, 16, CPA_MASK_CAUSAL);
+    /* Queries at positions 95..134 against keys at 100..139: the first five
+     * query rows see nothing. */
+    cpa_piece qp = {0, 40, 95}, kp = {0, 40, 100};
+    p.d.q_rows = (cpa_rows){&qp, 1};
+    p.d.kv_rows = (cpa_rows){&kp, 1};
+    for (int impl = 0; impl < 2; ++impl) {
+        p.d.impl = (cpa_impl)impl;
+        tu_tensor out = tu_attn(CPA_LAYOUT_BSHD, 1, 40, 2, 16), lse = tu_lse(1, 2, 40);
+        tu_tensor dq = tu_attn(CPA_LAYOUT_BSHD, 1, 40, 2, 16);
+        tu_tensor dk = tu_attn(CPA_LAYOUT_BSHD, 1, 40, 1, 16);
+        tu_tensor dv = tu_attn(CPA_LAYOUT_BSHD, 1, 40, 1, 16);
+        tu_fill(out.t, 99, 5.0f); /* garbage that must be overwritten */
+        CHECK_OK(cpa_attn_forward(NULL, &p.d, out.t, lse.t));
+        CHECK_OK(cpa_attn_backward(NULL, &p.d, out.t, lse.t, p.dout.t, dq.t, dk.t, dv.t));
+        int ok_masked = 1, ok_finite = 1;
+        for (int64_t h = 0; h < 2; ++h)
+            for (int64_t r = 0; r < 40; ++r) {
+                float l = lse.buf[h * 40 + r];
+                for (int64_t c = 0; c < 16; ++c) {
+                    float o = out.buf[(r * 2 + h) * 16 + c], g = dq.buf[(r * 2 + h) * 16 + c];
+                    if (r < 5 && (o != 0.0f || g != 0.0f))
+                        ok_masked = 0;
+                    if (!isfinite(o) || !isfinite(g))
+                        ok_finite = 0;
+                }
+                if ((r < 5) != (l == -INFINITY))
+                    ok_masked = 0;
+            }
+        for (int64_t i = 0; i < 40 * 16; ++i)
+            if (!isfinite(dk.buf[i]) || !isfinite(dv.buf[i]))
+                ok_finite = 0;
+        CHECK_MSG(ok_masked, "impl %d: masked rows must give out 0, lse -inf, dq 0", impl);
+        CHECK_MSG(ok_finite, "impl %d: NaN or Inf in outputs", impl);
+        free(out.buf), free(lse.buf), free(dq.buf), free(dk.buf), free(dv.buf);
+    }
+    /* Every key in the future: the whole block is masked. */
+    kp.pos = 1000;
+    tu_tensor out = tu_attn(CPA_LAYOUT_BSHD, 1, 40, 2, 16), lse = tu_lse(1, 2, 40);
+    CHECK_OK(cpa_attn_forward(NULL, &p.d, out.t, lse.t));
+    int all = 1;
+    for (int i = 0; i < 80; ++i)
+        all &= lse.buf[i] == -INFINITY;
+    for (int i = 0; i < 40 * 2 * 16; ++i)
+        all &= out.buf[i] == 0.0f;
+    CHECK_MSG(all, "a fully masked block gives out 0 and lse -inf everywhere");
+    free(out.buf), free(lse.buf);
+    problem_free(&p);
+}
+
+/* ---- finite differences ------------------------------------------------- */
+
+static double loss_of(problem *p, tu_tensor *out, tu_tensor *lse)
+{
+    p->d.impl = CPA_IMPL_REFERENCE;
+    if (cpa_attn_forward(NULL, &p->d, out->t, lse->t) != CPA_OK)
+        return NAN;
+    double L = 0.0;
+    for (int64_t i = 0; i < cpa_tensor_numel(&out->t); ++i)
+        L += (double)out->buf[i] * (double)p->dout.buf[i];
+    return L;
+}
+
+/* d(sum dout∘out)/dx by central differences against the fast backward.
+ * Step 1e-2: truncation ~h²·|f'''| ≈ 1e-4, rounding of the float outputs
+ * ≈ 1e-7·|L|/h ≈ 1e-5; tolerance 2e-3 of the largest gradient. */
+static void test_finite_differences(void)
+{
+    for (int mask = 0; mask < 2; ++mask) {
+        problem p;
+        problem_init(&p, 1, 6, 2, 1, 4, 3, mask ? CPA_MASK_CAUSAL : CPA_MASK_NONE);
+        cpa_piece qp[2] = {{0, 3, 0}, {3, 3, 9}}, kp[2] = {{0, 3, 0}, {3, 3, 9}};
+        p.d.q_rows = (cpa_rows){qp, 2};
+        p.d.kv_rows = (cpa_rows){kp, 2};
+        tu_tensor out = tu_attn(CPA_LAYOUT_BSHD, 1, 6, 2, 3), lse = tu_lse(1, 2, 6);
+        tu_tensor dq = tu_attn(CPA_LAYOUT_BSHD, 1, 6, 2, 4);
+        tu_tensor dk = tu_attn(CPA_LAYOUT_BSHD, 1, 6, 1, 4);
+        tu_tensor dv = tu_attn(CPA_LAYOUT_BSHD, 1, 6, 1, 3);
+        p.d.impl = CPA_IMPL_FAST;
+        CHECK_OK(cpa_attn_forward(NULL, &p.d, out.t, lse.t));
+        CHECK_OK(cpa_attn_backward(NULL, &p.d, out.t, lse.t, p.dout.t, dq.t, dk.t, dv.t));
+        tu_tensor *xs[3] = {&p.q, &p.k, &p.v}, *gs[3] = {&dq, &dk, &dv};
+        const char *names[3] = {"dq", "dk", "dv"};
+        const double h = 1e-2;
+        for (int w = 0; w < 3; ++w) {
+            int64_t n = cpa_tensor_numel(&xs[w]->t);
+            double gmax = 0.0, emax = 0.0;
+            for (int64_t i = 0; i < n; ++i) {
+                float x0 = xs[w]->buf[i];
+                xs[w]->buf[i] = x0 + (float)h;
+                double lp = loss_of(&p, &out, &lse);
+                xs[w]->buf[i] = x0 - (float)h;
+                double lm = loss_of(&p, &out, &lse);
+                xs[w]->buf[i] = x0;
+                double fd = (lp - lm) / (2 * h), g = gs[w]->buf[i];
+                if (fabs(g) > gmax)
+                    gmax = fabs(g);
+                if (fabs(fd - g) > emax)
+                    emax = fabs(fd - g);
+            }
+            CHECK_MSG(emax <= 2e-3 * gmax && gmax > 0, "mask %d %s: finite-difference err %.3g "
+                      "vs max grad %.3g", mask, names[w], emax, gmax);
+            if (verbose)
+                fprintf(stderr, "  fd mask %d %s: err %.2g of %.2g\n", mask, names[w], emax, gmax);
+        }
+        free(out.buf), free(lse.buf), free(dq.buf), free(dk.buf), free(dv.buf);
+        problem_free(&p);
+    }
+}
+
+/* ---- determinism -------------------------------------------------------- */
+
+static void test_thread_determinism(void)
+{
+    problem p;
+    problem_init(&p, 2, 517, 8, 2, 64, 64, CPA_MASK_CAUSAL);
+    cpa_piece qp[2] = {{0, 260, 0}, {260, 257, 1500}};
+    p.d.q_rows = (cpa_rows){qp, 2};
+    p.d.kv_rows = (cpa_rows){qp, 2};
+    tu_tensor ref[5], got[5];
+    const int threads[] = {1, 2, 3, 4, 1};
+    for (int ti = 0; ti < 5; ++ti) {
+        tu_tensor *r = ti == 0 ? ref : got;
+        r[0] = tu_attn(CPA_LAYOUT_BSHD, 2, 517, 8, 64);
+        r[1] = tu_lse(2, 8, 517);
+        r[2] = tu_attn(CPA_LAYOUT_BSHD, 2, 517, 8, 64);
+        r[3] = tu_attn(CPA_LAYOUT_BSHD, 2, 517, 2, 64);
+        r[4] = tu_attn(CPA_LAYOUT_BSHD, 2, 517, 2, 64);
+        cpa_attn_ctx *ctx = NULL;
+        cpa_attn_ctx_config cfg = {64, threads[ti]};
+        CHECK_OK(cpa_attn_ctx_create(&cfg, &ctx));
+        CHECK(cpa_attn_ctx_threads(ctx) == threads[ti]);
+        CHECK_OK(cpa_attn_forward(ctx, &p.d, r[0].t, r[1].t));
+        CHECK_OK(cpa_attn_backward(ctx, &p.d, r[0].t, r[1].t, p.dout.t, r[2].t, r[3].t, r[4].t));
+        cpa_attn_ctx_destroy(ctx);
+        if (ti > 0) {
+            for (int i = 0; i < 5; ++i) {
+                CHECK_MSG(tu_bitwise_equal(got[i].t, ref[i].t),
+                          "output %d differs bitwise between 1 and %d threads", i, threads[ti]);
+                free(got[i].buf);
+            }
+        }
+    }
+    for (int i = 0; i < 5; ++i)
+        free(ref[i].buf);
+    problem_free(&p);
+}
+
+/* ---- progress callback -------------------------------------------------- */
+
+static void count_progress(void *arg) { ++*(int *)arg; }
+
+static void test_progress_callback(void)
+{
+    problem p;
+    problem_init(&p, 1, 300, 2, 2, 32, 32, CPA_MASK_NONE);
+    int calls = 0;
+    p.d.progress = count_progress;
+    p.d.progress_arg = &calls;
+    tu_tensor out = tu_attn(CPA_LAYOUT_BSHD, 1, 300, 2, 32), lse = tu_lse(1, 2, 300);
+    tu_tensor dq = tu_attn(CPA_LAYOUT_BSHD, 1, 300, 2, 32);
+    tu_tensor dk = tu_attn(CPA_LAYOUT_BSHD, 1, 300, 2, 32);
+    tu_tensor dv = tu_attn(CPA_LAYOUT_BSHD, 1, 300, 2, 32);
+    cpa_attn_ctx *ctx = NULL;
+    cpa_attn_ctx_config cfg = {32, 1};
+    CHECK_OK(cpa_attn_ctx_create(&cfg, &ctx));
+    CHECK_OK(cpa_attn_forward(ctx, &p.d, out.t, lse.t));
+    /* 2 heads x 3 query tiles x 3 key tiles, one call per key tile. */
+    CHECK_MSG(calls == 18, "forward made %d progress calls, want 18", calls);
+    calls = 0;
+    CHECK_OK(cpa_attn_backward(ctx, &p.d, out.t, lse.t, p.dout.t, dq.t, dk.t, dv.t));
+    CHECK_MSG(calls == 18, "backward made %d progress calls, want 18", calls);
+    cpa_attn_ctx_destroy(ctx);
+    free(out.buf), free(lse.buf), free(dq.buf), free(dk.buf), free(dv.buf);
+    problem_free(&p);
+}
+
+/* ---- argument errors ---------------------------------------------------- */
+
+static void test_invalid_args(void)
+{
+    problem p;
+    problem_init(&p, 1, 16, 4, 2, 8, 8, CPA_MASK_CAUSAL);
+    tu_tensor out = tu_attn(CPA_LAYOUT_BSHD, 1, 16, 4, 8), lse = tu_lse(1, 4, 16);
+    cpa_attn_desc d;
+
+    CHECK_STATUS(cpa_attn_forward(NULL, NULL, out.t, lse.t), CPA_ERR_ARG);
+
+    d = p.d;
+    d.q.data = NULL;
+    CHECK_STATUS(cpa_attn_forward(NULL, &d, out.t, lse.t), CPA_ERR_ARG);
+    CHECK(strstr(cpa_last_error(), "q") != NULL);
+
+    d = p.d;
+    d.k.stride[3] = 2; /* head dim not contiguous */
+    CHECK_STATUS(cpa_attn_forward(NULL, &d, out.t, lse.t), CPA_ERR_ARG);
+    CHECK(strstr(cpa_last_error(), "stride") != NULL);
+
+    d = p.d;
+    d.q.stride[1] = 4; /* rows overlap */
+    CHECK_STATUS(cpa_attn_forward(NULL, &d, out.t, lse.t), CPA_ERR_ARG);
+
+    d = p.d;
+    d.k.shape[2] = 3, d.v.shape[2] = 3; /* H=4 not a multiple of G=3 */
+    CHECK_STATUS(cpa_attn_forward(NULL, &d, out.t, lse.t), CPA_ERR_ARG);
+    CHECK(strstr(cpa_last_error(), "H % G") != NULL);
+
+    d = p.d;
+    d.v.shape[1] = 15; /* v rows differ from k rows */
+    CHECK_STATUS(cpa_attn_forward(NULL, &d, out.t, lse.t), CPA_ERR_ARG);
+
+    d = p.d;
+    d.k.shape[3] = 4; /* Q·K dims differ */
+    CHECK_STATUS(cpa_attn_forward(NULL, &d, out.t, lse.t), CPA_ERR_ARG);
+
+    cpa_piece bad = {10, 10, 0}; /* past the end */
+    d = p.d;
+    d.q_rows = (cpa_rows){&bad, 1};
+    CHECK_STATUS(cpa_attn_forward(NULL, &d, out.t, lse.t), CPA_ERR_ARG);
+    CHECK(strstr(cpa_last_error(), "q_rows") != NULL);
+
+    cpa_piece overlap[2] = {{0, 8, 0}, {4, 8, 100}};
+    d = p.d;
+    d.q_rows = (cpa_rows){overlap, 2};
+    CHECK_STATUS(cpa_attn_forward(NULL, &d, out.t, lse.t), CPA_ERR_ARG);
+    CHECK(strstr(cpa_last_error(), "overlap") != NULL);
+
+    d = p.d;
+    d.kv_rows = (cpa_rows){overlap, CPA_MAX_PIECES + 1};
+    CHECK_STATUS(cpa_attn_forward(NULL, &d, out.t, lse.t), CPA_ERR_ARG);
+
+    d = p.d;
+    d.softmax_scale = NAN;
+    CHECK_STATUS(cpa_attn_forward(NULL, &d, out.t, lse.t), CPA_ERR_ARG);
+
+    d = p.d;
+    d.mask.kind = (cpa_mask_kind)7;
+    CHECK_STATUS(cpa_attn_forward(NULL, &d, out.t, lse.t), CPA_ERR_ARG);
+
+    cpa_tensor small = out.t;
+    small.shape[3] = 4; /* out has the wrong Dv */
+    CHECK_STATUS(cpa_attn_forward(NULL, &p.d, small, lse.t), CPA_ERR_ARG);
+    cpa_tensor lse2 = lse.t;
+    lse2.shape[2] = 3;
+    CHECK_STATUS(cpa_attn_forward(NULL, &p.d, out.t, lse2), CPA_ERR_ARG);
+
+    /* Backward: gradient shapes must match their inputs. */
+    tu_tensor dq = tu_attn(CPA_LAYOUT_BSHD, 1, 16, 4, 8), dk = tu_attn(CPA_LAYOUT_BSHD, 1, 16, 2, 8);
+    CHECK_STATUS(cpa_attn_backward(NULL, &p.d, out.t, lse.t, p.dout.t, dq.t, dq.t, dk.t),
+                 CPA_ERR_ARG);
+
+    /* Contexts. */
+    cpa_attn_ctx *ctx = NULL;
+    cpa_attn_ctx_config cfg = {0, 1};
+    CHECK_STATUS(cpa_attn_ctx_create(&cfg, &ctx), CPA_ERR_ARG);
+    cfg.max_head_dim = 4; /* smaller than D = 8 */
+    CHECK_OK(cpa_attn_ctx_create(&cfg, &ctx));
+    CHECK_STATUS(cpa_attn_forward(ctx, &p.d, out.t, lse.t), CPA_ERR_ARG);
+    CHECK(strstr(cpa_last_error(), "max_head_dim") != NULL);
+    cpa_attn_ctx_destroy(ctx);
+    cfg.num_threads = -1;
+    CHECK_STATUS(cpa_attn_ctx_create(&cfg, &ctx), CPA_ERR_ARG);
+    CHECK_STATUS(cpa_attn_ctx_create(NULL, &ctx), CPA_ERR_ARG);
+
+    free(out.buf), free(lse.buf), free(dq.buf), free(dk.buf);
+    problem_free(&p);
+}
+
+int main(void)
+{
+    verbose = getenv("TEST_VERBOSE") != NULL;
+    RUN_TEST(test_grid);
+    RUN_TEST(test_pieces);
+    RUN_TEST(test_split_merge);
+    RUN_TEST(test_merge_edges);
+    RUN_TEST(test_fully_masked);
+    RUN_TEST(test_finite_differences);
+    RUN_TEST(test_thread_determinism);
+    RUN_TEST(test_progress_callback);
+    RUN_TEST(test_invalid_args);
+    fprintf(stderr, "worst errors: out %.3g lse %.3g dq %.3g dk %.3g dv %.3g\n", worst[0], worst[1],
+            worst[2], worst[3], worst[4]);
+    return TEST_SUMMARY();
+}
