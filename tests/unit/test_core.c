@@ -1,1 +1,83 @@
-int main(void){return 0;}
+/*
+ * test_core.c — the core layer: status names and the last-error message,
+ * tensor views for each attention layout (strides checked against the
+ * memory order each layout promises), layout names, allocation failures
+ * surfacing as CPA_ERR_NOMEM from a public call.
+ */
+#include "cpattn.h"
+#include "internal.h"
+#include "test.h"
+
+#include <string.h>
+
+static void test_status_and_errors(void)
+{
+    for (int s = CPA_OK; s <= CPA_ERR_INTERNAL; ++s)
+        CHECK(strlen(cpa_status_string((cpa_status)s)) > 0);
+    CHECK(strcmp(cpa_status_string((cpa_status)99), "unknown status") == 0);
+    cpa_clear_error();
+    CHECK(cpa_last_error()[0] == '\0');
+    CHECK(cpa_error(CPA_ERR_ARG, "value %d is wrong", 7) == CPA_ERR_ARG);
+    CHECK(strcmp(cpa_last_error(), "value 7 is wrong") == 0);
+    cpa_clear_error();
+    CHECK(cpa_last_error()[0] == '\0');
+}
+
+/* Element (b, s, n, d) must sit where each layout's memory order puts it. */
+static void test_layout_views(void)
+{
+    const int64_t B = 2, S = 5, N = 3, D = 4;
+    float buf[2 * 5 * 3 * 4];
+    for (int l = 0; l < 3; ++l) {
+        cpa_tensor t = cpa_tensor_attn(buf, (cpa_layout)l, B, S, N, D);
+        CHECK(t.ndim == 4 && cpa_tensor_numel(&t) == B * S * N * D);
+        int ok = 1;
+        for (int64_t b = 0; b < B; ++b)
+            for (int64_t s = 0; s < S; ++s)
+                for (int64_t n = 0; n < N; ++n)
+                    for (int64_t d = 0; d < D; ++d) {
+                        int64_t off = b * t.stride[0] + s * t.stride[1] + n * t.stride[2] +
+                                      d * t.stride[3];
+                        int64_t want = l == CPA_LAYOUT_BSHD   ? ((b * S + s) * N + n) * D + d
+                                       : l == CPA_LAYOUT_SBHD ? ((s * B + b) * N + n) * D + d
+                                                              : ((b * N + n) * S + s) * D + d;
+                        ok &= off == want;
+                    }
+        CHECK_MSG(ok, "layout %s strides do not match its memory order", cpa_layout_name((cpa_layout)l));
+        cpa_layout back;
+        CHECK_OK(cpa_layout_parse(cpa_layout_name((cpa_layout)l), &back));
+        CHECK(back == (cpa_layout)l);
+    }
+    cpa_layout x;
+    CHECK_STATUS(cpa_layout_parse("bhsd", &x), CPA_ERR_ARG);
+    CHECK(strstr(cpa_last_error(), "bshd, sbhd or bnsd") != NULL);
+    CHECK_STATUS(cpa_layout_parse(NULL, &x), CPA_ERR_ARG);
+
+    int64_t shape[3] = {2, 3, 4};
+    cpa_tensor c = cpa_tensor_make(buf, 3, shape);
+    CHECK(c.stride[0] == 12 && c.stride[1] == 4 && c.stride[2] == 1);
+}
+
+/* An allocation failure inside the library is a status, not a crash. */
+static void test_alloc_failure(void)
+{
+    cpa_attn_ctx *ctx = NULL;
+    cpa_attn_ctx_config cfg = {64, 1};
+    cpa_debug_fail_alloc_after(1);
+    CHECK_STATUS(cpa_attn_ctx_create(&cfg, &ctx), CPA_ERR_NOMEM);
+    cpa_debug_fail_alloc_after(2); /* the scratch buffer, after the context */
+    CHECK_STATUS(cpa_attn_ctx_create(&cfg, &ctx), CPA_ERR_NOMEM);
+    CHECK(strstr(cpa_last_error(), "scratch") != NULL);
+    cpa_debug_fail_alloc_after(0);
+    CHECK_OK(cpa_attn_ctx_create(&cfg, &ctx));
+    cpa_attn_ctx_destroy(ctx);
+    cpa_attn_ctx_destroy(NULL);
+}
+
+int main(void)
+{
+    RUN_TEST(test_status_and_errors);
+    RUN_TEST(test_layout_views);
+    RUN_TEST(test_alloc_failure);
+    return TEST_SUMMARY();
+}
