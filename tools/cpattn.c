@@ -45,7 +45,7 @@ int main(int argc, char **argv)
     for (size_t i = 0; i < sizeof subcommands / sizeof subcommands[0]; ++i)
         if (!strcmp(argv[1], subcommands[i].name))
             return subcommands[i].run(argc - 1, argv + 1);
-    fprintf(stderr, "cpattn: unknown subcommand '%s' (expected one of: attn, bench)\n", argv[1]);
-    usage(stderr);
+    fprintf(stderr, "cpattn: unknown subcommand '%s' (expected one of: attn, bench; see cpattn --help)\n",
+            argv[1]);
     return EXIT_USAGE;
 }

@@ -257,7 +257,8 @@ float cpa_attn_scale(const cpa_attn_desc *d)
 static size_t scratch_floats(int64_t max_head_dim)
 {
     size_t tile = (size_t)CPA_TILE_Q * CPA_TILE_K;
-    size_t fwd = tile + (size_t)CPA_TILE_Q * (size_t)max_head_dim + 2 * CPA_TILE_Q;
+    size_t fwd = (size_t)CPA_FWD_TILE_Q * CPA_FWD_TILE_K +
+                 (size_t)CPA_FWD_TILE_Q * (size_t)max_head_dim + 2 * CPA_FWD_TILE_Q;
     size_t bwd = 2 * tile + 2 * CPA_TILE_Q;
     size_t n = fwd > bwd ? fwd : bwd;
     return (n + 15) / 16 * 16; /* keep every thread's block 64-byte aligned */

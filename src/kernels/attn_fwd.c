@@ -52,11 +52,11 @@ static void fwd_task(const fwd_job *job, int64_t b, int64_t h, cpa_tile qt, floa
     const cpa_attn_desc *d = job->d;
     const int64_t Dqk = d->q.shape[3], Dv = d->v.shape[3];
     const int64_t g = h / job->heads_per_group;
-    const int64_t TK = CPA_TILE_K;
+    const int64_t TK = CPA_FWD_TILE_K;
     float *s = scratch;                        /* [TQ, TK] scores, then P */
-    float *oacc = s + CPA_TILE_Q * TK;         /* [TQ, Dv] unnormalised output */
-    float *mrow = oacc + CPA_TILE_Q * Dv;      /* [TQ] running max */
-    float *lrow = mrow + CPA_TILE_Q;           /* [TQ] running sum */
+    float *oacc = s + CPA_FWD_TILE_Q * TK;         /* [TQ, Dv] unnormalised output */
+    float *mrow = oacc + CPA_FWD_TILE_Q * Dv;      /* [TQ] running max */
+    float *lrow = mrow + CPA_FWD_TILE_Q;           /* [TQ] running sum */
     const float *qp = cpa_at4(&d->q, b, qt.row, h);
     const int64_t ldq = d->q.stride[1];
 
@@ -135,8 +135,8 @@ cpa_status cpa_attn_forward(cpa_attn_ctx *ctx, const cpa_attn_desc *d, cpa_tenso
     job.lse = lse;
     job.scale = cpa_attn_scale(d);
     job.heads_per_group = d->q.shape[2] / d->k.shape[2];
-    cpa_tiling_init(&job.qt, d->q_rows, d->q.shape[1], CPA_TILE_Q);
-    cpa_tiling_init(&job.kt, d->kv_rows, d->k.shape[1], CPA_TILE_K);
+    cpa_tiling_init(&job.qt, d->q_rows, d->q.shape[1], CPA_FWD_TILE_Q);
+    cpa_tiling_init(&job.kt, d->kv_rows, d->k.shape[1], CPA_FWD_TILE_K);
 
     const int64_t B = d->q.shape[0], H = d->q.shape[2];
     const int64_t nq = cpa_tiling_count(&job.qt);

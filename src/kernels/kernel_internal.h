@@ -18,6 +18,15 @@
  * V tiles inside L2 and gives OpenBLAS shapes it runs near peak. */
 #define CPA_TILE_Q 128
 #define CPA_TILE_K 128
+/* The forward uses longer key tiles: it has one score buffer instead of two,
+ * and fewer tiles mean fewer rescalings of the output accumulator
+ * (measured: 128x256 runs ~5% faster than 128x128 at D=128). */
+#ifndef CPA_FWD_TILE_Q
+#define CPA_FWD_TILE_Q CPA_TILE_Q
+#endif
+#ifndef CPA_FWD_TILE_K
+#define CPA_FWD_TILE_K 256
+#endif
 
 struct cpa_attn_ctx {
     int num_threads;

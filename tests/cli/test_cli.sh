@@ -1,1 +1,304 @@
-exit 0
+#!/usr/bin/env bash
+# test_cli.sh — the contract of the `cpattn` program, checked from outside:
+# --help lists every flag with its default; every usage error exits 2 with one
+# line naming the flag; `attn --check` passes over a grid of small shapes
+# (causal/general, GQA, Dv != D, every layout, B = 2, ragged S); .npy files
+# round-trip bit-exactly through --save-inputs / --load; malformed .npy files
+# give a clean error naming the file; --forward-only, --iters and the kernel
+# benchmark produce their documented lines.
+#
+# usage: bash tests/cli/test_cli.sh path/to/cpattn
+# Prints one line per case and "N passed, N failed"; exits 1 if any failed.
+# Every invocation runs under `timeout` so a hang fails instead of stalling.
+# It needs only bash and coreutils (no Python): .npy files are written with
+# printf where a test needs a hand-made one.
+
+set -u
+
+BIN=${1:?usage: test_cli.sh path/to/cpattn}
+if [ ! -x "$BIN" ]; then
+    echo "test_cli.sh: $BIN is not an executable (build it first: make)" >&2
+    echo "0 passed, 1 failed"
+    exit 1
+fi
+TIMEOUT=${CPATTN_TEST_TIMEOUT:-120}
+TMP=$(mktemp -d "${TMPDIR:-/tmp}/cpattn-cli.XXXXXX")
+trap 'rm -rf "$TMP"' EXIT
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
+unset CPATTN_SEED CPATTN_THREADS
+
+passed=0
+failed=0
+OUT=$TMP/stdout
+ERR=$TMP/stderr
+
+# run ARGS... : run the binary; sets $rc, output in $OUT and $ERR.
+run() {
+    timeout "$TIMEOUT" "$BIN" "$@" >"$OUT" 2>"$ERR"
+    rc=$?
+}
+
+pass() {
+    passed=$((passed + 1))
+    echo "ok   $1"
+}
+
+# fail NAME WHY : record a failure and show what the program printed.
+fail() {
+    failed=$((failed + 1))
+    echo "FAIL $1: $2"
+    echo "     --- stdout (tail) ---"
+    tail -n 8 "$OUT" | sed 's/^/     /'
+    echo "     --- stderr ---"
+    tail -n 8 "$ERR" | sed 's/^/     /'
+}
+
+# expect_ok NAME PATTERN ARGS... : exit 0 and stdout matches PATTERN (grep -E).
+expect_ok() {
+    local name=$1 pattern=$2
+    shift 2
+    run "$@"
+    if [ "$rc" -ne 0 ]; then
+        fail "$name" "exit $rc, expected 0 (cpattn $*)"
+    elif ! grep -Eq -- "$pattern" "$OUT"; then
+        fail "$name" "stdout lacks /$pattern/ (cpattn $*)"
+    else
+        pass "$name"
+    fi
+}
+
+# expect_usage NAME WORD ARGS... : exit 2, exactly one stderr line, which
+# contains WORD (the flag, or the value, the message must name).
+expect_usage() {
+    local name=$1 word=$2
+    shift 2
+    run "$@"
+    if [ "$rc" -ne 2 ]; then
+        fail "$name" "exit $rc, expected 2 (cpattn $*)"
+    elif [ "$(wc -l <"$ERR")" -ne 1 ]; then
+        fail "$name" "expected exactly one line on stderr (cpattn $*)"
+    elif ! grep -Fq -- "$word" "$ERR"; then
+        fail "$name" "message does not name '$word' (cpattn $*)"
+    else
+        pass "$name"
+    fi
+}
+
+# expect_error NAME WORD ARGS... : exit 1 or 2 (no crash, no signal) and
+# stderr contains WORD (for example the offending file's name).
+expect_error() {
+    local name=$1 word=$2
+    shift 2
+    run "$@"
+    if [ "$rc" -ne 1 ] && [ "$rc" -ne 2 ]; then
+        fail "$name" "exit $rc, expected 1 or 2 (cpattn $*)"
+    elif ! grep -Fq -- "$word" "$ERR"; then
+        fail "$name" "message does not name '$word' (cpattn $*)"
+    else
+        pass "$name"
+    fi
+}
+
+# digest ARGS... : the 'digest ...' line of an attn run ("" on failure).
+digest() {
+    timeout "$TIMEOUT" "$BIN" attn "$@" 2>/dev/null | grep '^digest'
+}
+
+# npy_file PATH DESCR SHAPE NBYTES : a .npy v1.0 file with the given dtype
+# string ('<f4'), shape text ('(2, 3)') and NBYTES zero bytes of data.
+npy_file() {
+    local path=$1 descr=$2 shape=$3 nbytes=$4
+    local dict="{'descr': '$descr', 'fortran_order': False, 'shape': $shape, }"
+    local len=$((${#dict} + 1)) # + the closing newline
+    local pad=$(((64 - (10 + len) % 64) % 64))
+    local total=$((len + pad))
+    {
+        printf '\x93NUMPY\x01\x00'
+        printf "\\x$(printf %02x $((total % 256)))\\x$(printf %02x $((total / 256)))"
+        printf '%s%*s\n' "$dict" "$pad" ''
+        head -c "$nbytes" /dev/zero
+    } >"$path"
+}
+
+# ---------------------------------------------------------------------------
+# Help and configuration
+# ---------------------------------------------------------------------------
+
+expect_ok "top-level --help" "attn" --help
+run attn --help
+help_ok=1
+for f in --micro-batch-size --seq-length --num-attention-heads --num-query-groups \
+    --group-query-attention --kv-channels --v-channels --attention-mask-type \
+    --softmax-scale --layout --megatron-cp-in-bnsd --seed --load --save --save-inputs \
+    --forward-only --check --check-tol --check-tol-grad --reference --iters --warmup \
+    --threads; do
+    grep -Fq -- "  $f" "$OUT" || help_ok=0
+done
+for d in "(default: 1024)" "(default: causal)" "(default: bshd)" "(default: 1234)" \
+    "(default: 2e-4)" "(default: 1e-3)"; do
+    grep -Fq -- "$d" "$OUT" || help_ok=0
+done
+if [ "$rc" -eq 0 ] && [ "$help_ok" -eq 1 ]; then pass "attn --help lists flags and defaults"
+else fail "attn --help lists flags and defaults" "exit $rc or a flag/default missing"; fi
+
+expect_ok "bench --help" "kernel" bench --help
+run bench kernel --help
+if [ "$rc" -eq 0 ] && grep -Fq -- "--seq-lengths" "$OUT" && grep -Fq "(default: 1024,4096,16384)" "$OUT"
+then pass "bench kernel --help lists flags and defaults"
+else fail "bench kernel --help lists flags and defaults" "exit $rc or flags missing"; fi
+
+# ---------------------------------------------------------------------------
+# Usage errors: exit 2, one line naming the flag (or value) and the rule
+# ---------------------------------------------------------------------------
+
+# (cpattn.c follows this message with the subcommand list, so not one line.)
+run frobnicate
+if [ "$rc" -eq 2 ] && grep -q "unknown subcommand 'frobnicate'" "$ERR"; then pass "unknown subcommand"
+else fail "unknown subcommand" "exit $rc, expected 2 naming it"; fi
+expect_usage "unknown flag" "--seq-lenght" attn --seq-lenght 64
+expect_usage "unknown flag suggests" "did you mean --seq-length" attn --seq-lenght 64
+expect_usage "non-numeric int" "--seq-length 12x" attn --seq-length 12x
+expect_usage "int with =" "--seq-length abc" attn --seq-length=abc
+expect_usage "float as int" "--micro-batch-size 1.5" attn --micro-batch-size 1.5
+expect_usage "zero seq length" "--seq-length 0" attn --seq-length 0
+expect_usage "negative seq length" "--seq-length -5" attn --seq-length -5
+expect_usage "int overflow" "--seq-length 99999999999999999999" attn --seq-length 99999999999999999999
+expect_usage "missing value" "--seq-length" attn --seq-length
+expect_usage "H % G != 0" "--num-query-groups 3" attn --num-query-groups 3
+expect_usage "H % G names H" "--num-attention-heads 8" attn --num-query-groups 3
+expect_usage "bad mask type" "--attention-mask-type diagonal" attn --attention-mask-type diagonal
+expect_usage "bad layout" "--layout bhsd" attn --layout bhsd
+expect_usage "bnsd flag vs layout" "--megatron-cp-in-bnsd" attn --megatron-cp-in-bnsd --layout sbhd
+expect_usage "load missing dir" "$TMP/nowhere" attn --load "$TMP/nowhere"
+expect_usage "size overflow" "overflow" attn --seq-length 4000000000000000000
+expect_usage "size overflow names flag" "--seq-length 4000000000000000000" attn --seq-length 4000000000000000000
+expect_usage "negative threads" "--threads -1" attn --threads -1
+expect_usage "bad float" "--softmax-scale x" attn --softmax-scale x
+expect_usage "flag with bad value" "--check maybe" attn --check=maybe
+expect_usage "stray argument" "stray" attn stray
+expect_usage "save-inputs without save" "--save-inputs" attn --save-inputs
+CPATTN_SEED=abc expect_usage "bad env value" "CPATTN_SEED" attn
+expect_usage "bench missing name" "kernel" bench
+expect_usage "bench bad list" "--seq-lengths 1,,2" bench kernel --seq-lengths 1,,2
+expect_usage "bench bad threads" "--threads 0" bench kernel --threads 0
+
+# A size that fits in 64 bits but not in memory: a clear error, no crash.
+expect_error "too big for memory" "out of memory" attn --seq-length 100000000000
+
+# ---------------------------------------------------------------------------
+# --check against the reference over a grid of small shapes
+# ---------------------------------------------------------------------------
+
+check_case() {
+    local name=$1
+    shift
+    run attn --check "$@"
+    if [ "$rc" -ne 0 ]; then
+        fail "check $name" "exit $rc (cpattn attn --check $*)"
+    elif ! grep -q '^check: PASS' "$OUT" || grep -q 'FAIL' "$OUT"; then
+        fail "check $name" "no 'check: PASS' (cpattn attn --check $*)"
+    else
+        pass "check $name"
+    fi
+}
+
+check_case "causal default-ish" --seq-length 128
+check_case "general" --seq-length 128 --attention-mask-type general
+check_case "GQA H=8 G=2" --seq-length 96 --num-query-groups 2
+check_case "GQA via Megatron flag (G=1)" --seq-length 64 --group-query-attention
+check_case "MLA Dv != D" --seq-length 64 --kv-channels 48 --v-channels 32
+check_case "Dv > D general" --seq-length 64 --kv-channels 16 --v-channels 80 --attention-mask-type general
+check_case "layout sbhd" --seq-length 64 --layout sbhd --num-query-groups 4
+check_case "layout bnsd" --seq-length 64 --layout bnsd --attention-mask-type general
+check_case "megatron-cp-in-bnsd" --seq-length 64 --megatron-cp-in-bnsd
+check_case "batch 2" --micro-batch-size 2 --seq-length 64
+check_case "ragged S=77 B=2 GQA sbhd" --micro-batch-size 2 --seq-length 77 --num-query-groups 2 --layout sbhd
+check_case "ragged S=77 general bnsd" --seq-length 77 --attention-mask-type general --layout bnsd
+check_case "S=1" --seq-length 1 --num-attention-heads 2
+check_case "explicit softmax scale" --seq-length 50 --softmax-scale 0.3
+check_case "1 thread" --seq-length 100 --threads 1
+check_case "forward only" --seq-length 77 --forward-only
+check_case "reference as main path" --seq-length 40 --reference
+
+# ---------------------------------------------------------------------------
+# Outputs, determinism and .npy round trips
+# ---------------------------------------------------------------------------
+
+expect_ok "config printed" "^# +--seq-length +77 +\(command line\)" attn --seq-length 77 --forward-only
+expect_ok "forward-only prints out/lse digest" "^digest out=[0-9a-f]+ lse=[0-9a-f]+$" attn --seq-length 64 --forward-only
+expect_ok "iters: forward median" "^forward  median [0-9.]+ ms \(min [0-9.]+, max [0-9.]+, n=2\) +[0-9.]+ GFLOP/s" attn --seq-length 64 --iters 2
+expect_ok "iters: backward median" "^backward median [0-9.]+ ms \(min [0-9.]+, max [0-9.]+, n=2\)" attn --seq-length 64 --iters 2
+expect_ok "peak RSS" "^peak RSS [0-9.]+ MiB" attn --seq-length 32
+
+d1=$(digest --seq-length 200 --num-query-groups 2 --threads 1)
+d2=$(digest --seq-length 200 --num-query-groups 2 --threads 2)
+d3=$(digest --seq-length 200 --num-query-groups 2 --threads 2)
+if [ -n "$d1" ] && [ "$d1" = "$d2" ] && [ "$d2" = "$d3" ]; then pass "bitwise identical for 1 and 2 threads, run after run"
+else fail "bitwise identical for 1 and 2 threads, run after run" "'$d1' / '$d2' / '$d3'"; fi
+
+d1=$(digest --seq-length 64 --seed 7)
+d2=$(CPATTN_SEED=7 digest --seq-length=64)
+d3=$(digest --seq-length 64 --seed 8)
+if [ -n "$d1" ] && [ "$d1" = "$d2" ] && [ "$d1" != "$d3" ]; then pass "--seed, CPATTN_SEED and --flag=value agree"
+else fail "--seed, CPATTN_SEED and --flag=value agree" "'$d1' / '$d2' / '$d3'"; fi
+
+# Random inputs do not depend on the layout.
+run attn --seq-length 40 --layout bshd --forward-only --save "$TMP/in_bshd" --save-inputs
+run attn --seq-length 40 --layout bnsd --forward-only --save "$TMP/in_bnsd" --save-inputs
+same=1
+for f in q k v dout; do cmp -s "$TMP/in_bshd/$f.npy" "$TMP/in_bnsd/$f.npy" || same=0; done
+if [ "$same" -eq 1 ]; then pass "random inputs identical in every layout"
+else fail "random inputs identical in every layout" "saved q/k/v/dout differ between bshd and bnsd"; fi
+
+# --save (creating nested folders) then --load of the saved inputs: same bits.
+run attn --micro-batch-size 2 --seq-length 45 --num-query-groups 4 --v-channels 24 \
+    --save "$TMP/run1/nested" --save-inputs
+ok=$rc
+run attn --load "$TMP/run1/nested" --save "$TMP/run2"
+ok=$((ok + rc))
+for f in out lse dq dk dv; do cmp -s "$TMP/run1/nested/$f.npy" "$TMP/run2/$f.npy" || ok=1; done
+if [ "$ok" -eq 0 ]; then pass "--save-inputs then --load reproduces outputs bit-exactly"
+else fail "--save-inputs then --load reproduces outputs bit-exactly" "exit codes or files differ"; fi
+
+check_case "loaded inputs in another layout" --load "$TMP/run1/nested" --layout sbhd
+expect_usage "load vs disagreeing flag" "--seq-length 46" attn --load "$TMP/run1/nested" --seq-length 46
+expect_ok "load with agreeing flag" "^digest" attn --load "$TMP/run1/nested" --seq-length 45 --forward-only
+
+# Malformed inputs: a clear error naming the file, nothing else.
+bad=$TMP/bad
+mkdir -p "$bad"
+cp "$TMP/run1/nested/"{q,k,v,dout}.npy "$bad/"
+printf 'not a numpy file at all' >"$bad/k.npy"
+expect_error "garbage .npy names the file" "k.npy" attn --load "$bad"
+
+cp "$TMP/run1/nested/k.npy" "$bad/k.npy"
+head -c 300 "$TMP/run1/nested/v.npy" >"$bad/v.npy"
+expect_error "truncated .npy names the file" "v.npy" attn --load "$bad"
+
+npy_file "$bad/v.npy" '<f8' '(2, 45, 2, 24)' $((2 * 45 * 2 * 24 * 8))
+expect_error "float64 .npy names the file" "v.npy" attn --load "$bad"
+
+cp "$TMP/run1/nested/v.npy" "$bad/v.npy"
+npy_file "$bad/dout.npy" '<f4' '(2, 45, 8)' $((2 * 45 * 8 * 4))
+expect_usage "dout.npy with wrong dims" "dout.npy" attn --load "$bad"
+
+npy_file "$bad/dout.npy" '<f4' '(2, 45, 8, 25)' $((2 * 45 * 8 * 25 * 4))
+expect_usage "dout.npy with wrong Dv" "dout.npy" attn --load "$bad"
+
+rm -f "$bad/dout.npy"
+expect_usage "missing dout.npy" "dout.npy" attn --load "$bad"
+expect_ok "missing dout.npy is fine with --forward-only" "^digest out=" attn --load "$bad" --forward-only
+
+# ---------------------------------------------------------------------------
+# The kernel benchmark (a tiny grid: this checks the output, not the speed)
+# ---------------------------------------------------------------------------
+
+run bench kernel --seq-lengths 64,96 --head-dims 16 --threads 1 --reps 1 --warmup 0 \
+    --sgemm-size 128 --csv "$TMP/bench.csv"
+rows=$(grep -c '^1,\(causal\|general\),' "$TMP/bench.csv" 2>/dev/null)
+if [ "$rc" -eq 0 ] && grep -q '^# sgemm 128x128x128' "$OUT" && grep -q '^threads,mask,' "$TMP/bench.csv" &&
+    [ "$rows" = 4 ]; then pass "bench kernel table and CSV"
+else fail "bench kernel table and CSV" "exit $rc, $rows CSV rows"; fi
+
+echo "$passed passed, $failed failed"
+[ "$failed" -eq 0 ]
