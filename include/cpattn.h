@@ -19,6 +19,7 @@
 #ifndef CPATTN_H
 #define CPATTN_H
 
+#include <mpi.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -205,6 +206,123 @@ cpa_status cpa_attn_merge(cpa_tensor out, cpa_tensor lse, cpa_tensor out2, cpa_t
  * forward (2 GEMMs), counted as 2·Sq·Sk·(Dqk+Dv) per head over the visible
  * (unmasked) pairs; the backward is counted as 2.5x the forward. */
 double cpa_attn_forward_flops(const cpa_attn_desc *desc);
+
+/* ------------------------------------------------------------------------ */
+/* Sequence splits (sharding)                                                */
+/* ------------------------------------------------------------------------ */
+
+/* How a global sequence of S tokens is cut across the P ranks of a CP group.
+ *   CONTIGUOUS: rank r holds [r·S/P, (r+1)·S/P)          (general mask, Ulysses)
+ *   ZIGZAG:     2R chunks of c = S/(2R) over R = P/U ring ranks; ring rank
+ *               ρ holds chunk ρ then chunk 2R-1-ρ; that piece (S/R tokens)
+ *               is cut contiguously into U parts and rank r = ρ·U + u
+ *               holds part u.  U = 1 is the ring's zigzag; U > 1 is the
+ *               hybrid's (the Ulysses all-to-all then rebuilds exactly the
+ *               ring-level zigzag piece). */
+typedef enum cpa_split_kind {
+    CPA_SPLIT_CONTIGUOUS = 0,
+    CPA_SPLIT_ZIGZAG = 1
+} cpa_split_kind;
+
+typedef struct cpa_split {
+    cpa_split_kind kind;
+    int P; /* ranks sharing the sequence */
+    int U; /* zigzag only: Ulysses degree inside each ring rank (1 for plain ring) */
+} cpa_split;
+
+/* Check that S tokens can be split: 1 <= U, U divides P, and S % P == 0
+ * (contiguous) or S % (2P) == 0 (zigzag, which also makes the U parts
+ * equal).  The message names the values and the rule. */
+cpa_status cpa_split_check(cpa_split split, int64_t S);
+
+/* The local rows of rank r as pieces {row, len, pos}: local row `row`
+ * holds global position `pos`.  *count gets 1 or 2 (pieces needs room for
+ * CPA_SPLIT_MAX_PIECES). */
+#define CPA_SPLIT_MAX_PIECES 2
+cpa_status cpa_split_pieces(cpa_split split, int64_t S, int r, cpa_piece *pieces, int *count);
+
+/* Global positions of rank r's S/P local rows, in local order (what RoPE
+ * needs). */
+cpa_status cpa_split_positions(cpa_split split, int64_t S, int r, int64_t *positions);
+
+/* Copy rank r's rows of a global [B, S, N, D] view into a local
+ * [B, S/P, N, D] view (any strides), and back. */
+cpa_status cpa_shard(cpa_split split, int r, cpa_tensor global, cpa_tensor local);
+cpa_status cpa_unshard(cpa_split split, int r, cpa_tensor local, cpa_tensor global);
+
+/* ------------------------------------------------------------------------ */
+/* Context-parallel attention plans                                          */
+/* ------------------------------------------------------------------------ */
+
+/* The algorithms, by MindSpeed's --context-parallel-algo names. */
+typedef enum cpa_algo {
+    CPA_ALGO_ULYSSES = 0,  /* ulysses_cp_algo */
+    CPA_ALGO_RING = 1,     /* megatron_cp_algo (window > 1: double ring) */
+    CPA_ALGO_HYBRID = 2    /* hybrid_cp_algo */
+} cpa_algo;
+
+const char *cpa_algo_name(cpa_algo algo);
+cpa_status cpa_algo_parse(const char *name, cpa_algo *out);
+
+/* Everything a plan needs; identical on every rank of the group.  Sizes
+ * are GLOBAL (S is the whole sequence). */
+typedef struct cpa_cp_config {
+    cpa_algo algo;
+    int cp_size;              /* --context-parallel-size P: must equal the communicator size */
+    int window;               /* --cp-window-size W (ring/hybrid), 1 = plain ring */
+    int ulysses_degree;       /* --ulysses-degree-in-cp U (hybrid) */
+    int tp_size;              /* --tensor-model-parallel-size (head rules), 1 */
+    int send_recv_overlap;    /* --use-cp-send-recv-overlap */
+    cpa_mask_kind mask;       /* --attention-mask-type: causal or general (NONE) */
+    cpa_layout layout;        /* local tensors' layout (bnsd = --megatron-cp-in-bnsd) */
+    int64_t batch;            /* B */
+    int64_t seq_length;       /* S, global */
+    int64_t num_heads;        /* H */
+    int64_t num_kv_heads;     /* G */
+    int64_t head_dim;         /* Dqk */
+    int64_t v_head_dim;       /* Dv (0: = head_dim) */
+    float softmax_scale;      /* 0: 1/sqrt(Dqk) */
+    int num_threads;          /* kernel threads per rank, 0: omp_get_max_threads() */
+} cpa_cp_config;
+
+typedef struct cpa_plan cpa_plan;
+
+/* Validate `config` against every rule of the algorithm COLLECTIVELY: all
+ * ranks of `comm` return the same status and the same message (naming the
+ * flag, the values and the rule), so no rank is left waiting.  On success
+ * the plan owns a duplicate of `comm` (MPI_ERRORS_RETURN), its
+ * sub-communicators and every buffer; forward/backward allocate nothing. */
+cpa_status cpa_plan_create(MPI_Comm comm, const cpa_cp_config *config, cpa_plan **out);
+void cpa_plan_destroy(cpa_plan *plan);
+
+/* The split of this plan's local rows, this rank's index in the group, and
+ * the local sequence length S/P. */
+cpa_split cpa_plan_split(const cpa_plan *plan);
+int cpa_plan_rank(const cpa_plan *plan);
+int64_t cpa_plan_local_seq(const cpa_plan *plan);
+
+/* Local shards, in the plan's layout:
+ *   q, dq, dout, out: [B, S/P, H, D*]   k, v, dk, dv: [B, S/P, G, D*]
+ *   lse: [B, H, S/P] (any strides)
+ * forward writes out and lse; backward takes the forward's out and lse and
+ * WRITES (not adds) dq, dk, dv for the local rows.  Collective over the
+ * plan's group. */
+cpa_status cpa_plan_forward(cpa_plan *plan, cpa_tensor q, cpa_tensor k, cpa_tensor v,
+                            cpa_tensor out, cpa_tensor lse);
+cpa_status cpa_plan_backward(cpa_plan *plan, cpa_tensor q, cpa_tensor k, cpa_tensor v,
+                             cpa_tensor out, cpa_tensor lse, cpa_tensor dout, cpa_tensor dq,
+                             cpa_tensor dk, cpa_tensor dv);
+
+/* Counters of the last forward or backward call on this rank. */
+typedef struct cpa_plan_stats {
+    double total_s;       /* wall time of the call */
+    double wait_s;        /* time blocked in MPI waits: exposed communication */
+    double compute_s;     /* time in the local kernels */
+    double bytes_sent;    /* bytes this rank sent */
+    double flops;         /* kernel flops this rank did (visible pairs; bwd counted 2.5x) */
+} cpa_plan_stats;
+
+void cpa_plan_last_stats(const cpa_plan *plan, cpa_plan_stats *stats);
 
 /* ------------------------------------------------------------------------ */
 /* NumPy .npy files (float32, C order, format versions 1.0 and 2.0)          */

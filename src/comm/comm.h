@@ -1,0 +1,61 @@
+/*
+ * comm.h — cpattn's communication layer: communicator duplication with
+ * MPI_ERRORS_RETURN, and non-blocking point-to-point transfers that are
+ * progressed while kernels run.  It knows nothing about attention.
+ *
+ * Open MPI over shared memory moves a non-blocking message only while some
+ * MPI call runs on the process (measured here: a 64 MiB transfer posted
+ * before 200 ms of compute still costs ~18 ms at MPI_Wait).  So the
+ * transfers live in a cpa_xfer set whose cpa_xfer_progress() the kernels
+ * call between tiles (through the kernel's progress callback): MPI_Testall
+ * every few hundred microseconds keeps the wire busy during compute, and
+ * the wait at the end of a step is close to zero.
+ */
+#ifndef CPATTN_COMM_H
+#define CPATTN_COMM_H
+
+#include "internal.h"
+
+#include <mpi.h>
+
+#define CPA_XFER_SLOTS 8 /* transfers in flight at once (each is a send + a receive) */
+
+typedef struct cpa_xfer {
+    MPI_Request req[2 * CPA_XFER_SLOTS]; /* [2*h] receive, [2*h+1] send of handle h */
+    int busy[CPA_XFER_SLOTS];
+    double wait_s;     /* time blocked in cpa_xfer_wait since the last reset */
+    double bytes_sent; /* bytes posted for sending since the last reset */
+} cpa_xfer;
+
+void cpa_xfer_init(cpa_xfer *x);
+void cpa_xfer_reset_counters(cpa_xfer *x);
+
+/* Post one transfer: MPI_Irecv of `count` floats from `src` into recvbuf on
+ * recv_comm, then MPI_Isend of sendbuf to `dest` on send_comm (receive
+ * first, so a matching send never waits for a receive to appear).  Either
+ * side may be skipped with a NULL buffer.  *handle identifies the pair for
+ * cpa_xfer_wait. */
+cpa_status cpa_xfer_post(cpa_xfer *x, const float *sendbuf, int dest, MPI_Comm send_comm,
+                         float *recvbuf, int src, MPI_Comm recv_comm, int64_t count, int tag,
+                         int *handle);
+
+/* Block until both sides of `handle` completed; the time counts as exposed
+ * communication. */
+cpa_status cpa_xfer_wait(cpa_xfer *x, int handle);
+
+/* Progress every transfer in flight (MPI_Testall).  Signature of the
+ * kernels' progress callback; `arg` is the cpa_xfer. */
+void cpa_xfer_progress(void *arg);
+
+/* Cancel-free cleanup after an error: wait for whatever is in flight. */
+void cpa_xfer_drain(cpa_xfer *x);
+
+/* MPI_Comm_dup with MPI_ERRORS_RETURN set on the copy. */
+cpa_status cpa_comm_dup(MPI_Comm comm, MPI_Comm *out);
+
+/* Turn an MPI return code into a cpa_status with the MPI error string. */
+cpa_status cpa_mpi_error(int rc, const char *what);
+
+double cpa_wtime(void);
+
+#endif /* CPATTN_COMM_H */

@@ -1,0 +1,70 @@
+/*
+ * cp_internal.h — the pieces the context-parallel algorithms share inside
+ * the library: the ring engine (plain ring is the double ring with W = 1)
+ * and small tensor helpers.  Algorithms compose: a plan owns communicators
+ * and buffers and calls these engines.
+ */
+#ifndef CPATTN_CP_INTERNAL_H
+#define CPATTN_CP_INTERNAL_H
+
+#include "comm.h"
+#include "internal.h"
+
+/* Ring / double-ring attention over the ranks of one communicator, in rank
+ * order.  Windows of W consecutive ranks (W = 1: one plain ring).  The
+ * sequence split is the ring-level one: zigzag over the R ranks for a
+ * causal mask, contiguous for the general mask. */
+typedef struct cpa_ring {
+    MPI_Comm comm[2];        /* comm[1] == comm[0] unless send/recv overlap: see ring.c */
+    int R, W, I, idx, w, p;  /* ring size, window, windows, my index = w*W + p */
+    cpa_split split;
+    int64_t S, B, Sl, H, G, Dqk, Dv; /* Sl = S / R local rows */
+    cpa_layout layout;
+    cpa_mask_kind mask;
+    float scale;
+    cpa_attn_ctx *ctx;       /* borrowed */
+    int64_t k_floats, kv_floats;
+    float *kv[4];            /* KV block buffers: K [B,Sl,G,Dqk] then V [B,Sl,G,Dv], in `layout` */
+    float *dkv[3];           /* dK/dV accumulators, same packing */
+    float *out_blk;          /* [B, Sl, H, Dv] a block's partial output, in `layout` */
+    float *lse_blk;          /* [B, H, Sl] */
+    cpa_xfer xfer;
+    double compute_s, flops;
+} cpa_ring;
+
+typedef struct cpa_ring_shape {
+    int W, overlap;
+    cpa_mask_kind mask;
+    cpa_layout layout;
+    int64_t S, B, H, G, Dqk, Dv;
+    float scale;
+} cpa_ring_shape;
+
+/* `comm` is used as is (the caller owns it); with overlap a second
+ * duplicate is made and owned by the ring. */
+cpa_status cpa_ring_init(cpa_ring *g, MPI_Comm comm, const cpa_ring_shape *shape,
+                         cpa_attn_ctx *ctx);
+void cpa_ring_free(cpa_ring *g);
+cpa_status cpa_ring_forward(cpa_ring *g, cpa_tensor q, cpa_tensor k, cpa_tensor v,
+                            cpa_tensor out, cpa_tensor lse);
+cpa_status cpa_ring_backward(cpa_ring *g, cpa_tensor q, cpa_tensor k, cpa_tensor v,
+                             cpa_tensor out, cpa_tensor lse, cpa_tensor dout, cpa_tensor dq,
+                             cpa_tensor dk, cpa_tensor dv);
+
+/* The block a rank processes at (round j, inner step i), as a ring index:
+ * forward visits window w-j at positions p, p-1, ...; backward the exact
+ * reverse, window w+1+j at positions p+1, p+2, ... (ALGORITHMS.md §3).
+ * Shared by the engine and the schedule simulation test. */
+static inline int cpa_dring_block(int W, int I, int w, int p, int j, int i, int backward)
+{
+    if (!backward)
+        return ((w - j % I + I) % I) * W + ((p - i % W + W) % W);
+    return ((w + 1 + j) % I) * W + ((p + 1 + i) % W);
+}
+
+/* Copy between 4-d views of the same shape (any strides). */
+void cpa_copy4(cpa_tensor dst, cpa_tensor src);
+/* Set a 4-d view to zero. */
+void cpa_zero4(cpa_tensor t);
+
+#endif

@@ -1,0 +1,270 @@
+/*
+ * plan.c — context-parallel plans: collective validation of the
+ * configuration (every rank returns the same verdict and message), the
+ * algorithm table, and plan-once/run-many state (duplicated communicator,
+ * kernel context, the algorithm's buffers).  Forward and backward calls
+ * allocate nothing.
+ */
+#include "cp_internal.h"
+#include "kernel_internal.h"
+
+#include <limits.h>
+#include <stdio.h>
+#include <string.h>
+
+struct cpa_plan {
+    cpa_cp_config cfg;
+    MPI_Comm comm; /* duplicate of the caller's, MPI_ERRORS_RETURN */
+    int rank, P;
+    cpa_split split;
+    int64_t Sl;
+    cpa_attn_ctx *ctx;
+    cpa_ring ring;
+    cpa_plan_stats stats;
+};
+
+static const char *const algo_names[] = {"ulysses_cp_algo", "megatron_cp_algo", "hybrid_cp_algo"};
+
+const char *cpa_algo_name(cpa_algo algo)
+{
+    return (int)algo >= 0 && (int)algo < 3 ? algo_names[algo] : "unknown";
+}
+
+cpa_status cpa_algo_parse(const char *name, cpa_algo *out)
+{
+    for (int i = 0; i < 3; ++i)
+        if (name && !strcmp(name, algo_names[i])) {
+            *out = (cpa_algo)i;
+            return CPA_OK;
+        }
+    return cpa_error(CPA_ERR_ARG, "--context-parallel-algo %s: unknown algorithm (expected "
+                     "ulysses_cp_algo, megatron_cp_algo or hybrid_cp_algo)", name ? name : "(null)");
+}
+
+/* ---- validation (local; made collective by cpa_plan_create) ------------- */
+
+static cpa_status validate(const cpa_cp_config *c, int world)
+{
+    if ((int)c->algo < 0 || (int)c->algo > 2)
+        return cpa_error(CPA_ERR_ARG, "--context-parallel-algo: unknown algorithm %d", (int)c->algo);
+    if (c->cp_size != world)
+        return cpa_error(CPA_ERR_ARG, "--context-parallel-size %d does not match the %d ranks of "
+                         "the communicator (run with mpiexec -n %d)", c->cp_size, world, c->cp_size);
+    if (c->batch < 1 || c->num_heads < 1 || c->num_kv_heads < 1 || c->head_dim < 1 ||
+        c->v_head_dim < 0)
+        return cpa_error(CPA_ERR_ARG, "batch %lld, heads %lld, kv heads %lld, head dim %lld: all "
+                         "must be positive", (long long)c->batch, (long long)c->num_heads,
+                         (long long)c->num_kv_heads, (long long)c->head_dim);
+    if (c->num_heads % c->num_kv_heads != 0)
+        return cpa_error(CPA_ERR_ARG, "--num-attention-heads %lld is not a multiple of "
+                         "--num-query-groups %lld (GQA needs H %% G == 0)",
+                         (long long)c->num_heads, (long long)c->num_kv_heads);
+    if (c->mask != CPA_MASK_CAUSAL && c->mask != CPA_MASK_NONE)
+        return cpa_error(CPA_ERR_ARG, "--attention-mask-type: unknown mask %d", (int)c->mask);
+    if ((int)c->layout < 0 || (int)c->layout > 2)
+        return cpa_error(CPA_ERR_ARG, "unknown layout %d", (int)c->layout);
+    if (c->tp_size < 1)
+        return cpa_error(CPA_ERR_ARG, "--tensor-model-parallel-size %d: must be >= 1", c->tp_size);
+    if (c->num_threads < 0)
+        return cpa_error(CPA_ERR_ARG, "threads %d: must be >= 0", c->num_threads);
+    if (!isfinite(c->softmax_scale))
+        return cpa_error(CPA_ERR_ARG, "--softmax-scale is not finite");
+    if (c->algo != CPA_ALGO_RING)
+        return cpa_error(CPA_ERR_ARG, "--context-parallel-algo %s is not available in this "
+                         "version yet; use megatron_cp_algo (ring / double ring)",
+                         cpa_algo_name(c->algo));
+    const int P = c->cp_size, W = c->window;
+    if (W != 1 && (W < 1 || W >= P || P % W != 0))
+        return cpa_error(CPA_ERR_ARG, "--cp-window-size %d with --context-parallel-size %d: the "
+                         "window must be 1, or satisfy 1 < W < P and P %% W == 0 (double ring: "
+                         "P/W windows of W ranks)", W, P);
+    cpa_split split = {c->mask == CPA_MASK_CAUSAL ? CPA_SPLIT_ZIGZAG : CPA_SPLIT_CONTIGUOUS, P, 1};
+    return cpa_split_check(split, c->seq_length);
+}
+
+/* A checksum of the configuration, to detect ranks that disagree. */
+static long config_hash(const cpa_cp_config *c)
+{
+    const long v[] = {c->algo, c->cp_size, c->window, c->ulysses_degree, c->tp_size,
+                      c->send_recv_overlap, c->mask, c->layout, (long)c->batch,
+                      (long)c->seq_length, (long)c->num_heads, (long)c->num_kv_heads,
+                      (long)c->head_dim, (long)c->v_head_dim, (long)(c->softmax_scale * 1e6f)};
+    unsigned long h = 1469598103934665603UL;
+    for (size_t i = 0; i < sizeof v / sizeof v[0]; ++i)
+        h = (h ^ (unsigned long)v[i]) * 1099511628211UL;
+    return (long)(h >> 1);
+}
+
+/* Every rank learns whether any rank failed; if one did, all return the
+ * status and message of the lowest failing rank. */
+static cpa_status agree(MPI_Comm comm, int rank, cpa_status mine)
+{
+    int first = mine == CPA_OK ? INT_MAX : rank;
+    int rc = MPI_Allreduce(MPI_IN_PLACE, &first, 1, MPI_INT, MPI_MIN, comm);
+    if (rc != MPI_SUCCESS)
+        return cpa_mpi_error(rc, "MPI_Allreduce (configuration check)");
+    if (first == INT_MAX)
+        return CPA_OK;
+    char msg[1024];
+    int status = (int)mine;
+    snprintf(msg, sizeof msg, "%s", cpa_last_error());
+    MPI_Bcast(&status, 1, MPI_INT, first, comm);
+    MPI_Bcast(msg, (int)sizeof msg, MPI_CHAR, first, comm);
+    msg[sizeof msg - 1] = '\0';
+    return cpa_error((cpa_status)status, "%s", msg);
+}
+
+/* ---- plans ------------------------------------------------------------------ */
+
+cpa_status cpa_plan_create(MPI_Comm comm, const cpa_cp_config *config, cpa_plan **out)
+{
+    if (comm == MPI_COMM_NULL)
+        return cpa_error(CPA_ERR_ARG, "cpa_plan_create: communicator is MPI_COMM_NULL");
+    int rank = 0, world = 0;
+    MPI_Comm_rank(comm, &rank);
+    MPI_Comm_size(comm, &world);
+    cpa_status s = CPA_OK;
+    if (!config || !out)
+        s = cpa_error(CPA_ERR_ARG, "cpa_plan_create: config and out must not be NULL");
+    else
+        s = validate(config, world);
+    CPA_TRY(agree(comm, rank, s));
+
+    long h = config_hash(config), hmin = h, hmax = h;
+    MPI_Allreduce(MPI_IN_PLACE, &hmin, 1, MPI_LONG, MPI_MIN, comm);
+    MPI_Allreduce(MPI_IN_PLACE, &hmax, 1, MPI_LONG, MPI_MAX, comm);
+    if (hmin != hmax)
+        return cpa_error(CPA_ERR_ARG, "the context-parallel configuration differs between ranks; "
+                         "every rank must pass the same flags");
+
+    cpa_plan *plan = cpa_calloc(sizeof *plan, "plan");
+    s = plan ? CPA_OK : CPA_ERR_NOMEM;
+    if (s == CPA_OK) {
+        plan->cfg = *config;
+        if (plan->cfg.v_head_dim == 0)
+            plan->cfg.v_head_dim = plan->cfg.head_dim;
+        plan->comm = MPI_COMM_NULL;
+        plan->rank = rank;
+        plan->P = world;
+        plan->split.kind = config->mask == CPA_MASK_CAUSAL ? CPA_SPLIT_ZIGZAG : CPA_SPLIT_CONTIGUOUS;
+        plan->split.P = world;
+        plan->split.U = 1;
+        plan->Sl = config->seq_length / world;
+        s = cpa_comm_dup(comm, &plan->comm);
+    }
+    if (s == CPA_OK) {
+        int64_t dmax = plan->cfg.head_dim > plan->cfg.v_head_dim ? plan->cfg.head_dim
+                                                                  : plan->cfg.v_head_dim;
+        cpa_attn_ctx_config kc = {dmax, config->num_threads};
+        s = cpa_attn_ctx_create(&kc, &plan->ctx);
+    }
+    if (s == CPA_OK) {
+        const cpa_cp_config *c = &plan->cfg;
+        cpa_ring_shape sh = {c->window, c->send_recv_overlap, c->mask, c->layout, c->seq_length,
+                             c->batch, c->num_heads, c->num_kv_heads, c->head_dim, c->v_head_dim,
+                             c->softmax_scale};
+        s = cpa_ring_init(&plan->ring, plan->comm, &sh, plan->ctx);
+    }
+    /* Allocation can fail on one rank only: agree before anyone proceeds. */
+    cpa_status all = agree(comm, rank, s);
+    if (all != CPA_OK) {
+        cpa_plan_destroy(plan);
+        return all;
+    }
+    *out = plan;
+    return CPA_OK;
+}
+
+void cpa_plan_destroy(cpa_plan *plan)
+{
+    if (!plan)
+        return;
+    cpa_ring_free(&plan->ring);
+    cpa_attn_ctx_destroy(plan->ctx);
+    if (plan->comm != MPI_COMM_NULL)
+        MPI_Comm_free(&plan->comm);
+    cpa_free(plan);
+}
+
+cpa_split cpa_plan_split(const cpa_plan *plan) { return plan->split; }
+int cpa_plan_rank(const cpa_plan *plan) { return plan->rank; }
+int64_t cpa_plan_local_seq(const cpa_plan *plan) { return plan->Sl; }
+
+/* The local tensors must have the plan's local shapes. */
+static cpa_status check_local(const cpa_plan *plan, const char *name, const cpa_tensor *t,
+                              int64_t heads, int64_t dim)
+{
+    const int64_t want[4] = {plan->cfg.batch, plan->Sl, heads, dim};
+    if (t->ndim != 4 || !t->data)
+        return cpa_error(CPA_ERR_ARG, "%s: expected a 4-d local view with data", name);
+    for (int i = 0; i < 4; ++i)
+        if (t->shape[i] != want[i])
+            return cpa_error(CPA_ERR_ARG, "%s: local shape [%lld, %lld, %lld, %lld] does not "
+                             "match the plan's [B, S/P, N, D] = [%lld, %lld, %lld, %lld]", name,
+                             (long long)t->shape[0], (long long)t->shape[1],
+                             (long long)t->shape[2], (long long)t->shape[3], (long long)want[0],
+                             (long long)want[1], (long long)want[2], (long long)want[3]);
+    if (t->stride[3] != 1)
+        return cpa_error(CPA_ERR_ARG, "%s: the head dim must have unit stride", name);
+    return CPA_OK;
+}
+
+static cpa_status check_io(const cpa_plan *plan, const cpa_tensor *q, const cpa_tensor *k,
+                           const cpa_tensor *v, const cpa_tensor *out, const cpa_tensor *lse)
+{
+    const cpa_cp_config *c = &plan->cfg;
+    CPA_TRY(check_local(plan, "q", q, c->num_heads, c->head_dim));
+    CPA_TRY(check_local(plan, "k", k, c->num_kv_heads, c->head_dim));
+    CPA_TRY(check_local(plan, "v", v, c->num_kv_heads, c->v_head_dim));
+    CPA_TRY(check_local(plan, "out", out, c->num_heads, c->v_head_dim));
+    if (lse->ndim != 3 || !lse->data || lse->shape[0] != c->batch || lse->shape[1] != c->num_heads ||
+        lse->shape[2] != plan->Sl)
+        return cpa_error(CPA_ERR_ARG, "lse: expected a local [B, H, S/P] = [%lld, %lld, %lld] view",
+                         (long long)c->batch, (long long)c->num_heads, (long long)plan->Sl);
+    return CPA_OK;
+}
+
+static void record(cpa_plan *plan, double t0)
+{
+    plan->stats.total_s = cpa_wtime() - t0;
+    plan->stats.wait_s = plan->ring.xfer.wait_s;
+    plan->stats.bytes_sent = plan->ring.xfer.bytes_sent;
+    plan->stats.compute_s = plan->ring.compute_s;
+    plan->stats.flops = plan->ring.flops;
+}
+
+cpa_status cpa_plan_forward(cpa_plan *plan, cpa_tensor q, cpa_tensor k, cpa_tensor v,
+                            cpa_tensor out, cpa_tensor lse)
+{
+    if (!plan)
+        return cpa_error(CPA_ERR_ARG, "cpa_plan_forward: plan is NULL");
+    CPA_TRY(check_io(plan, &q, &k, &v, &out, &lse));
+    double t0 = cpa_wtime();
+    cpa_status s = cpa_ring_forward(&plan->ring, q, k, v, out, lse);
+    record(plan, t0);
+    return s;
+}
+
+cpa_status cpa_plan_backward(cpa_plan *plan, cpa_tensor q, cpa_tensor k, cpa_tensor v,
+                             cpa_tensor out, cpa_tensor lse, cpa_tensor dout, cpa_tensor dq,
+                             cpa_tensor dk, cpa_tensor dv)
+{
+    if (!plan)
+        return cpa_error(CPA_ERR_ARG, "cpa_plan_backward: plan is NULL");
+    const cpa_cp_config *c = &plan->cfg;
+    CPA_TRY(check_io(plan, &q, &k, &v, &out, &lse));
+    CPA_TRY(check_local(plan, "dout", &dout, c->num_heads, c->v_head_dim));
+    CPA_TRY(check_local(plan, "dq", &dq, c->num_heads, c->head_dim));
+    CPA_TRY(check_local(plan, "dk", &dk, c->num_kv_heads, c->head_dim));
+    CPA_TRY(check_local(plan, "dv", &dv, c->num_kv_heads, c->v_head_dim));
+    double t0 = cpa_wtime();
+    cpa_status s = cpa_ring_backward(&plan->ring, q, k, v, out, lse, dout, dq, dk, dv);
+    record(plan, t0);
+    return s;
+}
+
+void cpa_plan_last_stats(const cpa_plan *plan, cpa_plan_stats *stats)
+{
+    if (plan && stats)
+        *stats = plan->stats;
+}

@@ -1,0 +1,367 @@
+/*
+ * ring.c — Ring Attention and Double-Ring Attention (megatron_cp_algo,
+ * --cp-window-size W), forward and backward, over the ranks of one
+ * communicator.  The schedule is ALGORITHMS.md §2-3; the plain ring is the
+ * double ring with W = 1 (one rank per window, the outer ring is the ring),
+ * so there is one engine and one schedule to test.
+ *
+ * Data.  K and V of a block travel together in one buffer with G heads (GQA
+ * never inflates traffic).  Four KV buffers rotate so that no receive ever
+ * lands in a buffer a send is still reading: the block held at the start
+ * of a round is the outer send's buffer for the whole round, and the inner
+ * receives alternate between two others (the fourth receives the outer
+ * block).  No KV copy is made after the first.
+ *
+ * Causal masks use the zigzag split; which part of a block is computed
+ * depends only on the block's owner k versus my index r (§2): k == r the
+ * causal diagonal, k < r all queries against the early key chunk, k > r the
+ * late query chunk against all keys.  Every off-diagonal step is 2c x c.
+ *
+ * Backward.  Blocks are visited in exactly the reverse order.  The engine
+ * begins by fetching block (w+1, p+1) — the block the forward ended with —
+ * in one exposed transfer (the forward's buffers may have been reused by
+ * other layers in between), then runs with every transfer reversed.  A dK/dV
+ * accumulator (fp32) follows its block: after each step it is sent to the
+ * rank that processes the block next, and received back just before it is
+ * needed, so the transfer hides behind the next step's compute.
+ *
+ * --use-cp-send-recv-overlap.  A message travels on the communicator picked
+ * by the parity of the SENDER's position in its ring; the receiver, knowing
+ * its source, picks the same one.  So a rank's send and its receive of a
+ * step use different communicators wherever the ring alternates parity, and
+ * the pairing is right for every ring length — MindSpeed pairs by the
+ * receiver's own parity, which mismatches at the wrap-around of an
+ * odd-length ring.  Channels are also told apart by tag.
+ */
+#include "cp_internal.h"
+#include "kernel_internal.h"
+
+#include <string.h>
+
+enum { TAG_KV_INNER = 11, TAG_KV_OUTER = 12, TAG_DKV_INTRA = 13, TAG_DKV_INTER = 14,
+       TAG_SHIFT = 15 };
+
+/* ---- tensor helpers ------------------------------------------------------ */
+
+void cpa_copy4(cpa_tensor dst, cpa_tensor src)
+{
+    for (int64_t b = 0; b < src.shape[0]; ++b)
+        for (int64_t s = 0; s < src.shape[1]; ++s)
+            for (int64_t n = 0; n < src.shape[2]; ++n) {
+                float *d = cpa_at4(&dst, b, s, n);
+                const float *x = cpa_at4(&src, b, s, n);
+                if (dst.stride[3] == 1 && src.stride[3] == 1)
+                    memcpy(d, x, sizeof(float) * (size_t)src.shape[3]);
+                else
+                    for (int64_t c = 0; c < src.shape[3]; ++c)
+                        d[c * dst.stride[3]] = x[c * src.stride[3]];
+            }
+}
+
+void cpa_zero4(cpa_tensor t)
+{
+    for (int64_t b = 0; b < t.shape[0]; ++b)
+        for (int64_t s = 0; s < t.shape[1]; ++s)
+            for (int64_t n = 0; n < t.shape[2]; ++n) {
+                float *d = cpa_at4(&t, b, s, n);
+                for (int64_t c = 0; c < t.shape[3]; ++c)
+                    d[c * t.stride[3]] = 0.0f;
+            }
+}
+
+/* ---- set-up ---------------------------------------------------------------- */
+
+static int ring_index(const cpa_ring *g, int w, int p)
+{
+    return ((w % g->I + g->I) % g->I) * g->W + ((p % g->W + g->W) % g->W);
+}
+
+cpa_status cpa_ring_init(cpa_ring *g, MPI_Comm comm, const cpa_ring_shape *sh, cpa_attn_ctx *ctx)
+{
+    memset(g, 0, sizeof *g);
+    cpa_xfer_init(&g->xfer);
+    g->comm[0] = g->comm[1] = comm;
+    MPI_Comm_size(comm, &g->R);
+    MPI_Comm_rank(comm, &g->idx);
+    g->W = sh->W;
+    g->I = g->R / g->W;
+    g->w = g->idx / g->W;
+    g->p = g->idx % g->W;
+    g->split.kind = sh->mask == CPA_MASK_CAUSAL ? CPA_SPLIT_ZIGZAG : CPA_SPLIT_CONTIGUOUS;
+    g->split.P = g->R;
+    g->split.U = 1;
+    g->S = sh->S, g->B = sh->B, g->H = sh->H, g->G = sh->G, g->Dqk = sh->Dqk, g->Dv = sh->Dv;
+    g->Sl = sh->S / g->R;
+    g->layout = sh->layout;
+    g->mask = sh->mask;
+    g->scale = sh->scale;
+    g->ctx = ctx;
+    if (sh->overlap && g->R > 1)
+        CPA_TRY(cpa_comm_dup(comm, &g->comm[1]));
+
+    g->k_floats = g->B * g->Sl * g->G * g->Dqk;
+    g->kv_floats = g->k_floats + g->B * g->Sl * g->G * g->Dv;
+    const size_t kv_bytes = sizeof(float) * (size_t)g->kv_floats;
+    for (int i = 0; i < 4; ++i)
+        if (!(g->kv[i] = cpa_malloc(kv_bytes, "ring KV buffer")))
+            goto fail;
+    for (int i = 0; i < 3; ++i)
+        if (!(g->dkv[i] = cpa_malloc(kv_bytes, "ring dK/dV accumulator")))
+            goto fail;
+    g->out_blk = cpa_malloc(sizeof(float) * (size_t)(g->B * g->Sl * g->H * g->Dv), "ring block output");
+    g->lse_blk = cpa_malloc(sizeof(float) * (size_t)(g->B * g->H * g->Sl), "ring block lse");
+    if (!g->out_blk || !g->lse_blk)
+        goto fail;
+    return CPA_OK;
+fail:
+    cpa_ring_free(g);
+    return CPA_ERR_NOMEM;
+}
+
+void cpa_ring_free(cpa_ring *g)
+{
+    for (int i = 0; i < 4; ++i)
+        cpa_free(g->kv[i]);
+    for (int i = 0; i < 3; ++i)
+        cpa_free(g->dkv[i]);
+    cpa_free(g->out_blk);
+    cpa_free(g->lse_blk);
+    if (g->comm[1] != g->comm[0] && g->comm[1] != MPI_COMM_NULL)
+        MPI_Comm_free(&g->comm[1]);
+    memset(g, 0, sizeof *g);
+}
+
+/* ---- views and block selection ------------------------------------------- */
+
+static cpa_tensor k_view(const cpa_ring *g, float *buf)
+{
+    return cpa_tensor_attn(buf, g->layout, g->B, g->Sl, g->G, g->Dqk);
+}
+
+static cpa_tensor v_view(const cpa_ring *g, float *buf)
+{
+    return cpa_tensor_attn(buf + g->k_floats, g->layout, g->B, g->Sl, g->G, g->Dv);
+}
+
+/* The attention block "my queries x the keys of owner k" per the table of
+ * ALGORITHMS.md §2.  qp/kp receive the pieces the descriptor points to. */
+static void block_desc(const cpa_ring *g, int k, cpa_tensor q, float *kvbuf, cpa_attn_desc *d,
+                       cpa_piece qp[2], cpa_piece kp[2])
+{
+    int nq, nk;
+    cpa_split_pieces(g->split, g->S, g->idx, qp, &nq);
+    cpa_split_pieces(g->split, g->S, k, kp, &nk);
+    memset(d, 0, sizeof *d);
+    d->q = q;
+    d->k = k_view(g, kvbuf);
+    d->v = v_view(g, kvbuf);
+    d->softmax_scale = g->scale;
+    d->q_rows = (cpa_rows){qp, nq};
+    d->kv_rows = (cpa_rows){kp, nk};
+    d->mask.kind = CPA_MASK_NONE;
+    d->progress = cpa_xfer_progress;
+    d->progress_arg = (void *)&g->xfer;
+    if (g->mask != CPA_MASK_CAUSAL)
+        return;
+    if (k == g->idx)
+        d->mask.kind = CPA_MASK_CAUSAL;       /* diagonal: local order is global order */
+    else if (k < g->idx)
+        d->kv_rows.count = 1;                 /* early key chunk only */
+    else
+        d->q_rows = (cpa_rows){qp + 1, 1};    /* late query chunk only */
+}
+
+/* A buffer index other than the ones in use (-1 = unused slot). */
+static int free_buffer(int a, int b, int c)
+{
+    for (int i = 0; i < 4; ++i)
+        if (i != a && i != b && i != c)
+            return i;
+    return -1;
+}
+
+static MPI_Comm comm_for(const cpa_ring *g, int sender_pos)
+{
+    return g->comm[sender_pos & 1];
+}
+
+/* Post a KV-sized transfer: send `sendbuf` to rank index `dest`, receive
+ * into `recvbuf` from `src`; `dpos`/`spos` are the sender positions that
+ * pick the communicator (see the top of the file). */
+static cpa_status post(cpa_ring *g, const float *sendbuf, int dest, int my_pos, float *recvbuf,
+                       int src, int src_pos, int tag, int *handle)
+{
+    return cpa_xfer_post(&g->xfer, sendbuf, dest, comm_for(g, my_pos), recvbuf, src,
+                         comm_for(g, src_pos), g->kv_floats, tag, handle);
+}
+
+static cpa_status timed_forward(cpa_ring *g, const cpa_attn_desc *d, cpa_tensor out, cpa_tensor lse)
+{
+    double t0 = cpa_wtime();
+    cpa_status s = cpa_attn_forward(g->ctx, d, out, lse);
+    g->compute_s += cpa_wtime() - t0;
+    g->flops += cpa_attn_forward_flops(d);
+    return s;
+}
+
+/* ---- forward --------------------------------------------------------------- */
+
+static cpa_status forward_block(cpa_ring *g, int owner, float *kvbuf, int first, cpa_tensor q,
+                                cpa_tensor out, cpa_tensor lse)
+{
+    cpa_attn_desc d;
+    cpa_piece qp[2], kp[2];
+    block_desc(g, owner, q, kvbuf, &d, qp, kp);
+    if (first) /* the own block covers every local row */
+        return timed_forward(g, &d, out, lse);
+    int64_t lse_shape[3] = {g->B, g->H, g->Sl};
+    cpa_tensor ob = cpa_tensor_attn(g->out_blk, g->layout, g->B, g->Sl, g->H, g->Dv);
+    cpa_tensor lb = cpa_tensor_make(g->lse_blk, 3, lse_shape);
+    CPA_TRY(timed_forward(g, &d, ob, lb));
+    return cpa_attn_merge(out, lse, ob, lb, d.q_rows);
+}
+
+cpa_status cpa_ring_forward(cpa_ring *g, cpa_tensor q, cpa_tensor k, cpa_tensor v,
+                            cpa_tensor out, cpa_tensor lse)
+{
+    cpa_xfer_reset_counters(&g->xfer);
+    g->compute_s = g->flops = 0.0;
+    cpa_copy4(k_view(g, g->kv[0]), k);
+    cpa_copy4(v_view(g, g->kv[0]), v);
+    const int W = g->W, I = g->I, w = g->w, p = g->p;
+    int cur = 0, first = 1;
+    cpa_status s = CPA_OK;
+    for (int j = 0; j < I && s == CPA_OK; ++j) {
+        int round_send = cur, round_recv = -1, ho = -1;
+        if (j < I - 1) { /* outer ring: same position, next window */
+            round_recv = free_buffer(cur, -1, -1);
+            s = post(g, g->kv[cur], ring_index(g, w + 1, p), w, g->kv[round_recv],
+                     ring_index(g, w - 1, p), (w - 1 + I) % I, TAG_KV_OUTER, &ho);
+        }
+        for (int i = 0; i < W && s == CPA_OK; ++i) {
+            int nxt = -1, hi = -1;
+            if (i < W - 1) {
+                nxt = free_buffer(cur, round_send, round_recv);
+                s = post(g, g->kv[cur], ring_index(g, w, p + 1), p, g->kv[nxt],
+                         ring_index(g, w, p - 1), (p - 1 + W) % W, TAG_KV_INNER, &hi);
+                if (s != CPA_OK)
+                    break;
+            }
+            s = forward_block(g, cpa_dring_block(W, I, w, p, j, i, 0), g->kv[cur], first, q, out,
+                              lse);
+            first = 0;
+            if (hi >= 0) {
+                cpa_status sw = cpa_xfer_wait(&g->xfer, hi);
+                s = s != CPA_OK ? s : sw;
+                cur = nxt;
+            }
+        }
+        if (ho >= 0) {
+            cpa_status sw = cpa_xfer_wait(&g->xfer, ho);
+            s = s != CPA_OK ? s : sw;
+            cur = round_recv;
+        }
+    }
+    if (s != CPA_OK)
+        cpa_xfer_drain(&g->xfer);
+    return s;
+}
+
+/* ---- backward -------------------------------------------------------------- */
+
+static void add_into(float *acc, const float *x, int64_t n)
+{
+    for (int64_t i = 0; i < n; ++i)
+        acc[i] += x[i];
+}
+
+cpa_status cpa_ring_backward(cpa_ring *g, cpa_tensor q, cpa_tensor k, cpa_tensor v,
+                             cpa_tensor out, cpa_tensor lse, cpa_tensor dout, cpa_tensor dq,
+                             cpa_tensor dk, cpa_tensor dv)
+{
+    cpa_xfer_reset_counters(&g->xfer);
+    g->compute_s = g->flops = 0.0;
+    const int W = g->W, I = g->I, w = g->w, p = g->p, steps = g->R;
+    cpa_status s = CPA_OK;
+    int h = -1;
+
+    /* Fetch block (w+1, p+1), the one the forward ended with. */
+    cpa_copy4(k_view(g, g->kv[1]), k);
+    cpa_copy4(v_view(g, g->kv[1]), v);
+    if (steps > 1) {
+        CPA_TRY(post(g, g->kv[1], ring_index(g, w - 1, p - 1), w, g->kv[0],
+                     ring_index(g, w + 1, p + 1), (w + 1) % I, TAG_SHIFT, &h));
+        CPA_TRY(cpa_xfer_wait(&g->xfer, h));
+    } else {
+        memcpy(g->kv[0], g->kv[1], sizeof(float) * (size_t)g->kv_floats);
+    }
+    cpa_zero4(dq);
+
+    int cur = 0, acc = 1, step = 0, hd = -1; /* hd: the dKV transfer in flight */
+    for (int j = 0; j < I && s == CPA_OK; ++j) {
+        int round_send = cur, round_recv = -1, ho = -1;
+        if (j < I - 1) { /* outer KV ring, reversed: to the previous window */
+            round_recv = free_buffer(cur, -1, -1);
+            s = post(g, g->kv[cur], ring_index(g, w - 1, p), w, g->kv[round_recv],
+                     ring_index(g, w + 1, p), (w + 1) % I, TAG_KV_OUTER, &ho);
+        }
+        for (int i = 0; i < W && s == CPA_OK; ++i, ++step) {
+            int nxt = -1, hi = -1;
+            if (i < W - 1) {
+                nxt = free_buffer(cur, round_send, round_recv);
+                s = post(g, g->kv[cur], ring_index(g, w, p - 1), p, g->kv[nxt],
+                         ring_index(g, w, p + 1), (p + 1) % W, TAG_KV_INNER, &hi);
+                if (s != CPA_OK)
+                    break;
+            }
+            /* Gradients of the held block: dQ straight into dq; dK/dV into a
+             * zeroed block accumulator (the first step: the one that travels). */
+            float *blk = step == 0 ? g->dkv[acc] : g->dkv[0];
+            memset(blk, 0, sizeof(float) * (size_t)g->kv_floats);
+            cpa_attn_desc d;
+            cpa_piece qp[2], kp[2];
+            block_desc(g, cpa_dring_block(W, I, w, p, j, i, 1), q, g->kv[cur], &d, qp, kp);
+            double t0 = cpa_wtime();
+            s = cpa_attn_backward(g->ctx, &d, out, lse, dout, dq, k_view(g, blk), v_view(g, blk));
+            g->compute_s += cpa_wtime() - t0;
+            g->flops += 2.5 * cpa_attn_forward_flops(&d);
+            if (s != CPA_OK)
+                break;
+            if (step > 0) { /* the accumulator of this block arrived in dkv[acc] */
+                s = cpa_xfer_wait(&g->xfer, hd);
+                if (s != CPA_OK)
+                    break;
+                add_into(g->dkv[acc], blk, g->kv_floats);
+            }
+            if (step < steps - 1) { /* pass it on to the block's next visitor */
+                int inbox = acc == 1 ? 2 : 1;
+                if (i < W - 1)
+                    s = post(g, g->dkv[acc], ring_index(g, w, p - 1), p, g->dkv[inbox],
+                             ring_index(g, w, p + 1), (p + 1) % W, TAG_DKV_INTRA, &hd);
+                else
+                    s = post(g, g->dkv[acc], ring_index(g, w - 1, p - 1), w, g->dkv[inbox],
+                             ring_index(g, w + 1, p + 1), (w + 1) % I, TAG_DKV_INTER, &hd);
+                acc = inbox;
+            }
+            if (hi >= 0) {
+                cpa_status sw = cpa_xfer_wait(&g->xfer, hi);
+                s = s != CPA_OK ? s : sw;
+                cur = nxt;
+            }
+        }
+        if (ho >= 0) {
+            cpa_status sw = cpa_xfer_wait(&g->xfer, ho);
+            s = s != CPA_OK ? s : sw;
+            cur = round_recv;
+        }
+    }
+    if (s != CPA_OK) {
+        cpa_xfer_drain(&g->xfer);
+        return s;
+    }
+    /* The last block visited is my own, and its accumulator holds all R
+     * contributions. */
+    cpa_copy4(dk, k_view(g, g->dkv[acc]));
+    cpa_copy4(dv, v_view(g, g->dkv[acc]));
+    return CPA_OK;
+}

@@ -1,0 +1,129 @@
+/*
+ * split.c — how a global sequence is cut across the ranks of a CP group
+ * (contiguous, or zigzag for causal load balance, optionally followed by a
+ * contiguous cut into U Ulysses parts for the hybrid), the global positions
+ * of each rank's rows, and copies between global and local tensors.
+ *
+ * Everything derives from cpa_split_pieces: a rank's local rows are one or
+ * two pieces {row, len, pos}.  The kernels take the same pieces, so what a
+ * rank holds and what it computes can never disagree.
+ */
+#include "internal.h"
+
+#include <string.h>
+
+cpa_status cpa_split_check(cpa_split split, int64_t S)
+{
+    if (split.kind != CPA_SPLIT_CONTIGUOUS && split.kind != CPA_SPLIT_ZIGZAG)
+        return cpa_error(CPA_ERR_ARG, "unknown split kind %d", (int)split.kind);
+    if (split.P < 1)
+        return cpa_error(CPA_ERR_ARG, "split over %d ranks: need at least 1", split.P);
+    if (split.U < 1 || split.P % split.U != 0)
+        return cpa_error(CPA_ERR_ARG,
+                         "split: Ulysses degree %d must be >= 1 and divide the %d ranks", split.U,
+                         split.P);
+    if (S < 1)
+        return cpa_error(CPA_ERR_ARG, "--seq-length %lld: must be positive", (long long)S);
+    if (split.kind == CPA_SPLIT_CONTIGUOUS && S % split.P != 0)
+        return cpa_error(CPA_ERR_ARG,
+                         "--seq-length %lld is not divisible by the %d context-parallel ranks "
+                         "(the contiguous split needs S %% P == 0)", (long long)S, split.P);
+    if (split.kind == CPA_SPLIT_ZIGZAG && S % (2 * (int64_t)split.P) != 0)
+        return cpa_error(CPA_ERR_ARG,
+                         "--seq-length %lld is not divisible by 2 x %d (the causal zigzag split "
+                         "cuts the sequence into 2P chunks: S %% (2P) == 0; try %lld)",
+                         (long long)S, split.P,
+                         (long long)((S / (2 * (int64_t)split.P) + 1) * 2 * split.P));
+    return CPA_OK;
+}
+
+cpa_status cpa_split_pieces(cpa_split split, int64_t S, int r, cpa_piece *pieces, int *count)
+{
+    CPA_TRY(cpa_split_check(split, S));
+    if (r < 0 || r >= split.P)
+        return cpa_error(CPA_ERR_ARG, "rank %d is outside the %d ranks of the split", r, split.P);
+    if (!pieces || !count)
+        return cpa_error(CPA_ERR_ARG, "cpa_split_pieces: pieces and count must not be NULL");
+    const int64_t local = S / split.P;
+    if (split.kind == CPA_SPLIT_CONTIGUOUS) {
+        pieces[0] = (cpa_piece){0, local, (int64_t)r * local};
+        *count = 1;
+        return CPA_OK;
+    }
+    /* Zigzag over R ring ranks, then part u of the ring rank's 2c tokens. */
+    /* int64 throughout: 2R overflows an int once P/U > 2^30. */
+    const int64_t R = split.P / split.U, rho = r / split.U, u = r % split.U;
+    const int64_t c = S / (2 * R);
+    const int64_t starts[2] = {rho * c, (2 * R - 1 - rho) * c};
+    const int64_t lo = u * local, hi = lo + local; /* offsets in [0, 2c) */
+    int n = 0;
+    for (int h = 0; h < 2; ++h) {
+        int64_t a = lo > h * c ? lo : h * c, b = hi < (h + 1) * c ? hi : (h + 1) * c;
+        if (b > a)
+            pieces[n++] = (cpa_piece){a - lo, b - a, starts[h] + (a - h * c)};
+    }
+    *count = n;
+    return CPA_OK;
+}
+
+cpa_status cpa_split_positions(cpa_split split, int64_t S, int r, int64_t *positions)
+{
+    cpa_piece p[CPA_SPLIT_MAX_PIECES];
+    int n;
+    CPA_TRY(cpa_split_pieces(split, S, r, p, &n));
+    if (!positions)
+        return cpa_error(CPA_ERR_ARG, "cpa_split_positions: positions is NULL");
+    for (int i = 0; i < n; ++i)
+        for (int64_t j = 0; j < p[i].len; ++j)
+            positions[p[i].row + j] = p[i].pos + j;
+    return CPA_OK;
+}
+
+/* Copy rows between a global and a local [B, *, N, D] view. */
+static cpa_status copy_rows(cpa_split split, int r, cpa_tensor global, cpa_tensor local,
+                            int to_local)
+{
+    if (global.ndim != 4 || local.ndim != 4 || !global.data || !local.data)
+        return cpa_error(CPA_ERR_ARG, "shard: global and local must be 4-d [B, S, N, D] views "
+                         "with data");
+    const int64_t S = global.shape[1];
+    cpa_piece p[CPA_SPLIT_MAX_PIECES];
+    int n;
+    CPA_TRY(cpa_split_pieces(split, S, r, p, &n));
+    if (local.shape[0] != global.shape[0] || local.shape[1] != S / split.P ||
+        local.shape[2] != global.shape[2] || local.shape[3] != global.shape[3])
+        return cpa_error(CPA_ERR_ARG,
+                         "shard: local view is [%lld, %lld, %lld, %lld] but must be [B, S/P, N, D]"
+                         " = [%lld, %lld, %lld, %lld]", (long long)local.shape[0],
+                         (long long)local.shape[1], (long long)local.shape[2],
+                         (long long)local.shape[3], (long long)global.shape[0],
+                         (long long)(S / split.P), (long long)global.shape[2],
+                         (long long)global.shape[3]);
+    const int64_t B = global.shape[0], N = global.shape[2], D = global.shape[3];
+    for (int i = 0; i < n; ++i)
+        for (int64_t b = 0; b < B; ++b)
+            for (int64_t j = 0; j < p[i].len; ++j)
+                for (int64_t h = 0; h < N; ++h) {
+                    float *g = global.data + b * global.stride[0] + (p[i].pos + j) * global.stride[1] +
+                               h * global.stride[2];
+                    float *l = local.data + b * local.stride[0] + (p[i].row + j) * local.stride[1] +
+                               h * local.stride[2];
+                    for (int64_t d = 0; d < D; ++d) {
+                        if (to_local)
+                            l[d * local.stride[3]] = g[d * global.stride[3]];
+                        else
+                            g[d * global.stride[3]] = l[d * local.stride[3]];
+                    }
+                }
+    return CPA_OK;
+}
+
+cpa_status cpa_shard(cpa_split split, int r, cpa_tensor global, cpa_tensor local)
+{
+    return copy_rows(split, r, global, local, 1);
+}
+
+cpa_status cpa_unshard(cpa_split split, int r, cpa_tensor local, cpa_tensor global)
+{
+    return copy_rows(split, r, global, local, 0);
+}
