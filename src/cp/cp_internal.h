@@ -62,6 +62,42 @@ static inline int cpa_dring_block(int W, int I, int w, int p, int j, int i, int 
     return ((w + 1 + j) % I) * W + ((p + 1 + i) % W);
 }
 
+/* The peers of rank (w, p) in a double ring of I windows of W, as ring
+ * indices, for one direction of travel (ALGORITHMS.md §3).  Forward: KV
+ * goes to the next position / next window.  Backward: everything reversed;
+ * the dK/dV accumulator goes intra-window to (w, p-1) and inter-window to
+ * (w-1, p-1), and the backward starts by fetching block (w+1, p+1).
+ * Shared by the engine and the schedule simulation test. */
+typedef struct cpa_dring_peers {
+    int inner_to, inner_from;   /* KV inside the window */
+    int outer_to, outer_from;   /* KV between windows (same position) */
+    int intra_to, intra_from;   /* backward dK/dV inside the window */
+    int inter_to, inter_from;   /* backward dK/dV between windows */
+    int shift_to, shift_from;   /* backward start: fetch block (w+1, p+1) */
+} cpa_dring_peers;
+
+static inline int cpa_dring_index(int W, int I, int w, int p)
+{
+    return ((w % I + I) % I) * W + ((p % W + W) % W);
+}
+
+static inline cpa_dring_peers cpa_dring_peers_of(int W, int I, int w, int p, int backward)
+{
+    cpa_dring_peers x;
+    const int d = backward ? -1 : 1;
+    x.inner_to = cpa_dring_index(W, I, w, p + d);
+    x.inner_from = cpa_dring_index(W, I, w, p - d);
+    x.outer_to = cpa_dring_index(W, I, w + d, p);
+    x.outer_from = cpa_dring_index(W, I, w - d, p);
+    x.intra_to = cpa_dring_index(W, I, w, p - 1);
+    x.intra_from = cpa_dring_index(W, I, w, p + 1);
+    x.inter_to = cpa_dring_index(W, I, w - 1, p - 1);
+    x.inter_from = cpa_dring_index(W, I, w + 1, p + 1);
+    x.shift_to = x.inter_to;
+    x.shift_from = x.inter_from;
+    return x;
+}
+
 /* Copy between 4-d views of the same shape (any strides). */
 void cpa_copy4(cpa_tensor dst, cpa_tensor src);
 /* Set a 4-d view to zero. */

@@ -71,11 +71,6 @@ void cpa_zero4(cpa_tensor t)
 
 /* ---- set-up ---------------------------------------------------------------- */
 
-static int ring_index(const cpa_ring *g, int w, int p)
-{
-    return ((w % g->I + g->I) % g->I) * g->W + ((p % g->W + g->W) % g->W);
-}
-
 cpa_status cpa_ring_init(cpa_ring *g, MPI_Comm comm, const cpa_ring_shape *sh, cpa_attn_ctx *ctx)
 {
     memset(g, 0, sizeof *g);
@@ -229,21 +224,22 @@ cpa_status cpa_ring_forward(cpa_ring *g, cpa_tensor q, cpa_tensor k, cpa_tensor 
     cpa_copy4(k_view(g, g->kv[0]), k);
     cpa_copy4(v_view(g, g->kv[0]), v);
     const int W = g->W, I = g->I, w = g->w, p = g->p;
+    const cpa_dring_peers pr = cpa_dring_peers_of(W, I, w, p, 0);
     int cur = 0, first = 1;
     cpa_status s = CPA_OK;
     for (int j = 0; j < I && s == CPA_OK; ++j) {
         int round_send = cur, round_recv = -1, ho = -1;
         if (j < I - 1) { /* outer ring: same position, next window */
             round_recv = free_buffer(cur, -1, -1);
-            s = post(g, g->kv[cur], ring_index(g, w + 1, p), w, g->kv[round_recv],
-                     ring_index(g, w - 1, p), (w - 1 + I) % I, TAG_KV_OUTER, &ho);
+            s = post(g, g->kv[cur], pr.outer_to, w, g->kv[round_recv], pr.outer_from,
+                     (w - 1 + I) % I, TAG_KV_OUTER, &ho);
         }
         for (int i = 0; i < W && s == CPA_OK; ++i) {
             int nxt = -1, hi = -1;
             if (i < W - 1) {
                 nxt = free_buffer(cur, round_send, round_recv);
-                s = post(g, g->kv[cur], ring_index(g, w, p + 1), p, g->kv[nxt],
-                         ring_index(g, w, p - 1), (p - 1 + W) % W, TAG_KV_INNER, &hi);
+                s = post(g, g->kv[cur], pr.inner_to, p, g->kv[nxt], pr.inner_from,
+                         (p - 1 + W) % W, TAG_KV_INNER, &hi);
                 if (s != CPA_OK)
                     break;
             }
@@ -282,6 +278,7 @@ cpa_status cpa_ring_backward(cpa_ring *g, cpa_tensor q, cpa_tensor k, cpa_tensor
     cpa_xfer_reset_counters(&g->xfer);
     g->compute_s = g->flops = 0.0;
     const int W = g->W, I = g->I, w = g->w, p = g->p, steps = g->R;
+    const cpa_dring_peers pr = cpa_dring_peers_of(W, I, w, p, 1);
     cpa_status s = CPA_OK;
     int h = -1;
 
@@ -289,8 +286,8 @@ cpa_status cpa_ring_backward(cpa_ring *g, cpa_tensor q, cpa_tensor k, cpa_tensor
     cpa_copy4(k_view(g, g->kv[1]), k);
     cpa_copy4(v_view(g, g->kv[1]), v);
     if (steps > 1) {
-        CPA_TRY(post(g, g->kv[1], ring_index(g, w - 1, p - 1), w, g->kv[0],
-                     ring_index(g, w + 1, p + 1), (w + 1) % I, TAG_SHIFT, &h));
+        CPA_TRY(post(g, g->kv[1], pr.shift_to, w, g->kv[0], pr.shift_from, (w + 1) % I,
+                     TAG_SHIFT, &h));
         CPA_TRY(cpa_xfer_wait(&g->xfer, h));
     } else {
         memcpy(g->kv[0], g->kv[1], sizeof(float) * (size_t)g->kv_floats);
@@ -302,15 +299,15 @@ cpa_status cpa_ring_backward(cpa_ring *g, cpa_tensor q, cpa_tensor k, cpa_tensor
         int round_send = cur, round_recv = -1, ho = -1;
         if (j < I - 1) { /* outer KV ring, reversed: to the previous window */
             round_recv = free_buffer(cur, -1, -1);
-            s = post(g, g->kv[cur], ring_index(g, w - 1, p), w, g->kv[round_recv],
-                     ring_index(g, w + 1, p), (w + 1) % I, TAG_KV_OUTER, &ho);
+            s = post(g, g->kv[cur], pr.outer_to, w, g->kv[round_recv], pr.outer_from,
+                     (w + 1) % I, TAG_KV_OUTER, &ho);
         }
         for (int i = 0; i < W && s == CPA_OK; ++i, ++step) {
             int nxt = -1, hi = -1;
             if (i < W - 1) {
                 nxt = free_buffer(cur, round_send, round_recv);
-                s = post(g, g->kv[cur], ring_index(g, w, p - 1), p, g->kv[nxt],
-                         ring_index(g, w, p + 1), (p + 1) % W, TAG_KV_INNER, &hi);
+                s = post(g, g->kv[cur], pr.inner_to, p, g->kv[nxt], pr.inner_from,
+                         (p + 1) % W, TAG_KV_INNER, &hi);
                 if (s != CPA_OK)
                     break;
             }
@@ -336,11 +333,11 @@ cpa_status cpa_ring_backward(cpa_ring *g, cpa_tensor q, cpa_tensor k, cpa_tensor
             if (step < steps - 1) { /* pass it on to the block's next visitor */
                 int inbox = acc == 1 ? 2 : 1;
                 if (i < W - 1)
-                    s = post(g, g->dkv[acc], ring_index(g, w, p - 1), p, g->dkv[inbox],
-                             ring_index(g, w, p + 1), (p + 1) % W, TAG_DKV_INTRA, &hd);
+                    s = post(g, g->dkv[acc], pr.intra_to, p, g->dkv[inbox], pr.intra_from,
+                             (p + 1) % W, TAG_DKV_INTRA, &hd);
                 else
-                    s = post(g, g->dkv[acc], ring_index(g, w - 1, p - 1), w, g->dkv[inbox],
-                             ring_index(g, w + 1, p + 1), (w + 1) % I, TAG_DKV_INTER, &hd);
+                    s = post(g, g->dkv[acc], pr.inter_to, w, g->dkv[inbox], pr.inter_from,
+                             (w + 1) % I, TAG_DKV_INTER, &hd);
                 acc = inbox;
             }
             if (hi >= 0) {
