@@ -24,6 +24,7 @@ typedef struct cpa_ring {
     float scale;
     cpa_attn_ctx *ctx;       /* borrowed */
     int64_t k_floats, kv_floats;
+    int nkv;                 /* KV buffers in use: 2 (W=1), 3 (W=2) or 4 */
     float *kv[4];            /* KV block buffers: K [B,Sl,G,Dqk] then V [B,Sl,G,Dv], in `layout` */
     float *dkv[3];           /* dK/dV accumulators, same packing */
     float *out_blk;          /* [B, Sl, H, Dv] a block's partial output, in `layout` */

@@ -82,17 +82,42 @@ static cpa_status validate(const cpa_cp_config *c, int world)
     return cpa_split_check(split, c->seq_length);
 }
 
-/* A checksum of the configuration, to detect ranks that disagree. */
-static long config_hash(const cpa_cp_config *c)
+/* The configuration as numbers with their flag names, to find a flag whose
+ * value differs between ranks (a launcher or script bug that would
+ * otherwise end in a hang or wrong results). */
+#define CONFIG_FIELDS 15
+static void config_fields(const cpa_cp_config *c, long long v[CONFIG_FIELDS])
 {
-    const long v[] = {c->algo, c->cp_size, c->window, c->ulysses_degree, c->tp_size,
-                      c->send_recv_overlap, c->mask, c->layout, (long)c->batch,
-                      (long)c->seq_length, (long)c->num_heads, (long)c->num_kv_heads,
-                      (long)c->head_dim, (long)c->v_head_dim, (long)(c->softmax_scale * 1e6f)};
-    unsigned long h = 1469598103934665603UL;
-    for (size_t i = 0; i < sizeof v / sizeof v[0]; ++i)
-        h = (h ^ (unsigned long)v[i]) * 1099511628211UL;
-    return (long)(h >> 1);
+    uint32_t scale_bits;
+    memcpy(&scale_bits, &c->softmax_scale, sizeof scale_bits);
+    const long long x[CONFIG_FIELDS] = {
+        c->algo, c->cp_size, c->window, c->ulysses_degree, c->tp_size, c->send_recv_overlap,
+        c->mask, c->layout, c->batch, c->seq_length, c->num_heads, c->num_kv_heads, c->head_dim,
+        c->v_head_dim ? c->v_head_dim : c->head_dim, scale_bits};
+    memcpy(v, x, sizeof x);
+}
+
+static const char *const config_flags[CONFIG_FIELDS] = {
+    "--context-parallel-algo", "--context-parallel-size", "--cp-window-size",
+    "--ulysses-degree-in-cp", "--tensor-model-parallel-size", "--use-cp-send-recv-overlap",
+    "--attention-mask-type", "--megatron-cp-in-bnsd (layout)", "--micro-batch-size",
+    "--seq-length", "--num-attention-heads", "--num-query-groups", "--kv-channels",
+    "--v-channels", "--softmax-scale"};
+
+static cpa_status check_same_everywhere(MPI_Comm comm, const cpa_cp_config *c)
+{
+    long long v[CONFIG_FIELDS], lo[CONFIG_FIELDS], hi[CONFIG_FIELDS];
+    config_fields(c, v);
+    int rc = MPI_Allreduce(v, lo, CONFIG_FIELDS, MPI_LONG_LONG, MPI_MIN, comm);
+    if (rc == MPI_SUCCESS)
+        rc = MPI_Allreduce(v, hi, CONFIG_FIELDS, MPI_LONG_LONG, MPI_MAX, comm);
+    if (rc != MPI_SUCCESS)
+        return cpa_mpi_error(rc, "MPI_Allreduce (configuration check)");
+    for (int i = 0; i < CONFIG_FIELDS; ++i)
+        if (lo[i] != hi[i])
+            return cpa_error(CPA_ERR_ARG, "%s differs between ranks (from %lld to %lld); every "
+                             "rank must pass the same flags", config_flags[i], lo[i], hi[i]);
+    return CPA_OK;
 }
 
 /* Every rank learns whether any rank failed; if one did, all return the
@@ -130,12 +155,7 @@ cpa_status cpa_plan_create(MPI_Comm comm, const cpa_cp_config *config, cpa_plan 
         s = validate(config, world);
     CPA_TRY(agree(comm, rank, s));
 
-    long h = config_hash(config), hmin = h, hmax = h;
-    MPI_Allreduce(MPI_IN_PLACE, &hmin, 1, MPI_LONG, MPI_MIN, comm);
-    MPI_Allreduce(MPI_IN_PLACE, &hmax, 1, MPI_LONG, MPI_MAX, comm);
-    if (hmin != hmax)
-        return cpa_error(CPA_ERR_ARG, "the context-parallel configuration differs between ranks; "
-                         "every rank must pass the same flags");
+    CPA_TRY(check_same_everywhere(comm, config));
 
     cpa_plan *plan = cpa_calloc(sizeof *plan, "plan");
     s = plan ? CPA_OK : CPA_ERR_NOMEM;

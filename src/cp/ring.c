@@ -94,17 +94,23 @@ cpa_status cpa_ring_init(cpa_ring *g, MPI_Comm comm, const cpa_ring_shape *sh, c
     if (sh->overlap && g->R > 1)
         CPA_TRY(cpa_comm_dup(comm, &g->comm[1]));
 
+    /* Buffers are zeroed here, so that their pages are mapped at plan time
+     * and the first forward does not pay the page faults. */
     g->k_floats = g->B * g->Sl * g->G * g->Dqk;
     g->kv_floats = g->k_floats + g->B * g->Sl * g->G * g->Dv;
     const size_t kv_bytes = sizeof(float) * (size_t)g->kv_floats;
-    for (int i = 0; i < 4; ++i)
-        if (!(g->kv[i] = cpa_malloc(kv_bytes, "ring KV buffer")))
+    /* KV buffers: the held block and the outer receive; a second inner
+     * buffer from W = 2; a third from W = 3 (the round's first block stays
+     * reserved for the outer send while the inner receives alternate). */
+    g->nkv = g->W == 1 ? 2 : g->W == 2 ? 3 : 4;
+    for (int i = 0; i < g->nkv; ++i)
+        if (!(g->kv[i] = cpa_calloc(kv_bytes, "ring KV buffer")))
             goto fail;
     for (int i = 0; i < 3; ++i)
-        if (!(g->dkv[i] = cpa_malloc(kv_bytes, "ring dK/dV accumulator")))
+        if (!(g->dkv[i] = cpa_calloc(kv_bytes, "ring dK/dV accumulator")))
             goto fail;
-    g->out_blk = cpa_malloc(sizeof(float) * (size_t)(g->B * g->Sl * g->H * g->Dv), "ring block output");
-    g->lse_blk = cpa_malloc(sizeof(float) * (size_t)(g->B * g->H * g->Sl), "ring block lse");
+    g->out_blk = cpa_calloc(sizeof(float) * (size_t)(g->B * g->Sl * g->H * g->Dv), "ring block output");
+    g->lse_blk = cpa_calloc(sizeof(float) * (size_t)(g->B * g->H * g->Sl), "ring block lse");
     if (!g->out_blk || !g->lse_blk)
         goto fail;
     return CPA_OK;
@@ -166,10 +172,10 @@ static void block_desc(const cpa_ring *g, int k, cpa_tensor q, float *kvbuf, cpa
         d->q_rows = (cpa_rows){qp + 1, 1};    /* late query chunk only */
 }
 
-/* A buffer index other than the ones in use (-1 = unused slot). */
-static int free_buffer(int a, int b, int c)
+/* A KV buffer index other than the ones in use (-1 = unused slot). */
+static int free_buffer(const cpa_ring *g, int a, int b, int c)
 {
-    for (int i = 0; i < 4; ++i)
+    for (int i = 0; i < g->nkv; ++i)
         if (i != a && i != b && i != c)
             return i;
     return -1;
@@ -230,14 +236,14 @@ cpa_status cpa_ring_forward(cpa_ring *g, cpa_tensor q, cpa_tensor k, cpa_tensor 
     for (int j = 0; j < I && s == CPA_OK; ++j) {
         int round_send = cur, round_recv = -1, ho = -1;
         if (j < I - 1) { /* outer ring: same position, next window */
-            round_recv = free_buffer(cur, -1, -1);
+            round_recv = free_buffer(g, cur, -1, -1);
             s = post(g, g->kv[cur], pr.outer_to, w, g->kv[round_recv], pr.outer_from,
                      (w - 1 + I) % I, TAG_KV_OUTER, &ho);
         }
         for (int i = 0; i < W && s == CPA_OK; ++i) {
             int nxt = -1, hi = -1;
             if (i < W - 1) {
-                nxt = free_buffer(cur, round_send, round_recv);
+                nxt = free_buffer(g, cur, round_send, round_recv);
                 s = post(g, g->kv[cur], pr.inner_to, p, g->kv[nxt], pr.inner_from,
                          (p - 1 + W) % W, TAG_KV_INNER, &hi);
                 if (s != CPA_OK)
@@ -298,14 +304,14 @@ cpa_status cpa_ring_backward(cpa_ring *g, cpa_tensor q, cpa_tensor k, cpa_tensor
     for (int j = 0; j < I && s == CPA_OK; ++j) {
         int round_send = cur, round_recv = -1, ho = -1;
         if (j < I - 1) { /* outer KV ring, reversed: to the previous window */
-            round_recv = free_buffer(cur, -1, -1);
+            round_recv = free_buffer(g, cur, -1, -1);
             s = post(g, g->kv[cur], pr.outer_to, w, g->kv[round_recv], pr.outer_from,
                      (w + 1) % I, TAG_KV_OUTER, &ho);
         }
         for (int i = 0; i < W && s == CPA_OK; ++i, ++step) {
             int nxt = -1, hi = -1;
             if (i < W - 1) {
-                nxt = free_buffer(cur, round_send, round_recv);
+                nxt = free_buffer(g, cur, round_send, round_recv);
                 s = post(g, g->kv[cur], pr.inner_to, p, g->kv[nxt], pr.inner_from,
                          (p + 1) % W, TAG_KV_INNER, &hi);
                 if (s != CPA_OK)

@@ -1,0 +1,212 @@
+/*
+ * test_plan_errors.c — cpa_plan_create's validation is collective: for a
+ * bad configuration every rank of the communicator must return the same
+ * status with the same message, and none may be left waiting in a
+ * collective the others skipped (a hang here is a bug; CTest's timeout
+ * catches it).  Starting from a valid ring configuration (checked to plan
+ * and destroy cleanly), each case breaks one rule — on every rank, or on
+ * one rank only — and checks on all ranks: the status is CPA_ERR_ARG, no
+ * plan is handed out, the message equals rank 0's byte for byte, and it
+ * names the offending flag.  Run under `mpiexec -n P`, P >= 2.
+ */
+#include "cpattn.h"
+#include "test.h"
+
+#include <mpi.h>
+#include <string.h>
+
+static int rank_, P_;
+
+static cpa_cp_config base(void)
+{
+    cpa_cp_config c;
+    memset(&c, 0, sizeof c);
+    c.algo = CPA_ALGO_RING;
+    c.cp_size = P_;
+    c.window = 1;
+    c.mask = CPA_MASK_CAUSAL;
+    c.layout = CPA_LAYOUT_BSHD;
+    c.batch = 1;
+    c.seq_length = 16 * P_;
+    c.num_heads = 8;
+    c.num_kv_heads = 2;
+    c.head_dim = 16;
+    c.v_head_dim = 16;
+    c.tp_size = 1;
+    c.num_threads = 1;
+    return c;
+}
+
+/* Create a plan from `c` on every rank; return this rank's status and copy
+ * its message into msg.  Checks that all ranks got the same status. */
+static cpa_status create(const char *name, MPI_Comm comm, const cpa_cp_config *c, cpa_plan **plan,
+                         char msg[1024])
+{
+    *plan = NULL;
+    cpa_clear_error();
+    cpa_status st = cpa_plan_create(comm, c, plan);
+    snprintf(msg, 1024, "%s", cpa_last_error());
+    int lo = (int)st, hi = (int)st;
+    MPI_Allreduce(MPI_IN_PLACE, &lo, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD);
+    MPI_Allreduce(MPI_IN_PLACE, &hi, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
+    CHECK_MSG(lo == hi, "%s: ranks disagree on the status (%d..%d)", name, lo, hi);
+    return st;
+}
+
+/* Every rank's message must equal rank 0's. */
+static void check_same_message(const char *name, const char msg[1024])
+{
+    char root[1024];
+    memcpy(root, msg, sizeof root);
+    MPI_Bcast(root, (int)sizeof root, MPI_CHAR, 0, MPI_COMM_WORLD);
+    CHECK_MSG(!strcmp(root, msg), "%s: rank %d's message differs from rank 0's:\n  mine: %s\n"
+              "  rank 0: %s", name, rank_, msg, root);
+}
+
+/* The case must fail with CPA_ERR_ARG everywhere, the same message naming
+ * `flag` (or, if flag2 is given, either). */
+static void expect_arg(const char *name, MPI_Comm comm, const cpa_cp_config *c, const char *flag,
+                       const char *flag2)
+{
+    char msg[1024];
+    cpa_plan *plan;
+    cpa_status st = create(name, comm, c, &plan, msg);
+    CHECK_MSG(st == CPA_ERR_ARG, "%s: rank %d got %s: %s", name, rank_, cpa_status_string(st), msg);
+    CHECK_MSG(plan == NULL, "%s: a plan was handed out with an error", name);
+    if (st == CPA_OK)
+        cpa_plan_destroy(plan);
+    check_same_message(name, msg);
+    CHECK_MSG(strstr(msg, flag) || (flag2 && strstr(msg, flag2)),
+              "%s: message does not name %s: %s", name, flag, msg);
+    if (rank_ == 0 && getenv("TEST_VERBOSE"))
+        fprintf(stderr, "%s: %s\n", name, msg);
+}
+
+static void valid_base(void)
+{
+    cpa_cp_config c = base();
+    char msg[1024];
+    cpa_plan *plan;
+    CHECK_MSG(create("base", MPI_COMM_WORLD, &c, &plan, msg) == CPA_OK, "base: %s", msg);
+    CHECK(plan != NULL);
+    cpa_plan_destroy(plan);
+    c.mask = CPA_MASK_NONE, c.seq_length = 3 * P_; /* the general mask needs only S % P */
+    CHECK_MSG(create("general", MPI_COMM_WORLD, &c, &plan, msg) == CPA_OK, "general: %s", msg);
+    cpa_plan_destroy(plan);
+}
+
+static void bad_cp_size(void)
+{
+    cpa_cp_config c = base();
+    c.cp_size = P_ + 1;
+    expect_arg("cp_size", MPI_COMM_WORLD, &c, "--context-parallel-size", NULL);
+}
+
+static void bad_window(void)
+{
+    cpa_cp_config c = base();
+    for (int W = 2; W < P_; ++W) /* the first window that does not divide P */
+        if (P_ % W) {
+            c.window = W;
+            expect_arg("window not dividing P", MPI_COMM_WORLD, &c, "--cp-window-size", NULL);
+            break;
+        }
+    c.window = P_;
+    expect_arg("window == P", MPI_COMM_WORLD, &c, "--cp-window-size", NULL);
+    c.window = P_ + 2;
+    expect_arg("window > P", MPI_COMM_WORLD, &c, "--cp-window-size", NULL);
+    c.window = 0;
+    expect_arg("window 0", MPI_COMM_WORLD, &c, "--cp-window-size", NULL);
+}
+
+static void bad_seq_length(void)
+{
+    cpa_cp_config c = base();
+    c.seq_length = 17 * P_; /* divisible by P, not by 2P */
+    expect_arg("causal S % 2P", MPI_COMM_WORLD, &c, "--seq-length", NULL);
+    c.mask = CPA_MASK_NONE;
+    c.seq_length = 16 * P_ + 1;
+    expect_arg("general S % P", MPI_COMM_WORLD, &c, "--seq-length", NULL);
+}
+
+static void bad_heads(void)
+{
+    cpa_cp_config c = base();
+    c.num_kv_heads = 3;
+    expect_arg("H % G", MPI_COMM_WORLD, &c, "--num-attention-heads", "--num-query-groups");
+}
+
+/* Not available yet: only the agreement is asserted, and a plan (should the
+ * algorithm become available) is destroyed. */
+static void other_algos(void)
+{
+    const cpa_algo algos[2] = {CPA_ALGO_ULYSSES, CPA_ALGO_HYBRID};
+    for (int i = 0; i < 2; ++i) {
+        cpa_cp_config c = base();
+        c.algo = algos[i];
+        c.ulysses_degree = P_;
+        char msg[1024];
+        cpa_plan *plan;
+        cpa_status st = create(cpa_algo_name(algos[i]), MPI_COMM_WORLD, &c, &plan, msg);
+        if (st == CPA_OK) {
+            cpa_plan_destroy(plan);
+            continue;
+        }
+        CHECK_MSG(st == CPA_ERR_ARG, "%s: %s", cpa_algo_name(algos[i]), msg);
+        check_same_message(cpa_algo_name(algos[i]), msg);
+    }
+}
+
+/* One rank's configuration differs from the others'. */
+static void rank_mismatch(void)
+{
+    cpa_cp_config c = base();
+    if (rank_ == 1)
+        c.seq_length = 18 * P_; /* valid on its own */
+    expect_arg("rank 1 valid other S", MPI_COMM_WORLD, &c, "--seq-length differs between ranks",
+               NULL);
+    c = base();
+    if (rank_ == P_ - 1)
+        c.window = P_; /* invalid on the last rank only */
+    expect_arg("last rank bad W", MPI_COMM_WORLD, &c, "--cp-window-size", NULL);
+    c = base();
+    if (rank_ == 1)
+        c.seq_length = 17 * P_; /* invalid on rank 1 only */
+    if (rank_ == P_ - 1 && P_ > 2)
+        c.num_kv_heads = 3; /* another rule on a later rank: the lowest failing rank speaks */
+    expect_arg("two ranks bad", MPI_COMM_WORLD, &c, "--seq-length", NULL);
+    c = base();
+    expect_arg("NULL config on rank 0", MPI_COMM_WORLD, rank_ == 0 ? NULL : &c, "NULL", NULL);
+}
+
+/* MPI_COMM_NULL is rejected locally (there is no group to agree with). */
+static void null_comm(void)
+{
+    cpa_cp_config c = base();
+    cpa_plan *plan = NULL;
+    CHECK_STATUS(cpa_plan_create(MPI_COMM_NULL, &c, &plan), CPA_ERR_ARG);
+    CHECK(plan == NULL);
+    CHECK(strstr(cpa_last_error(), "MPI_COMM_NULL") != NULL);
+}
+
+int main(int argc, char **argv)
+{
+    MPI_Init(&argc, &argv);
+    MPI_Comm_rank(MPI_COMM_WORLD, &rank_);
+    MPI_Comm_size(MPI_COMM_WORLD, &P_);
+    RUN_TEST(valid_base);
+    RUN_TEST(bad_cp_size);
+    RUN_TEST(bad_window);
+    RUN_TEST(bad_seq_length);
+    RUN_TEST(bad_heads);
+    RUN_TEST(other_algos);
+    RUN_TEST(rank_mismatch);
+    RUN_TEST(null_comm);
+    RUN_TEST(valid_base); /* nothing left behind by the failures */
+    int counts[2] = {test_passed_, test_failed_}, total[2];
+    MPI_Allreduce(counts, total, 2, MPI_INT, MPI_SUM, MPI_COMM_WORLD);
+    if (rank_ == 0)
+        printf("test_plan_errors P=%d\n%d passed, %d failed\n", P_, total[0], total[1]);
+    MPI_Finalize();
+    return total[1] ? 1 : 0;
+}
