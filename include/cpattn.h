@@ -261,6 +261,9 @@ typedef enum cpa_algo {
     CPA_ALGO_HYBRID = 2    /* hybrid_cp_algo */
 } cpa_algo;
 
+/* The algorithm table: ids 0 .. cpa_algo_count()-1, their names, and the
+ * reverse lookup (CPA_ERR_ARG naming the valid choices). */
+int cpa_algo_count(void);
 const char *cpa_algo_name(cpa_algo algo);
 cpa_status cpa_algo_parse(const char *name, cpa_algo *out);
 

@@ -99,6 +99,63 @@ static inline cpa_dring_peers cpa_dring_peers_of(int W, int I, int w, int p, int
     return x;
 }
 
+/* Ulysses: an all-to-all that turns "S/U rows x all heads" into "all rows
+ * of the group x H/U heads" around an inner attention, and back.  The inner
+ * attention is the local kernel over the gathered rows (ulysses_cp_algo) or
+ * a ring over the ring group (hybrid_cp_algo): Ulysses composes with it
+ * instead of copying it. */
+typedef struct cpa_ulysses {
+    MPI_Comm comm;           /* the Ulysses group, in rank order (borrowed) */
+    int U, u;
+    int64_t B, Sl, Sf;       /* rows before (Sl) and after (Sf = U*Sl) the all-to-all */
+    int64_t H, G, Hl, Gl, Dqk, Dv;
+    cpa_layout layout;
+    int *q_heads;            /* [U, Hl] query heads group rank j works on */
+    int *kv_heads;           /* [U, Gl] the key/value heads it needs (replicated when G < U) */
+    int *ident;              /* 0, 1, ... */
+    float *send, *recv;      /* all-to-all slabs [U, slab] */
+    int64_t slab;            /* floats per destination, the largest tensor's */
+    /* head-sharded tensors, in `layout`: [B, Sf, Hl or Gl, D], lse [B, Hl, Sf] */
+    float *q, *k, *v, *out, *lse, *dout, *dq, *dk, *dv;
+    const float *saved[5];   /* the last forward's q, k, v, out, lse (see ulysses.c) */
+    /* inner attention */
+    cpa_ring *ring;          /* NULL: the local kernel */
+    cpa_attn_ctx *ctx;
+    cpa_mask_kind mask;
+    float scale;
+    double wait_s, bytes_sent, compute_s, flops;
+} cpa_ulysses;
+
+typedef struct cpa_ulysses_shape {
+    int64_t B, S, H, G, Dqk, Dv; /* S: the rows the group holds in all (U*Sl) */
+    cpa_layout layout;
+    cpa_mask_kind mask;
+    float scale;
+} cpa_ulysses_shape;
+
+/* Local KV heads each group rank receives: G/U when U divides G, 1 when a
+ * rank's query heads all share one KV head, else one per query head. */
+int64_t cpa_ulysses_kv_heads(int64_t H, int64_t G, int U);
+
+cpa_status cpa_ulysses_init(cpa_ulysses *x, MPI_Comm comm, const cpa_ulysses_shape *shape,
+                            cpa_ring *inner_ring, cpa_attn_ctx *ctx);
+void cpa_ulysses_free(cpa_ulysses *x);
+cpa_status cpa_ulysses_forward(cpa_ulysses *x, cpa_tensor q, cpa_tensor k, cpa_tensor v,
+                               cpa_tensor out, cpa_tensor lse);
+cpa_status cpa_ulysses_backward(cpa_ulysses *x, cpa_tensor q, cpa_tensor k, cpa_tensor v,
+                                cpa_tensor out, cpa_tensor lse, cpa_tensor dout, cpa_tensor dq,
+                                cpa_tensor dk, cpa_tensor dv);
+
+/* The two all-to-alls (exposed for the exact communication tests).
+ * seq_to_heads: sequence-sharded `local` [B, Sl, N, D] -> head-sharded
+ * `mine` [B, Sf, nl, D], group rank j receiving heads heads[j*nl ..+nl).
+ * heads_to_seq: the reverse; with `accumulate` replicas of a head add up
+ * into `local` (which the caller zeroes). */
+cpa_status cpa_ulysses_seq_to_heads(cpa_ulysses *x, cpa_tensor local, const int *heads,
+                                    int64_t nl, cpa_tensor mine);
+cpa_status cpa_ulysses_heads_to_seq(cpa_ulysses *x, cpa_tensor mine, const int *heads,
+                                    int64_t nl, cpa_tensor local, int accumulate);
+
 /* Copy between 4-d views of the same shape (any strides). */
 void cpa_copy4(cpa_tensor dst, cpa_tensor src);
 /* Set a 4-d view to zero. */

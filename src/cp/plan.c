@@ -14,26 +14,48 @@
 
 struct cpa_plan {
     cpa_cp_config cfg;
-    MPI_Comm comm; /* duplicate of the caller's, MPI_ERRORS_RETURN */
+    const struct algo_entry *algo;
+    MPI_Comm comm;        /* duplicate of the caller's, MPI_ERRORS_RETURN */
+    MPI_Comm ucomm, rcomm; /* hybrid: the Ulysses group and the ring group */
     int rank, P;
     cpa_split split;
     int64_t Sl;
     cpa_attn_ctx *ctx;
     cpa_ring ring;
+    cpa_ulysses uly;
     cpa_plan_stats stats;
 };
 
-static const char *const algo_names[] = {"ulysses_cp_algo", "megatron_cp_algo", "hybrid_cp_algo"};
+/* ---- the algorithm table (one row per algorithm: STYLE.md habit 4) ------- */
+
+typedef struct algo_entry {
+    cpa_algo id;
+    const char *name;
+    /* The algorithm's own rules (the common ones are checked before). */
+    cpa_status (*validate)(const cpa_cp_config *c);
+    cpa_split (*split)(const cpa_cp_config *c);
+    cpa_status (*init)(cpa_plan *plan);
+    cpa_status (*forward)(cpa_plan *plan, cpa_tensor q, cpa_tensor k, cpa_tensor v,
+                          cpa_tensor out, cpa_tensor lse);
+    cpa_status (*backward)(cpa_plan *plan, cpa_tensor q, cpa_tensor k, cpa_tensor v,
+                           cpa_tensor out, cpa_tensor lse, cpa_tensor dout, cpa_tensor dq,
+                           cpa_tensor dk, cpa_tensor dv);
+} algo_entry;
+
+static const algo_entry *find_algo(cpa_algo id);
 
 const char *cpa_algo_name(cpa_algo algo)
 {
-    return (int)algo >= 0 && (int)algo < 3 ? algo_names[algo] : "unknown";
+    const algo_entry *e = find_algo(algo);
+    return e ? e->name : "unknown";
 }
+
+int cpa_algo_count(void) { return 3; }
 
 cpa_status cpa_algo_parse(const char *name, cpa_algo *out)
 {
-    for (int i = 0; i < 3; ++i)
-        if (name && !strcmp(name, algo_names[i])) {
+    for (int i = 0; i < cpa_algo_count(); ++i)
+        if (name && !strcmp(name, cpa_algo_name((cpa_algo)i))) {
             *out = (cpa_algo)i;
             return CPA_OK;
         }
@@ -43,9 +65,19 @@ cpa_status cpa_algo_parse(const char *name, cpa_algo *out)
 
 /* ---- validation (local; made collective by cpa_plan_create) ------------- */
 
+static cpa_status window_rule(int W, int R, const char *of)
+{
+    if (W != 1 && (W < 1 || W >= R || R % W != 0))
+        return cpa_error(CPA_ERR_ARG, "--cp-window-size %d with %s %d: the window must be 1, or "
+                         "satisfy 1 < W < %s and %s %% W == 0 (double ring: windows of W ranks)",
+                         W, of, R, of, of);
+    return CPA_OK;
+}
+
 static cpa_status validate(const cpa_cp_config *c, int world)
 {
-    if ((int)c->algo < 0 || (int)c->algo > 2)
+    const algo_entry *e = find_algo(c->algo);
+    if (!e)
         return cpa_error(CPA_ERR_ARG, "--context-parallel-algo: unknown algorithm %d", (int)c->algo);
     if (c->cp_size != world)
         return cpa_error(CPA_ERR_ARG, "--context-parallel-size %d does not match the %d ranks of "
@@ -69,17 +101,175 @@ static cpa_status validate(const cpa_cp_config *c, int world)
         return cpa_error(CPA_ERR_ARG, "threads %d: must be >= 0", c->num_threads);
     if (!isfinite(c->softmax_scale))
         return cpa_error(CPA_ERR_ARG, "--softmax-scale is not finite");
-    if (c->algo != CPA_ALGO_RING)
-        return cpa_error(CPA_ERR_ARG, "--context-parallel-algo %s is not available in this "
-                         "version yet; use megatron_cp_algo (ring / double ring)",
-                         cpa_algo_name(c->algo));
-    const int P = c->cp_size, W = c->window;
-    if (W != 1 && (W < 1 || W >= P || P % W != 0))
-        return cpa_error(CPA_ERR_ARG, "--cp-window-size %d with --context-parallel-size %d: the "
-                         "window must be 1, or satisfy 1 < W < P and P %% W == 0 (double ring: "
-                         "P/W windows of W ranks)", W, P);
-    cpa_split split = {c->mask == CPA_MASK_CAUSAL ? CPA_SPLIT_ZIGZAG : CPA_SPLIT_CONTIGUOUS, P, 1};
-    return cpa_split_check(split, c->seq_length);
+    if (c->algo != CPA_ALGO_HYBRID && c->ulysses_degree > 1)
+        return cpa_error(CPA_ERR_ARG, "--ulysses-degree-in-cp %d is only for hybrid_cp_algo "
+                         "(this run uses %s)", c->ulysses_degree, e->name);
+    CPA_TRY(e->validate(c));
+    return cpa_split_check(e->split(c), c->seq_length);
+}
+
+/* ---- ring (megatron_cp_algo) ------------------------------------------------ */
+
+static cpa_split ring_split(const cpa_cp_config *c)
+{
+    cpa_split s = {c->mask == CPA_MASK_CAUSAL ? CPA_SPLIT_ZIGZAG : CPA_SPLIT_CONTIGUOUS,
+                   c->cp_size, 1};
+    return s;
+}
+
+static cpa_status ring_validate(const cpa_cp_config *c)
+{
+    return window_rule(c->window, c->cp_size, "--context-parallel-size");
+}
+
+static cpa_ring_shape ring_shape(const cpa_cp_config *c, int64_t H, int64_t G)
+{
+    cpa_ring_shape sh = {c->window, c->send_recv_overlap, c->mask, c->layout, c->seq_length,
+                         c->batch, H, G, c->head_dim, c->v_head_dim, c->softmax_scale};
+    return sh;
+}
+
+static cpa_status ring_init(cpa_plan *plan)
+{
+    cpa_ring_shape sh = ring_shape(&plan->cfg, plan->cfg.num_heads, plan->cfg.num_kv_heads);
+    return cpa_ring_init(&plan->ring, plan->comm, &sh, plan->ctx);
+}
+
+static cpa_status ring_forward(cpa_plan *plan, cpa_tensor q, cpa_tensor k, cpa_tensor v,
+                               cpa_tensor out, cpa_tensor lse)
+{
+    cpa_status s = cpa_ring_forward(&plan->ring, q, k, v, out, lse);
+    plan->stats.wait_s = plan->ring.xfer.wait_s;
+    plan->stats.bytes_sent = plan->ring.xfer.bytes_sent;
+    plan->stats.compute_s = plan->ring.compute_s;
+    plan->stats.flops = plan->ring.flops;
+    return s;
+}
+
+static cpa_status ring_backward(cpa_plan *plan, cpa_tensor q, cpa_tensor k, cpa_tensor v,
+                                cpa_tensor out, cpa_tensor lse, cpa_tensor dout, cpa_tensor dq,
+                                cpa_tensor dk, cpa_tensor dv)
+{
+    cpa_status s = cpa_ring_backward(&plan->ring, q, k, v, out, lse, dout, dq, dk, dv);
+    plan->stats.wait_s = plan->ring.xfer.wait_s;
+    plan->stats.bytes_sent = plan->ring.xfer.bytes_sent;
+    plan->stats.compute_s = plan->ring.compute_s;
+    plan->stats.flops = plan->ring.flops;
+    return s;
+}
+
+/* ---- Ulysses (ulysses_cp_algo) and hybrid (hybrid_cp_algo) ---------------- */
+
+static cpa_split ulysses_split(const cpa_cp_config *c)
+{
+    cpa_split s = {CPA_SPLIT_CONTIGUOUS, c->cp_size, 1};
+    return s;
+}
+
+static cpa_status ulysses_validate(const cpa_cp_config *c)
+{
+    const long long tp = c->tp_size, P = c->cp_size;
+    if (c->num_heads % (tp * P) != 0)
+        return cpa_error(CPA_ERR_ARG, "--num-attention-heads %lld is not divisible by "
+                         "--tensor-model-parallel-size %lld x --context-parallel-size %lld "
+                         "(Ulysses gives each rank whole heads: H %% (TP*P) == 0)",
+                         (long long)c->num_heads, tp, P);
+    if (c->window != 1)
+        return cpa_error(CPA_ERR_ARG, "--cp-window-size %d applies to megatron_cp_algo and "
+                         "hybrid_cp_algo; ulysses_cp_algo needs 1", c->window);
+    return CPA_OK;
+}
+
+static cpa_status ulysses_init(cpa_plan *plan)
+{
+    const cpa_cp_config *c = &plan->cfg;
+    cpa_ulysses_shape sh = {c->batch, c->seq_length, c->num_heads, c->num_kv_heads, c->head_dim,
+                            c->v_head_dim, c->layout, c->mask, c->softmax_scale};
+    return cpa_ulysses_init(&plan->uly, plan->comm, &sh, NULL, plan->ctx);
+}
+
+static void ulysses_stats(cpa_plan *plan)
+{
+    plan->stats.wait_s = plan->uly.wait_s;
+    plan->stats.bytes_sent = plan->uly.bytes_sent;
+    plan->stats.compute_s = plan->uly.compute_s;
+    plan->stats.flops = plan->uly.flops;
+}
+
+static cpa_status ulysses_forward(cpa_plan *plan, cpa_tensor q, cpa_tensor k, cpa_tensor v,
+                                  cpa_tensor out, cpa_tensor lse)
+{
+    cpa_status s = cpa_ulysses_forward(&plan->uly, q, k, v, out, lse);
+    ulysses_stats(plan);
+    return s;
+}
+
+static cpa_status ulysses_backward(cpa_plan *plan, cpa_tensor q, cpa_tensor k, cpa_tensor v,
+                                   cpa_tensor out, cpa_tensor lse, cpa_tensor dout, cpa_tensor dq,
+                                   cpa_tensor dk, cpa_tensor dv)
+{
+    cpa_status s = cpa_ulysses_backward(&plan->uly, q, k, v, out, lse, dout, dq, dk, dv);
+    ulysses_stats(plan);
+    return s;
+}
+
+static cpa_split hybrid_split(const cpa_cp_config *c)
+{
+    cpa_split s = {CPA_SPLIT_CONTIGUOUS, c->cp_size, 1};
+    if (c->mask == CPA_MASK_CAUSAL)
+        s.kind = CPA_SPLIT_ZIGZAG, s.U = c->ulysses_degree;
+    return s;
+}
+
+static cpa_status hybrid_validate(const cpa_cp_config *c)
+{
+    const int U = c->ulysses_degree, P = c->cp_size;
+    if (U <= 1 || P % U != 0)
+        return cpa_error(CPA_ERR_ARG, "--ulysses-degree-in-cp %d with --context-parallel-size %d: "
+                         "hybrid_cp_algo needs U > 1 and P %% U == 0", U, P);
+    if (U == P)
+        return cpa_error(CPA_ERR_ARG, "--ulysses-degree-in-cp %d equals --context-parallel-size: "
+                         "that is pure Ulysses, use --context-parallel-algo ulysses_cp_algo", U);
+    if (c->num_heads % ((long long)U * c->tp_size) != 0)
+        return cpa_error(CPA_ERR_ARG, "--num-attention-heads %lld is not divisible by "
+                         "--ulysses-degree-in-cp %d x --tensor-model-parallel-size %d "
+                         "(H %% (U*TP) == 0)", (long long)c->num_heads, U, c->tp_size);
+    return window_rule(c->window, P / U, "the ring size P/U =");
+}
+
+static cpa_status hybrid_init(cpa_plan *plan)
+{
+    const cpa_cp_config *c = &plan->cfg;
+    const int U = c->ulysses_degree, R = plan->P / U;
+    /* Ulysses groups: U consecutive ranks; ring groups: strided by U. */
+    int rc = MPI_Comm_split(plan->comm, plan->rank / U, plan->rank % U, &plan->ucomm);
+    if (rc == MPI_SUCCESS)
+        rc = MPI_Comm_split(plan->comm, plan->rank % U, plan->rank / U, &plan->rcomm);
+    if (rc != MPI_SUCCESS)
+        return cpa_mpi_error(rc, "MPI_Comm_split (hybrid groups)");
+    const int64_t Hl = c->num_heads / U, Gl = cpa_ulysses_kv_heads(c->num_heads, c->num_kv_heads, U);
+    cpa_ring_shape rs = ring_shape(c, Hl, Gl);
+    CPA_TRY(cpa_ring_init(&plan->ring, plan->rcomm, &rs, plan->ctx));
+    cpa_ulysses_shape us = {c->batch, c->seq_length / R, c->num_heads, c->num_kv_heads,
+                            c->head_dim, c->v_head_dim, c->layout, c->mask, c->softmax_scale};
+    return cpa_ulysses_init(&plan->uly, plan->ucomm, &us, &plan->ring, plan->ctx);
+}
+
+static const algo_entry algo_table[] = {
+    {CPA_ALGO_ULYSSES, "ulysses_cp_algo", ulysses_validate, ulysses_split, ulysses_init,
+     ulysses_forward, ulysses_backward},
+    {CPA_ALGO_RING, "megatron_cp_algo", ring_validate, ring_split, ring_init, ring_forward,
+     ring_backward},
+    {CPA_ALGO_HYBRID, "hybrid_cp_algo", hybrid_validate, hybrid_split, hybrid_init,
+     ulysses_forward, ulysses_backward},
+};
+
+static const algo_entry *find_algo(cpa_algo id)
+{
+    for (size_t i = 0; i < sizeof algo_table / sizeof algo_table[0]; ++i)
+        if (algo_table[i].id == id)
+            return &algo_table[i];
+    return NULL;
 }
 
 /* The configuration as numbers with their flag names, to find a flag whose
@@ -163,12 +353,11 @@ cpa_status cpa_plan_create(MPI_Comm comm, const cpa_cp_config *config, cpa_plan 
         plan->cfg = *config;
         if (plan->cfg.v_head_dim == 0)
             plan->cfg.v_head_dim = plan->cfg.head_dim;
-        plan->comm = MPI_COMM_NULL;
+        plan->algo = find_algo(config->algo);
+        plan->comm = plan->ucomm = plan->rcomm = MPI_COMM_NULL;
         plan->rank = rank;
         plan->P = world;
-        plan->split.kind = config->mask == CPA_MASK_CAUSAL ? CPA_SPLIT_ZIGZAG : CPA_SPLIT_CONTIGUOUS;
-        plan->split.P = world;
-        plan->split.U = 1;
+        plan->split = plan->algo->split(config);
         plan->Sl = config->seq_length / world;
         s = cpa_comm_dup(comm, &plan->comm);
     }
@@ -178,13 +367,8 @@ cpa_status cpa_plan_create(MPI_Comm comm, const cpa_cp_config *config, cpa_plan 
         cpa_attn_ctx_config kc = {dmax, config->num_threads};
         s = cpa_attn_ctx_create(&kc, &plan->ctx);
     }
-    if (s == CPA_OK) {
-        const cpa_cp_config *c = &plan->cfg;
-        cpa_ring_shape sh = {c->window, c->send_recv_overlap, c->mask, c->layout, c->seq_length,
-                             c->batch, c->num_heads, c->num_kv_heads, c->head_dim, c->v_head_dim,
-                             c->softmax_scale};
-        s = cpa_ring_init(&plan->ring, plan->comm, &sh, plan->ctx);
-    }
+    if (s == CPA_OK)
+        s = plan->algo->init(plan);
     /* Allocation can fail on one rank only: agree before anyone proceeds. */
     cpa_status all = agree(comm, rank, s);
     if (all != CPA_OK) {
@@ -199,10 +383,13 @@ void cpa_plan_destroy(cpa_plan *plan)
 {
     if (!plan)
         return;
+    cpa_ulysses_free(&plan->uly);
     cpa_ring_free(&plan->ring);
     cpa_attn_ctx_destroy(plan->ctx);
-    if (plan->comm != MPI_COMM_NULL)
-        MPI_Comm_free(&plan->comm);
+    MPI_Comm *comms[] = {&plan->ucomm, &plan->rcomm, &plan->comm};
+    for (int i = 0; i < 3; ++i)
+        if (*comms[i] != MPI_COMM_NULL)
+            MPI_Comm_free(comms[i]);
     cpa_free(plan);
 }
 
@@ -244,14 +431,6 @@ static cpa_status check_io(const cpa_plan *plan, const cpa_tensor *q, const cpa_
     return CPA_OK;
 }
 
-static void record(cpa_plan *plan, double t0)
-{
-    plan->stats.total_s = cpa_wtime() - t0;
-    plan->stats.wait_s = plan->ring.xfer.wait_s;
-    plan->stats.bytes_sent = plan->ring.xfer.bytes_sent;
-    plan->stats.compute_s = plan->ring.compute_s;
-    plan->stats.flops = plan->ring.flops;
-}
 
 cpa_status cpa_plan_forward(cpa_plan *plan, cpa_tensor q, cpa_tensor k, cpa_tensor v,
                             cpa_tensor out, cpa_tensor lse)
@@ -260,8 +439,8 @@ cpa_status cpa_plan_forward(cpa_plan *plan, cpa_tensor q, cpa_tensor k, cpa_tens
         return cpa_error(CPA_ERR_ARG, "cpa_plan_forward: plan is NULL");
     CPA_TRY(check_io(plan, &q, &k, &v, &out, &lse));
     double t0 = cpa_wtime();
-    cpa_status s = cpa_ring_forward(&plan->ring, q, k, v, out, lse);
-    record(plan, t0);
+    cpa_status s = plan->algo->forward(plan, q, k, v, out, lse);
+    plan->stats.total_s = cpa_wtime() - t0;
     return s;
 }
 
@@ -278,8 +457,8 @@ cpa_status cpa_plan_backward(cpa_plan *plan, cpa_tensor q, cpa_tensor k, cpa_ten
     CPA_TRY(check_local(plan, "dk", &dk, c->num_kv_heads, c->head_dim));
     CPA_TRY(check_local(plan, "dv", &dv, c->num_kv_heads, c->v_head_dim));
     double t0 = cpa_wtime();
-    cpa_status s = cpa_ring_backward(&plan->ring, q, k, v, out, lse, dout, dq, dk, dv);
-    record(plan, t0);
+    cpa_status s = plan->algo->backward(plan, q, k, v, out, lse, dout, dq, dk, dv);
+    plan->stats.total_s = cpa_wtime() - t0;
     return s;
 }
 

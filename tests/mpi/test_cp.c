@@ -5,8 +5,10 @@
  * on the whole sequence, runs the plan on its shard, and compares its rows
  * of out, lse, dq, dk, dv.  The verdict is collected over all ranks.
  *
- * usage: test_cp ALGO W OVERLAP MASK B S H G D DV LAYOUT [U]
+ * usage: test_cp ALGO W OVERLAP MASK B S H G D DV LAYOUT [U [FRESH]]
  *   e.g. test_cp megatron_cp_algo 2 1 causal 2 96 8 2 64 64 bshd
+ * FRESH=1 gives the backward copies of q, k, v, out, lse (other pointers
+ * than the forward's), which makes Ulysses rebuild its head-sharded state.
  *
  * Tolerances: relative to the largest reference magnitude, 1e-5 for out/lse
  * and 5e-5 for the gradients — the kernel tests' bounds.  A ring adds only
@@ -34,9 +36,9 @@ int main(int argc, char **argv)
     int rank, P;
     MPI_Comm_rank(MPI_COMM_WORLD, &rank);
     MPI_Comm_size(MPI_COMM_WORLD, &P);
-    if (argc < 12) {
+    if (argc < 12 || argc > 14) {
         if (rank == 0)
-            fprintf(stderr, "usage: test_cp ALGO W OVERLAP MASK B S H G D DV LAYOUT [U]\n");
+            fprintf(stderr, "usage: test_cp ALGO W OVERLAP MASK B S H G D DV LAYOUT [U [FRESH]]\n");
         MPI_Finalize();
         return 2;
     }
@@ -93,7 +95,20 @@ int main(int argc, char **argv)
     tu_tensor ldv = tu_attn(c.layout, B, Sl, G, Dv);
     tu_fill(ldq.t, 9, 3.0f); /* garbage: the plan must overwrite, not add */
     CHECK_OK(cpa_plan_forward(plan, lq.t, lk.t, lv.t, lo.t, ll.t));
-    CHECK_OK(cpa_plan_backward(plan, lq.t, lk.t, lv.t, lo.t, ll.t, ldo.t, ldq.t, ldk.t, ldv.t));
+    if (argc > 13 && atoi(argv[13])) {
+        tu_tensor cp[5] = {tu_attn(c.layout, B, Sl, H, D), tu_attn(c.layout, B, Sl, G, D),
+                           tu_attn(c.layout, B, Sl, G, Dv), tu_attn(c.layout, B, Sl, H, Dv),
+                           tu_lse(B, H, Sl)};
+        tu_copy(cp[0].t, lq.t), tu_copy(cp[1].t, lk.t), tu_copy(cp[2].t, lv.t);
+        tu_copy(cp[3].t, lo.t);
+        memcpy(cp[4].buf, ll.buf, sizeof(float) * (size_t)(B * H * Sl));
+        CHECK_OK(cpa_plan_backward(plan, cp[0].t, cp[1].t, cp[2].t, cp[3].t, cp[4].t, ldo.t,
+                                   ldq.t, ldk.t, ldv.t));
+        for (int i = 0; i < 5; ++i)
+            free(cp[i].buf);
+    } else {
+        CHECK_OK(cpa_plan_backward(plan, lq.t, lk.t, lv.t, lo.t, ll.t, ldo.t, ldq.t, ldk.t, ldv.t));
+    }
 
     /* The reference's rows of this rank. */
     tu_tensor ro = shard_of(split, rank, out, c.layout), rdq = shard_of(split, rank, dq, c.layout);

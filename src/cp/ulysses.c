@@ -1,0 +1,301 @@
+/*
+ * ulysses.c — Ulysses sequence parallelism (ulysses_cp_algo) and the
+ * Ulysses half of the hybrid (hybrid_cp_algo), ALGORITHMS.md §4-5.
+ *
+ * Forward: for each of q, k, v one MPI_Alltoall that scatters heads and
+ * gathers rows — [B, Sl, N, D] on each of U ranks becomes [B, U·Sl, N/U, D],
+ * group rank j receiving head group j from every rank, concatenated in rank
+ * order along the sequence — then the inner attention on the gathered rows,
+ * then the output (and its LSE) all-to-all back.  Backward: dout goes the
+ * way q went, dq/dk/dv the way out came back (the adjoint all-to-alls).
+ * Each all-to-all packs contiguous per-destination slabs, exchanges them,
+ * and unpacks into strided views, so every layout works.
+ *
+ * GQA.  When U divides G each rank gets G/U key/value heads.  Otherwise the
+ * KV heads are replicated so that each rank gets the heads its query heads
+ * need (one if they all share a group, else one per query head), and the
+ * backward sums the replicas' gradients while unpacking (in rank order, so
+ * the sum is deterministic).
+ *
+ * What the backward reuses.  Like an autograd function, the forward keeps
+ * the head-sharded q, k, v, out and lse it made; a backward given the same
+ * tensors (the same data pointers as the last forward of this plan) starts
+ * from them and needs 4 all-to-alls.  Given other tensors it rebuilds them
+ * first (5 more), so it is always correct; a caller that interleaves
+ * several layers on one plan should use one plan per layer for speed.
+ */
+#include "cp_internal.h"
+#include "kernel_internal.h"
+
+#include <string.h>
+
+int64_t cpa_ulysses_kv_heads(int64_t H, int64_t G, int U)
+{
+    const int64_t Hl = H / U, per_group = H / G;
+    if (G % U == 0)
+        return G / U;
+    if (per_group % Hl == 0)
+        return 1;
+    return Hl;
+}
+
+cpa_status cpa_ulysses_init(cpa_ulysses *x, MPI_Comm comm, const cpa_ulysses_shape *sh,
+                            cpa_ring *inner_ring, cpa_attn_ctx *ctx)
+{
+    memset(x, 0, sizeof *x);
+    x->comm = comm;
+    MPI_Comm_size(comm, &x->U);
+    MPI_Comm_rank(comm, &x->u);
+    const int U = x->U;
+    x->B = sh->B, x->Sf = sh->S, x->Sl = sh->S / U;
+    x->H = sh->H, x->G = sh->G, x->Hl = sh->H / U, x->Dqk = sh->Dqk, x->Dv = sh->Dv;
+    x->Gl = cpa_ulysses_kv_heads(sh->H, sh->G, U);
+    x->layout = sh->layout;
+    x->mask = sh->mask;
+    x->scale = sh->scale;
+    x->ring = inner_ring;
+    x->ctx = ctx;
+
+    const int64_t hpg = x->H / x->G, nmax = x->Hl > x->Gl ? x->Hl : x->Gl;
+    x->q_heads = cpa_malloc(sizeof(int) * (size_t)(U * (x->Hl + x->Gl) + nmax), "Ulysses head maps");
+    if (!x->q_heads)
+        return CPA_ERR_NOMEM;
+    x->kv_heads = x->q_heads + U * x->Hl;
+    x->ident = x->kv_heads + U * x->Gl;
+    for (int j = 0; j < U; ++j) {
+        for (int64_t i = 0; i < x->Hl; ++i)
+            x->q_heads[j * x->Hl + i] = (int)(j * x->Hl + i);
+        for (int64_t g = 0; g < x->Gl; ++g)
+            x->kv_heads[j * x->Gl + g] =
+                x->G % U == 0 ? (int)(j * x->Gl + g)
+                : x->Gl == 1  ? (int)(j * x->Hl / hpg)
+                              : (int)((j * x->Hl + g) / hpg);
+    }
+    for (int64_t i = 0; i < nmax; ++i)
+        x->ident[i] = (int)i;
+
+    const int64_t D = x->Dqk > x->Dv ? x->Dqk : x->Dv;
+    x->slab = x->B * x->Sl * nmax * D;
+    const int64_t qn = x->B * x->Sf * x->Hl, kn = x->B * x->Sf * x->Gl;
+    struct {
+        float **p;
+        int64_t n;
+        const char *what;
+    } bufs[] = {{&x->send, U * x->slab, "Ulysses send slabs"},
+                {&x->recv, U * x->slab, "Ulysses receive slabs"},
+                {&x->q, qn * x->Dqk, "Ulysses q"},       {&x->k, kn * x->Dqk, "Ulysses k"},
+                {&x->v, kn * x->Dv, "Ulysses v"},        {&x->out, qn * x->Dv, "Ulysses out"},
+                {&x->lse, qn, "Ulysses lse"},            {&x->dout, qn * x->Dv, "Ulysses dout"},
+                {&x->dq, qn * x->Dqk, "Ulysses dq"},     {&x->dk, kn * x->Dqk, "Ulysses dk"},
+                {&x->dv, kn * x->Dv, "Ulysses dv"}};
+    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; ++i)
+        if (!(*bufs[i].p = cpa_calloc(sizeof(float) * (size_t)bufs[i].n, bufs[i].what))) {
+            cpa_ulysses_free(x);
+            return CPA_ERR_NOMEM;
+        }
+    return CPA_OK;
+}
+
+void cpa_ulysses_free(cpa_ulysses *x)
+{
+    float *bufs[] = {x->send, x->recv, x->q, x->k, x->v, x->out, x->lse, x->dout, x->dq, x->dk, x->dv};
+    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; ++i)
+        cpa_free(bufs[i]);
+    cpa_free(x->q_heads);
+    memset(x, 0, sizeof *x);
+}
+
+/* ---- views ----------------------------------------------------------------- */
+
+static cpa_tensor hview(const cpa_ulysses *x, float *buf, int64_t heads, int64_t dim)
+{
+    return cpa_tensor_attn(buf, x->layout, x->B, x->Sf, heads, dim);
+}
+
+/* lse [B, N, S] seen as a [B, S, N, 1] view, so it travels like a tensor. */
+static cpa_tensor lse_as_rows(cpa_tensor lse)
+{
+    cpa_tensor t = lse;
+    t.ndim = 4;
+    t.shape[1] = lse.shape[2], t.shape[2] = lse.shape[1], t.shape[3] = 1;
+    t.stride[1] = lse.stride[2], t.stride[2] = lse.stride[1], t.stride[3] = 1;
+    return t;
+}
+
+static cpa_tensor hlse(const cpa_ulysses *x)
+{
+    int64_t shape[3] = {x->B, x->Hl, x->Sf};
+    return cpa_tensor_make(x->lse, 3, shape);
+}
+
+/* ---- the all-to-alls ---------------------------------------------------------- */
+
+/* dst[b, r, i, :] = src[b, row0 + r, heads[i], :], dst contiguous. */
+static void pack(cpa_tensor src, int64_t row0, int64_t rows, const int *heads, int64_t nh,
+                 float *dst)
+{
+    const int64_t D = src.shape[3];
+    for (int64_t b = 0; b < src.shape[0]; ++b)
+        for (int64_t r = 0; r < rows; ++r)
+            for (int64_t i = 0; i < nh; ++i) {
+                const float *s = src.data + b * src.stride[0] + (row0 + r) * src.stride[1] +
+                                 heads[i] * src.stride[2];
+                memcpy(dst, s, sizeof(float) * (size_t)D);
+                dst += D;
+            }
+}
+
+/* dst[b, row0 + r, heads[i], :] (+)= src[b, r, i, :]. */
+static void unpack(const float *src, cpa_tensor dst, int64_t row0, int64_t rows, const int *heads,
+                   int64_t nh, int accumulate)
+{
+    const int64_t D = dst.shape[3];
+    for (int64_t b = 0; b < dst.shape[0]; ++b)
+        for (int64_t r = 0; r < rows; ++r)
+            for (int64_t i = 0; i < nh; ++i) {
+                float *d = dst.data + b * dst.stride[0] + (row0 + r) * dst.stride[1] +
+                           heads[i] * dst.stride[2];
+                if (accumulate)
+                    for (int64_t c = 0; c < D; ++c)
+                        d[c] += src[c];
+                else
+                    memcpy(d, src, sizeof(float) * (size_t)D);
+                src += D;
+            }
+}
+
+static cpa_status alltoall(cpa_ulysses *x, int64_t count)
+{
+    if (count > INT32_MAX)
+        return cpa_error(CPA_ERR_ARG, "an all-to-all slab of %lld floats exceeds MPI's int count",
+                         (long long)count);
+    double t0 = cpa_wtime();
+    int rc = MPI_Alltoall(x->send, (int)count, MPI_FLOAT, x->recv, (int)count, MPI_FLOAT, x->comm);
+    x->wait_s += cpa_wtime() - t0;
+    x->bytes_sent += (double)count * sizeof(float) * (x->U - 1);
+    return rc == MPI_SUCCESS ? CPA_OK : cpa_mpi_error(rc, "MPI_Alltoall");
+}
+
+/* Sequence-sharded `local` [B, Sl, N, D] -> head-sharded `mine` [B, Sf, nl, D]:
+ * group rank j gets heads heads[j*nl .. j*nl+nl). */
+cpa_status cpa_ulysses_seq_to_heads(cpa_ulysses *x, cpa_tensor local, const int *heads,
+                                    int64_t nl, cpa_tensor mine)
+{
+    const int64_t count = x->B * x->Sl * nl * local.shape[3];
+    for (int j = 0; j < x->U; ++j)
+        pack(local, 0, x->Sl, heads + j * nl, nl, x->send + j * count);
+    CPA_TRY(alltoall(x, count));
+    for (int i = 0; i < x->U; ++i)
+        unpack(x->recv + i * count, mine, i * x->Sl, x->Sl, x->ident, nl, 0);
+    return CPA_OK;
+}
+
+/* Head-sharded `mine` -> sequence-sharded `local`; with `accumulate` the
+ * replicas of a head add up (local must be zeroed by the caller). */
+cpa_status cpa_ulysses_heads_to_seq(cpa_ulysses *x, cpa_tensor mine, const int *heads,
+                                    int64_t nl, cpa_tensor local, int accumulate)
+{
+    const int64_t count = x->B * x->Sl * nl * mine.shape[3];
+    for (int j = 0; j < x->U; ++j)
+        pack(mine, j * x->Sl, x->Sl, x->ident, nl, x->send + j * count);
+    CPA_TRY(alltoall(x, count));
+    for (int i = 0; i < x->U; ++i)
+        unpack(x->recv + i * count, local, 0, x->Sl, heads + i * nl, nl, accumulate);
+    return CPA_OK;
+}
+
+/* q, k, v (and for a backward without a saved forward, out and lse). */
+static cpa_status gather_inputs(cpa_ulysses *x, cpa_tensor q, cpa_tensor k, cpa_tensor v)
+{
+    CPA_TRY(cpa_ulysses_seq_to_heads(x, q, x->q_heads, x->Hl, hview(x, x->q, x->Hl, x->Dqk)));
+    CPA_TRY(cpa_ulysses_seq_to_heads(x, k, x->kv_heads, x->Gl, hview(x, x->k, x->Gl, x->Dqk)));
+    return cpa_ulysses_seq_to_heads(x, v, x->kv_heads, x->Gl, hview(x, x->v, x->Gl, x->Dv));
+}
+
+/* ---- forward and backward ---------------------------------------------------- */
+
+static void inner_desc(const cpa_ulysses *x, cpa_attn_desc *d)
+{
+    memset(d, 0, sizeof *d);
+    d->q = hview(x, x->q, x->Hl, x->Dqk);
+    d->k = hview(x, x->k, x->Gl, x->Dqk);
+    d->v = hview(x, x->v, x->Gl, x->Dv);
+    d->mask.kind = x->mask; /* the gathered rows are the whole sequence, in order */
+    d->softmax_scale = x->scale;
+}
+
+static void reset_counters(cpa_ulysses *x)
+{
+    x->wait_s = x->bytes_sent = x->compute_s = x->flops = 0.0;
+}
+
+static void add_ring_counters(cpa_ulysses *x)
+{
+    x->flops += x->ring->flops;
+    x->compute_s += x->ring->compute_s;
+    x->wait_s += x->ring->xfer.wait_s;
+    x->bytes_sent += x->ring->xfer.bytes_sent;
+}
+
+cpa_status cpa_ulysses_forward(cpa_ulysses *x, cpa_tensor q, cpa_tensor k, cpa_tensor v,
+                               cpa_tensor out, cpa_tensor lse)
+{
+    reset_counters(x);
+    memset(x->saved, 0, sizeof x->saved);
+    CPA_TRY(gather_inputs(x, q, k, v));
+    cpa_tensor O = hview(x, x->out, x->Hl, x->Dv), L = hlse(x);
+    if (x->ring) {
+        CPA_TRY(cpa_ring_forward(x->ring, hview(x, x->q, x->Hl, x->Dqk),
+                                 hview(x, x->k, x->Gl, x->Dqk), hview(x, x->v, x->Gl, x->Dv), O, L));
+        add_ring_counters(x);
+    } else {
+        cpa_attn_desc d;
+        inner_desc(x, &d);
+        double t0 = cpa_wtime();
+        CPA_TRY(cpa_attn_forward(x->ctx, &d, O, L));
+        x->compute_s += cpa_wtime() - t0;
+        x->flops += cpa_attn_forward_flops(&d);
+    }
+    CPA_TRY(cpa_ulysses_heads_to_seq(x, O, x->q_heads, x->Hl, out, 0));
+    CPA_TRY(cpa_ulysses_heads_to_seq(x, lse_as_rows(L), x->q_heads, x->Hl, lse_as_rows(lse), 0));
+    const float *now[5] = {q.data, k.data, v.data, out.data, lse.data};
+    memcpy(x->saved, now, sizeof now);
+    return CPA_OK;
+}
+
+cpa_status cpa_ulysses_backward(cpa_ulysses *x, cpa_tensor q, cpa_tensor k, cpa_tensor v,
+                                cpa_tensor out, cpa_tensor lse, cpa_tensor dout, cpa_tensor dq,
+                                cpa_tensor dk, cpa_tensor dv)
+{
+    reset_counters(x);
+    cpa_tensor O = hview(x, x->out, x->Hl, x->Dv), L = hlse(x);
+    const float *now[5] = {q.data, k.data, v.data, out.data, lse.data};
+    if (memcmp(x->saved, now, sizeof now) != 0) { /* not the tensors of the last forward */
+        CPA_TRY(gather_inputs(x, q, k, v));
+        CPA_TRY(cpa_ulysses_seq_to_heads(x, out, x->q_heads, x->Hl, O));
+        CPA_TRY(cpa_ulysses_seq_to_heads(x, lse_as_rows(lse), x->q_heads, x->Hl, lse_as_rows(L)));
+        memcpy(x->saved, now, sizeof now);
+    }
+    cpa_tensor dO = hview(x, x->dout, x->Hl, x->Dv);
+    cpa_tensor dQ = hview(x, x->dq, x->Hl, x->Dqk), dK = hview(x, x->dk, x->Gl, x->Dqk);
+    cpa_tensor dV = hview(x, x->dv, x->Gl, x->Dv);
+    CPA_TRY(cpa_ulysses_seq_to_heads(x, dout, x->q_heads, x->Hl, dO));
+    if (x->ring) {
+        CPA_TRY(cpa_ring_backward(x->ring, hview(x, x->q, x->Hl, x->Dqk),
+                                  hview(x, x->k, x->Gl, x->Dqk), hview(x, x->v, x->Gl, x->Dv), O,
+                                  L, dO, dQ, dK, dV));
+        add_ring_counters(x);
+    } else {
+        cpa_attn_desc d;
+        inner_desc(x, &d);
+        cpa_zero4(dQ), cpa_zero4(dK), cpa_zero4(dV);
+        double t0 = cpa_wtime();
+        CPA_TRY(cpa_attn_backward(x->ctx, &d, O, L, dO, dQ, dK, dV));
+        x->compute_s += cpa_wtime() - t0;
+        x->flops += 2.5 * cpa_attn_forward_flops(&d);
+    }
+    CPA_TRY(cpa_ulysses_heads_to_seq(x, dQ, x->q_heads, x->Hl, dq, 0));
+    cpa_zero4(dk), cpa_zero4(dv); /* replicas of a KV head add up */
+    CPA_TRY(cpa_ulysses_heads_to_seq(x, dK, x->kv_heads, x->Gl, dk, 1));
+    return cpa_ulysses_heads_to_seq(x, dV, x->kv_heads, x->Gl, dv, 1);
+}
