@@ -7,7 +7,8 @@
  * and destroy cleanly), each case breaks one rule — on every rank, or on
  * one rank only — and checks on all ranks: the status is CPA_ERR_ARG, no
  * plan is handed out, the message equals rank 0's byte for byte, and it
- * names the offending flag.  Run under `mpiexec -n P`, P >= 2.
+ * names the offending flag; valid Ulysses and hybrid configurations plan.
+ * Run under `mpiexec -n P`, P >= 2.
  */
 #include "cpattn.h"
 #include "test.h"
@@ -136,25 +137,71 @@ static void bad_heads(void)
     expect_arg("H % G", MPI_COMM_WORLD, &c, "--num-attention-heads", "--num-query-groups");
 }
 
-/* Not available yet: only the agreement is asserted, and a plan (should the
- * algorithm become available) is destroyed. */
-static void other_algos(void)
+static void expect_ok(const char *name, const cpa_cp_config *c)
 {
-    const cpa_algo algos[2] = {CPA_ALGO_ULYSSES, CPA_ALGO_HYBRID};
-    for (int i = 0; i < 2; ++i) {
-        cpa_cp_config c = base();
-        c.algo = algos[i];
-        c.ulysses_degree = P_;
-        char msg[1024];
-        cpa_plan *plan;
-        cpa_status st = create(cpa_algo_name(algos[i]), MPI_COMM_WORLD, &c, &plan, msg);
-        if (st == CPA_OK) {
-            cpa_plan_destroy(plan);
-            continue;
-        }
-        CHECK_MSG(st == CPA_ERR_ARG, "%s: %s", cpa_algo_name(algos[i]), msg);
-        check_same_message(cpa_algo_name(algos[i]), msg);
+    char msg[1024];
+    cpa_plan *plan;
+    cpa_status st = create(name, MPI_COMM_WORLD, c, &plan, msg);
+    CHECK_MSG(st == CPA_OK && plan != NULL, "%s: valid configuration refused: %s", name, msg);
+    cpa_plan_destroy(plan);
+}
+
+/* Ulysses: H % (TP*P) == 0, no window, no Ulysses degree on other algorithms. */
+static void ulysses_rules(void)
+{
+    cpa_cp_config c = base();
+    c.algo = CPA_ALGO_ULYSSES;
+    if (8 % P_ == 0)
+        expect_ok("ulysses valid", &c);
+    else
+        expect_arg("ulysses H % P", MPI_COMM_WORLD, &c, "--num-attention-heads", NULL);
+    c.tp_size = 3; /* 8 % (3P) != 0 for every P */
+    expect_arg("ulysses H % (TP*P)", MPI_COMM_WORLD, &c, "--tensor-model-parallel-size", NULL);
+    c = base();
+    c.algo = CPA_ALGO_ULYSSES;
+    c.num_heads = 8 * P_;
+    c.window = 2;
+    expect_arg("ulysses window", MPI_COMM_WORLD, &c, "--cp-window-size", NULL);
+    c = base();
+    c.ulysses_degree = 2; /* ring */
+    expect_arg("ring with a Ulysses degree", MPI_COMM_WORLD, &c, "--ulysses-degree-in-cp", NULL);
+    c = base();
+    c.algo = CPA_ALGO_ULYSSES;
+    c.num_heads = 8 * P_;
+    c.mask = CPA_MASK_NONE;
+    c.seq_length = 16 * P_ + 1;
+    expect_arg("ulysses S % P", MPI_COMM_WORLD, &c, "--seq-length", NULL);
+}
+
+/* Hybrid: U > 1, P % U == 0, U != P, H % (U*TP) == 0, W relative to R = P/U,
+ * S % (2P) for causal. */
+static void hybrid_rules(void)
+{
+    cpa_cp_config c = base();
+    c.algo = CPA_ALGO_HYBRID;
+    const int U_ok = P_ % 2 == 0 && P_ > 2 ? 2 : 0;
+    if (U_ok) {
+        c.ulysses_degree = U_ok;
+        expect_ok("hybrid valid", &c);
+        c.tp_size = 3; /* 8 % (2*3) != 0 */
+        expect_arg("hybrid H % (U*TP)", MPI_COMM_WORLD, &c, "--num-attention-heads", NULL);
+        c.tp_size = 1;
+        c.window = P_ / U_ok; /* W == R */
+        expect_arg("hybrid W >= R", MPI_COMM_WORLD, &c, "--cp-window-size", NULL);
+        c.window = 1;
+        c.seq_length = 16 * P_ + 2;
+        expect_arg("hybrid S % 2P", MPI_COMM_WORLD, &c, "--seq-length", NULL);
     }
+    c = base();
+    c.algo = CPA_ALGO_HYBRID;
+    c.ulysses_degree = 1;
+    expect_arg("hybrid U = 1", MPI_COMM_WORLD, &c, "--ulysses-degree-in-cp", NULL);
+    c.ulysses_degree = 0;
+    expect_arg("hybrid U unset", MPI_COMM_WORLD, &c, "--ulysses-degree-in-cp", NULL);
+    c.ulysses_degree = P_;
+    expect_arg("hybrid U = P", MPI_COMM_WORLD, &c, "ulysses_cp_algo", NULL);
+    c.ulysses_degree = P_ + 1;
+    expect_arg("hybrid P % U", MPI_COMM_WORLD, &c, "--ulysses-degree-in-cp", NULL);
 }
 
 /* One rank's configuration differs from the others'. */
@@ -199,7 +246,8 @@ int main(int argc, char **argv)
     RUN_TEST(bad_window);
     RUN_TEST(bad_seq_length);
     RUN_TEST(bad_heads);
-    RUN_TEST(other_algos);
+    RUN_TEST(ulysses_rules);
+    RUN_TEST(hybrid_rules);
     RUN_TEST(rank_mismatch);
     RUN_TEST(null_comm);
     RUN_TEST(valid_base); /* nothing left behind by the failures */
