@@ -59,9 +59,19 @@ void cli_mark_derived(cli_args *args, const char *flag, const char *note)
     args->note[i] = note;
 }
 
+/* Set by cli_set_quiet(): parse as usual, print nothing. */
+static int quiet_output;
+
+void cli_set_quiet(int quiet)
+{
+    quiet_output = quiet != 0;
+}
+
 int cli_usage(const cli_spec *spec, const char *fmt, ...)
 {
     va_list ap;
+    if (quiet_output)
+        return CLI_USAGE;
     va_start(ap, fmt);
     fprintf(stderr, "%s: ", spec->command);
     vfprintf(stderr, fmt, ap);
@@ -366,7 +376,8 @@ cli_result cli_parse(cli_args *args, const cli_spec *spec, void *cfg, int argc, 
     args->cfg = cfg;
     for (int k = 1; k < argc; ++k) {
         if (strcmp(argv[k], "--help") == 0 || strcmp(argv[k], "-h") == 0) {
-            cli_print_help(spec, stdout);
+            if (!quiet_output)
+                cli_print_help(spec, stdout);
             return CLI_HELP;
         }
     }

@@ -133,6 +133,11 @@ int cli_usage(const cli_spec *spec, const char *fmt, ...)
 #endif
     ;
 
+/* Silence (1) or restore (0) everything cli_parse() and cli_usage() print:
+ * --help and usage errors.  An MPI subcommand silences every rank but 0,
+ * since all ranks parse the same command line and reach the same verdict. */
+void cli_set_quiet(int quiet);
+
 /* The text of choice `index` of a CLI_CHOICE flag (for messages). */
 const char *cli_choice_name(const cli_spec *spec, const char *flag, int index, char *buf,
                             size_t size);

@@ -1,19 +1,33 @@
 /*
- * cmd_attn.c — `cpattn attn`: single-process attention forward and backward
- * through the public API, on deterministic random inputs or on .npy files.
+ * cmd_attn.c — `cpattn attn`: attention forward and backward through the
+ * public API, single-process (the local kernel) or context-parallel over MPI
+ * (a cpa_plan: ring, double ring, Ulysses, hybrid), on deterministic random
+ * inputs or on .npy files.
  *
- * It is the user-facing way to run the local kernel once: it can save the
- * results as .npy (--save), compare them with the reference implementation
- * (--check: max abs / max rel error per tensor, PASS/FAIL, exit 1 on FAIL),
- * and time repeated calls (--iters: median, spread, GFLOP/s).  It is not a
- * benchmark sweep (that is `cpattn bench kernel`) and does no MPI.
+ * It is the user-facing way to run attention once: it can save the results
+ * as .npy (--save), compare them with the reference implementation (--check:
+ * max abs / max rel error per tensor, PASS/FAIL, exit 1 on FAIL), and time
+ * repeated calls (--iters: median, spread, GFLOP/s; per rank with P > 1).
+ * It is not a benchmark sweep (that is `cpattn bench`).
+ *
+ * MPI: the command always initialises MPI (a plain `cpattn attn` is a
+ * singleton of world size 1) and finalises it on every path.  With
+ * --context-parallel-size P > 1 (= the world size) each rank holds S/P rows
+ * of every tensor, split as the plan says (zigzag or contiguous); rank 0
+ * reads --load files and sends each rank its shard, and gathers the results
+ * back for the digest, --save and --check, which therefore always see the
+ * whole sequence in natural order, exactly like a single-process run.
+ * Only rank 0 prints.  Every step that can fail on some ranks only ends with
+ * tool_agree(): all ranks take the worst exit code, and rank 0 prints the first
+ * failing rank's message, so no rank is left waiting in a collective.
  *
  * Random inputs depend only on (--seed, tensor, logical [B, S, N, D] index),
- * never on --layout or on how the sequence is split, so a later multi-rank
- * run generates exactly its slice of the same global tensors.
+ * never on --layout or on how the sequence is split: each rank generates
+ * exactly its slice of the same global tensors.
  *
- * Exit codes: 0 ok, 1 runtime failure (library error, I/O, --check FAIL),
- * 2 bad usage (one line naming the flag, the value and the rule).
+ * Exit codes (the same on every rank): 0 ok, 1 runtime failure (library
+ * error, I/O, --check FAIL), 2 bad usage (one line naming the flag, the value
+ * and the rule).
  */
 #include "args.h"
 #include "util.h"
@@ -22,12 +36,16 @@
 #include "cpattn.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <math.h>
+#include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 /* ------------------------------------------------------------------------ */
 /* Flags                                                                     */
@@ -40,6 +58,9 @@ typedef struct attn_cfg {
     double scale;              /* 0: 1/sqrt(D) */
     int layout;                /* index in "bshd|sbhd|bnsd" */
     int bnsd;                  /* --megatron-cp-in-bnsd */
+    int64_t cp, window, ulysses, tp; /* --context-parallel-size, --cp-window-size, ... */
+    int algo;                  /* index in the --context-parallel-algo choices */
+    int overlap;               /* --use-cp-send-recv-overlap */
     int64_t seed;
     const char *load, *save;
     int save_inputs, forward_only, check, reference;
@@ -47,14 +68,20 @@ typedef struct attn_cfg {
     int64_t iters, warmup, threads;
 } attn_cfg;
 
-/* Indices in the choice lists of --attention-mask-type and --layout. */
+/* Indices in the choice lists of --attention-mask-type, --layout and
+ * --context-parallel-algo. */
 enum { MASK_CAUSAL = 0, MASK_GENERAL = 1 };
 enum { LAYOUT_BSHD = 0, LAYOUT_SBHD = 1, LAYOUT_BNSD = 2 };
+enum { ALGO_ULYSSES = 0, ALGO_RING = 1, ALGO_HYBRID = 2 };
 static const cpa_layout layout_of_choice[] = {CPA_LAYOUT_BSHD, CPA_LAYOUT_SBHD, CPA_LAYOUT_BNSD};
+static const cpa_algo algo_of_choice[] = {CPA_ALGO_ULYSSES, CPA_ALGO_RING, CPA_ALGO_HYBRID};
 
 #define AT(f) offsetof(attn_cfg, f)
 #define SIZE_FLAG(name, mv, dflt, text, fld) \
     {.flag = name, .type = CLI_INT, .def = dflt, .metavar = mv, .min = 1, .max = INT64_MAX, \
+     .help = text, .offset = AT(fld)}
+#define RANKS_FLAG(name, mv, dflt, text, fld) \
+    {.flag = name, .type = CLI_INT, .def = dflt, .metavar = mv, .min = 1, .max = INT_MAX, \
      .help = text, .offset = AT(fld)}
 
 static const cli_option attn_options[] = {
@@ -79,53 +106,75 @@ static const cli_option attn_options[] = {
              "on it).", .offset = AT(layout)},
     {.flag = "--megatron-cp-in-bnsd", .type = CLI_FLAG, .help = "Same as --layout bnsd.",
      .offset = AT(bnsd)},
+    RANKS_FLAG("--context-parallel-size", "P", "1",
+               "Ranks sharing the sequence (context parallelism); must equal the MPI world size "
+               "(mpiexec -n P). 1: the single-process kernel, whatever the algorithm.", cp),
+    {.flag = "--context-parallel-algo", .type = CLI_CHOICE, .def = "ulysses_cp_algo",
+     .choices = "ulysses_cp_algo|megatron_cp_algo|hybrid_cp_algo",
+     .help = "With P > 1: Ulysses all-to-all, ring attention (double ring with "
+             "--cp-window-size > 1), or hybrid Ulysses x ring.", .offset = AT(algo)},
+    RANKS_FLAG("--cp-window-size", "W", "1",
+               "Ring and hybrid: ranks per inner ring window; W > 1 is the double ring "
+               "(1 <= W < R, R % W == 0; R = P, or P/U for hybrid).", window),
+    RANKS_FLAG("--ulysses-degree-in-cp", "U", NULL,
+               "Hybrid: Ulysses group size U (U > 1, P % U == 0, P/U > 1, H % (U*TP) == 0). "
+               "Default: unset.", ulysses),
+    {.flag = "--use-cp-send-recv-overlap", .type = CLI_FLAG,
+     .help = "Ring: the send and the receive of each step on separate communicators (full "
+             "duplex).", .offset = AT(overlap)},
+    RANKS_FLAG("--tensor-model-parallel-size", "TP", "1",
+               "Tensor-parallel size the head rules assume (H % (TP*P) == 0 for Ulysses); "
+               "attn itself runs no TP.", tp),
     {.flag = "--seed", .env = "CPATTN_SEED", .type = CLI_INT, .def = "1234",
      .help = "Seed of the random inputs; each value depends only on the seed, the tensor and "
              "its logical [B,S,N,D] index.", .offset = AT(seed)},
     {.flag = "--load", .type = CLI_STRING, .metavar = "DIR",
      .help = "Read q.npy [B,S,H,D], k.npy [B,S,G,D], v.npy [B,S,G,Dv] and dout.npy [B,S,H,Dv] "
              "(not needed with --forward-only) from DIR instead of random inputs; their shapes "
-             "set B, S, H, G, D and Dv.", .offset = AT(load)},
+             "set B, S, H, G, D and Dv. With P > 1 rank 0 reads them and sends each rank its "
+             "shard.", .offset = AT(load)},
     {.flag = "--save", .type = CLI_STRING, .metavar = "DIR",
      .help = "Write out.npy [B,S,H,Dv], lse.npy [B,H,S] and, unless --forward-only, dq.npy, "
-             "dk.npy, dv.npy into DIR (created if missing), always in [B,S,N,D] order.",
-     .offset = AT(save)},
+             "dk.npy, dv.npy into DIR (created if missing), always in [B,S,N,D] order and "
+             "natural sequence order (gathered on rank 0 with P > 1).", .offset = AT(save)},
     {.flag = "--save-inputs", .type = CLI_FLAG,
      .help = "With --save: also write the inputs q.npy, k.npy, v.npy, dout.npy, so that "
              "--load can replay the run.", .offset = AT(save_inputs)},
     {.flag = "--forward-only", .type = CLI_FLAG, .help = "Skip the backward pass.",
      .offset = AT(forward_only)},
     {.flag = "--check", .type = CLI_FLAG,
-     .help = "Compare with the reference implementation (double accumulation): per tensor max "
-             "abs error, max|ref|, rel = max abs / max|ref|, PASS/FAIL; exit 1 on FAIL.",
-     .offset = AT(check)},
+     .help = "Compare with the single-process reference implementation (double accumulation) "
+             "on the whole sequence: per tensor max abs error, max|ref|, rel = max abs / "
+             "max|ref|, PASS/FAIL; exit 1 on FAIL.", .offset = AT(check)},
     {.flag = "--check-tol", .type = CLI_FLOAT, .def = "2e-4", .fmin = 0, .fmax = 1,
      .help = "--check tolerance on rel for out and lse.", .offset = AT(tol_fwd)},
     {.flag = "--check-tol-grad", .type = CLI_FLOAT, .def = "1e-3", .fmin = 0, .fmax = 1,
      .help = "--check tolerance on rel for dq, dk and dv.", .offset = AT(tol_grad)},
     {.flag = "--reference", .type = CLI_FLAG,
-     .help = "Run the reference implementation as the main path.", .offset = AT(reference)},
+     .help = "Run the reference implementation as the main path (P = 1 only).",
+     .offset = AT(reference)},
     {.flag = "--iters", .type = CLI_INT, .def = "0", .min = 0, .max = 1000000,
      .help = "Timed iterations of the forward and of the backward (median, min, max, "
-             "GFLOP/s).", .offset = AT(iters)},
+             "GFLOP/s; with P > 1 also a per-rank table).", .offset = AT(iters)},
     {.flag = "--warmup", .type = CLI_INT, .def = "1", .min = 0, .max = 1000000,
      .help = "Untimed iterations before the --iters ones.", .offset = AT(warmup)},
     {.flag = "--threads", .env = "CPATTN_THREADS", .type = CLI_INT, .def = "0", .min = 0,
-     .max = 4096, .help = "OpenMP threads of the kernel; 0 means omp_get_max_threads().",
-     .offset = AT(threads)},
+     .max = 4096, .help = "OpenMP threads of the kernel (per rank); 0 means "
+     "omp_get_max_threads().", .offset = AT(threads)},
 };
 
 static const cli_spec attn_spec = {
     .command = "cpattn attn",
     .synopsis = "[flags]",
     .description =
-        "Single-process attention forward and backward on deterministic random inputs (or "
-        ".npy files), with optional comparison against the reference implementation, timing, "
-        "and .npy output.",
+        "Attention forward and backward on deterministic random inputs (or .npy files), "
+        "single-process or context-parallel over MPI (mpiexec -n P cpattn attn "
+        "--context-parallel-size P ...), with optional comparison against the reference "
+        "implementation, timing, and .npy output.",
     .options = attn_options,
     .count = (int)(sizeof attn_options / sizeof attn_options[0]),
     .epilog =
-        "Output (stdout): the effective configuration as '# ' lines; then\n"
+        "Output (stdout, rank 0 only): the effective configuration as '# ' lines; then\n"
         "  first run: forward X ms, backward Y ms\n"
         "  digest out=... lse=... dq=... dk=... dv=...   (FNV-1a of the bits in logical\n"
         "        order: equal digests mean bitwise-equal results)\n"
@@ -134,27 +183,42 @@ static const cli_spec attn_spec = {
         "  forward  median M ms (min m, max x, n=N)  G GFLOP/s               (--iters)\n"
         "  backward median ...                       (backward flops = 2.5x forward)\n"
         "  peak RSS N MiB\n\n"
+        "With --context-parallel-size P > 1 the configuration adds\n"
+        "  # context parallel: P ranks (MPI world size P), <algo>, ..., split zigzag|contiguous\n"
+        "the first-run times are the slowest rank's, the digest, --save and --check use\n"
+        "the whole sequence gathered on rank 0, and --iters prints one row per rank\n"
+        "  rank fwd_ms bwd_ms fwd_wait_ms bwd_wait_ms fwd_sent_MiB bwd_sent_MiB peak_RSS_MiB\n"
+        "(medians over the iterations; wait = time blocked on MPI, exposed communication;\n"
+        "sent = bytes sent by the rank per call), then the forward/backward lines from\n"
+        "the slowest rank's statistics with GFLOP/s of the whole problem, and\n"
+        "  imbalance (max/mean rank compute_s) fwd X bwd Y\n\n"
         "Tolerances of --check: the kernel accumulates in fp32 over up to S keys, the\n"
         "reference in double, and rounding error grows about like sqrt(S)*eps32*|values|,\n"
         "so out and lse are held to max|a-ref|/max|ref| <= 2e-4.  Gradients pass through\n"
         "the softmax derivative P*(dP - rowsum(dO*O)), whose cancellation and the extra\n"
         "sums over queries and heads (dK, dV) lose more digits: 1e-3.  LSE entries of\n"
         "rows that see no key must be -inf on both sides.\n\n"
-        "Exit codes: 0 ok, 1 runtime failure or --check FAIL, 2 bad usage.\n\n"
+        "Exit codes (the same on every rank): 0 ok, 1 runtime failure or --check FAIL,\n"
+        "2 bad usage.\n\n"
         "Examples:\n"
         "  cpattn attn --seq-length 4096 --num-query-groups 2 --check\n"
         "  cpattn attn --seq-length 8192 --kv-channels 128 --iters 5 --threads 2\n"
-        "  cpattn attn --save run1 --save-inputs && cpattn attn --load run1 --check\n",
+        "  cpattn attn --save run1 --save-inputs && cpattn attn --load run1 --check\n"
+        "  mpiexec -n 4 cpattn attn --context-parallel-size 4 --context-parallel-algo\n"
+        "      megatron_cp_algo --cp-window-size 2 --seq-length 4096 --check\n",
 };
 
 /* ------------------------------------------------------------------------ */
-/* Resolving the flags into one problem                                      */
+/* Messages                                                                  */
 /* ------------------------------------------------------------------------ */
+
+/* Errors are recorded (tool_fail) and printed once by rank 0 when the ranks
+ * agree on the outcome of a step (tool_agree); see util.h. */
+#define fail(...) tool_fail(EXIT_RUNTIME, __VA_ARGS__)
 
 static int runtime_error(cpa_status status)
 {
-    fprintf(stderr, "cpattn attn: %s: %s\n", cpa_status_string(status), cpa_last_error());
-    return EXIT_RUNTIME;
+    return fail("%s: %s", cpa_status_string(status), cpa_last_error());
 }
 
 /* A failed .npy call: the library's message, with the path if it lacks it. */
@@ -162,30 +226,13 @@ static int npy_error(cpa_status status, const char *path)
 {
     const char *msg = cpa_last_error();
     if (strstr(msg, path))
-        fprintf(stderr, "cpattn attn: %s: %s\n", cpa_status_string(status), msg);
-    else
-        fprintf(stderr, "cpattn attn: %s: %s: %s\n", cpa_status_string(status), path, msg);
-    return EXIT_RUNTIME;
+        return fail("%s: %s", cpa_status_string(status), msg);
+    return fail("%s: %s: %s", cpa_status_string(status), path, msg);
 }
 
-static int is_dir(const char *path)
-{
-    struct stat st;
-    return stat(path, &st) == 0 && S_ISDIR(st.st_mode);
-}
-
-static int file_exists(const char *path)
-{
-    struct stat st;
-    return stat(path, &st) == 0;
-}
-
-/* DIR/name into buf; 0 if it does not fit. */
-static int join_path(char *buf, size_t size, const char *dir, const char *name)
-{
-    int n = snprintf(buf, size, "%s/%s", dir, name);
-    return n > 0 && (size_t)n < size;
-}
+/* ------------------------------------------------------------------------ */
+/* Resolving the flags into one problem                                      */
+/* ------------------------------------------------------------------------ */
 
 /* Read the 4-D shape of DIR/name; an exit code (usage if missing or not
  * 4-D, runtime if malformed). */
@@ -194,9 +241,9 @@ static int npy_shape4(const char *dir, const char *name, const char *dims, int64
     char path[4096];
     int ndim;
     int64_t sh[CPA_MAX_DIMS];
-    if (!join_path(path, sizeof path, dir, name))
+    if (!tool_join_path(path, sizeof path, dir, name))
         return cli_usage(&attn_spec, "--load %s: path too long", dir);
-    if (!file_exists(path))
+    if (!tool_file_exists(path))
         return cli_usage(&attn_spec, "--load %s: %s: no such file (expected %s)", dir, path,
                          dims);
     cpa_status st = cpa_npy_shape(path, &ndim, sh);
@@ -240,7 +287,7 @@ static int shapes_from_load(cli_args *args, attn_cfg *c)
 {
     int64_t q[4], k[4], v[4], g[4];
     int rc;
-    if (!is_dir(c->load))
+    if (!tool_is_dir(c->load))
         return cli_usage(&attn_spec, "--load %s: no such directory", c->load);
     if ((rc = npy_shape4(c->load, "q.npy", "[B,S,H,D]", q)) ||
         (rc = npy_shape4(c->load, "k.npy", "[B,S,G,D]", k)) ||
@@ -275,6 +322,19 @@ static int shapes_from_load(cli_args *args, attn_cfg *c)
     return EXIT_OK;
 }
 
+/* Rank 0 reads the headers of the --load files; every rank gets the
+ * verdict and the shape. */
+static int shapes_from_load_mpi(cli_args *args, attn_cfg *c)
+{
+    int rc = tool_agree(tool_rank() == 0 ? shapes_from_load(args, c) : EXIT_OK);
+    if (rc || tool_world_size() == 1)
+        return rc;
+    int64_t sz[6] = {c->B, c->S, c->H, c->G, c->D, c->Dv};
+    MPI_Bcast(sz, 6, MPI_INT64_T, 0, MPI_COMM_WORLD);
+    c->B = sz[0], c->S = sz[1], c->H = sz[2], c->G = sz[3], c->D = sz[4], c->Dv = sz[5];
+    return EXIT_OK;
+}
+
 /* Check that every tensor's byte count fits in 64 bits. */
 static int check_sizes(const attn_cfg *c)
 {
@@ -290,7 +350,9 @@ static int check_sizes(const attn_cfg *c)
                      (long long)c->Dv);
 }
 
-/* Cross-flag rules and derived values; an exit code. */
+/* Cross-flag rules and derived values; an exit code, the same on every
+ * rank.  The context-parallel rules (window, degrees, divisibility) are the
+ * plan's: cpa_plan_create checks them collectively. */
 static int resolve(cli_args *args, attn_cfg *c)
 {
     int rc;
@@ -305,7 +367,18 @@ static int resolve(cli_args *args, attn_cfg *c)
         c->layout = LAYOUT_BNSD;
         cli_mark_derived(args, "--layout", "--megatron-cp-in-bnsd");
     }
-    if (c->load && (rc = shapes_from_load(args, c)))
+    const int world = tool_world_size();
+    if (c->cp != world)
+        return cli_usage(&attn_spec,
+                         "--context-parallel-size %lld: must equal the MPI world size %d (start "
+                         "it as mpiexec -n %lld, or pass --context-parallel-size %d)",
+                         (long long)c->cp, world, (long long)c->cp, world);
+    if (c->cp > 1 && c->reference)
+        return cli_usage(&attn_spec,
+                         "--reference: only with --context-parallel-size 1 (got %lld; the "
+                         "context-parallel plan runs the fast kernel, --check compares it with "
+                         "the reference)", (long long)c->cp);
+    if (c->load && (rc = shapes_from_load_mpi(args, c)))
         return rc;
     if (!c->G) {
         c->G = c->gqa ? 1 : c->H;
@@ -328,339 +401,389 @@ static int resolve(cli_args *args, attn_cfg *c)
 /* Tensors                                                                   */
 /* ------------------------------------------------------------------------ */
 
-/* Results of one implementation (views over owned buffers). */
-typedef struct attn_results {
-    float *out; /* [B, S, H, Dv] in --layout order */
-    float *lse; /* [B, H, S] */
-    float *dq;  /* [B, S, H, D]  in --layout order */
-    float *dk;  /* [B, S, G, D]  in --layout order */
-    float *dv;  /* [B, S, G, Dv] in --layout order */
-} attn_results;
+/* Every tensor of a run: four inputs, then the results. */
+enum { T_Q, T_K, T_V, T_DOUT, T_OUT, T_LSE, T_DQ, T_DK, T_DV, T_COUNT };
+static const char *const t_names[T_COUNT] = {"q", "k", "v", "dout", "out", "lse", "dq", "dk", "dv"};
+#define BIT(i) (1u << (i))
+#define INPUTS (BIT(T_Q) | BIT(T_K) | BIT(T_V) | BIT(T_DOUT))
+
+/* Buffers for some of the tensors over S rows of the sequence, each
+ * [B, S, N, D] in --layout order (lse: [B, H, S]). */
+typedef struct bundle {
+    int64_t S;
+    float *t[T_COUNT]; /* NULL: not held */
+    int owned;         /* 0: the buffers belong to another bundle */
+} bundle;
 
 typedef struct attn_run {
     attn_cfg c;
+    float scale_arg;      /* --softmax-scale as given (0: the library's default) */
     cpa_layout layout;
-    cpa_attn_desc desc; /* q, k, v views, all rows, mask, scale, impl */
-    float *q;           /* [B, S, H, D]  in --layout order */
-    float *k;           /* [B, S, G, D]  in --layout order */
-    float *v;           /* [B, S, G, Dv] in --layout order */
-    float *dout;        /* [B, S, H, Dv] in --layout order */
-    attn_results res, ref;
-    cpa_attn_ctx *ctx;
+    int P;                /* context-parallel ranks = world size */
+    cpa_plan *plan;       /* P > 1 */
+    cpa_split split;      /* P > 1: the plan's split */
+    int shard;            /* P > 1: this rank's index in the split */
+    int *shards;          /* rank 0, P > 1: every rank's index in the split */
+    bundle loc;           /* this rank's rows (P == 1: every row) */
+    bundle glob;          /* rank 0: the whole sequence (P == 1: the buffers of loc) */
+    bundle ref;           /* rank 0, --check: the reference's results */
+    float *tmp;           /* rank 0, P > 1: one rank's shard in transit */
+    cpa_attn_desc desc;   /* the whole problem: the kernel's call (P == 1), flops, --check */
+    cpa_attn_ctx *ctx;    /* P == 1 */
 } attn_run;
 
-static cpa_tensor view(const attn_run *r, float *data, int64_t N, int64_t D)
+static unsigned results(const attn_cfg *c)
 {
-    return cpa_tensor_attn(data, r->layout, r->c.B, r->c.S, N, D);
+    unsigned fwd = BIT(T_OUT) | BIT(T_LSE);
+    return c->forward_only ? fwd : fwd | BIT(T_DQ) | BIT(T_DK) | BIT(T_DV);
 }
 
-static cpa_tensor lse_view(const attn_run *r, float *data)
+static void dims(const attn_cfg *c, int i, int64_t *N, int64_t *D)
 {
-    int64_t shape[3] = {r->c.B, r->c.H, r->c.S};
-    return cpa_tensor_make(data, 3, shape);
+    switch (i) {
+    case T_Q: case T_DQ: *N = c->H, *D = c->D; break;
+    case T_K: case T_DK: *N = c->G, *D = c->D; break;
+    case T_V: case T_DV: *N = c->G, *D = c->Dv; break;
+    case T_LSE: *N = c->H, *D = 1; break;
+    default: *N = c->H, *D = c->Dv; break; /* dout, out */
+    }
 }
 
-/* The views of a result set, in the order out, lse, dq, dk, dv. */
-static void result_views(const attn_run *r, const attn_results *s, cpa_tensor t[5])
+/* Elements of tensor i over S rows (products checked by check_sizes()). */
+static int64_t numel(const attn_cfg *c, int i, int64_t S)
 {
-    t[0] = view(r, s->out, r->c.H, r->c.Dv);
-    t[1] = lse_view(r, s->lse);
-    t[2] = view(r, s->dq, r->c.H, r->c.D);
-    t[3] = view(r, s->dk, r->c.G, r->c.D);
-    t[4] = view(r, s->dv, r->c.G, r->c.Dv);
+    int64_t N, D;
+    dims(c, i, &N, &D);
+    return c->B * S * N * D;
 }
 
-static int alloc_one(float **p, int64_t count, const char *what)
+/* Tensor i over `data` holding S rows: a logical [B, S, N, D] view in
+ * --layout order; lse as its [B, H, S] array. */
+static cpa_tensor tview(const attn_run *r, int i, float *data, int64_t S)
 {
-    *p = tool_alloc_floats(count);
-    if (*p)
-        return EXIT_OK;
-    fprintf(stderr, "cpattn attn: out of memory: cannot allocate %lld floats for %s\n",
-            (long long)count, what);
-    return EXIT_RUNTIME;
+    int64_t N, D;
+    dims(&r->c, i, &N, &D);
+    if (i == T_LSE) {
+        int64_t shape[3] = {r->c.B, r->c.H, S};
+        return cpa_tensor_make(data, 3, shape);
+    }
+    return cpa_tensor_attn(data, r->layout, r->c.B, S, N, D);
 }
 
-static int alloc_results(const attn_run *r, attn_results *s, int grads)
+/* The same as a 4-d [B, S, N, D] view, which cpa_shard/cpa_unshard move row
+ * by row: lse [B, H, S] is read as [B, S, H, 1]. */
+static cpa_tensor tview4(const attn_run *r, int i, float *data, int64_t S)
+{
+    if (i != T_LSE)
+        return tview(r, i, data, S);
+    const int64_t H = r->c.H;
+    cpa_tensor t = {.data = data, .ndim = 4, .shape = {r->c.B, S, H, 1},
+                    .stride = {H * S, 1, S, 1}};
+    return t;
+}
+
+static cpa_tensor bt(const attn_run *r, const bundle *b, int i)
+{
+    return tview(r, i, b->t[i], b->S);
+}
+
+static double bundle_bytes(const attn_cfg *c, unsigned mask, int64_t S)
+{
+    double bytes = 0;
+    for (int i = 0; i < T_COUNT; ++i)
+        if (mask & BIT(i))
+            bytes += 4.0 * (double)numel(c, i, S);
+    return bytes;
+}
+
+/* What rank 0 holds besides its shard (P > 1): the whole inputs when it
+ * reads or checks or saves them, always the whole results (digest). */
+static unsigned glob_mask(const attn_cfg *c)
+{
+    return (c->load || c->check || c->save_inputs ? INPUTS : 0u) | results(c);
+}
+
+/* The largest shard of one tensor (rank 0's transit buffer). */
+static int64_t max_shard(const attn_cfg *c, int64_t Sl)
+{
+    int64_t n = 0;
+    for (int i = 0; i < T_COUNT; ++i)
+        if (numel(c, i, Sl) > n)
+            n = numel(c, i, Sl);
+    return n;
+}
+
+/* Bytes every buffer of this run will need on this machine (all P ranks,
+ * as if they shared it), refused early if above RAM.  The same verdict on
+ * every rank. */
+static int check_memory(const attn_run *r, int64_t Sl)
 {
     const attn_cfg *c = &r->c;
-    int64_t bs = c->B * c->S; /* products checked by check_sizes() */
-    int rc;
-    if ((rc = alloc_one(&s->out, bs * c->H * c->Dv, "out")) ||
-        (rc = alloc_one(&s->lse, bs * c->H, "lse")) || !grads)
-        return rc;
-    if ((rc = alloc_one(&s->dq, bs * c->H * c->D, "dq")) ||
-        (rc = alloc_one(&s->dk, bs * c->G * c->D, "dk")) ||
-        (rc = alloc_one(&s->dv, bs * c->G * c->Dv, "dv")))
-        return rc;
-    return EXIT_OK;
-}
-
-static void free_results(attn_results *s)
-{
-    free(s->out);
-    free(s->lse);
-    free(s->dq);
-    free(s->dk);
-    free(s->dv);
-}
-
-/* Bytes every buffer of this run will need, refused early if above RAM. */
-static int check_memory(const attn_cfg *c)
-{
-    double bs = (double)c->B * (double)c->S;
-    double in = bs * ((double)c->H * c->D + (double)c->G * (c->D + c->Dv) + (double)c->H * c->Dv);
-    double res = bs * ((double)c->H * c->Dv + c->H);
-    if (!c->forward_only)
-        res += bs * ((double)c->H * c->D + (double)c->G * (c->D + c->Dv));
-    double bytes = 4.0 * (in + res * (c->check ? 2 : 1));
+    double bytes = r->P * bundle_bytes(c, INPUTS | results(c), Sl);
+    if (r->P > 1)
+        bytes += bundle_bytes(c, glob_mask(c), c->S) + 4.0 * (double)max_shard(c, Sl);
+    if (c->check)
+        bytes += bundle_bytes(c, results(c), c->S);
     double phys = tool_phys_mem_bytes();
     if (phys <= 0 || bytes <= phys)
         return EXIT_OK;
-    fprintf(stderr,
-            "cpattn attn: out of memory: the tensors need %.1f GiB but this machine has "
-            "%.1f GiB (--seq-length %lld, --micro-batch-size %lld)\n",
-            bytes / 1073741824.0, phys / 1073741824.0, (long long)c->S, (long long)c->B);
-    return EXIT_RUNTIME;
+    return fail("out of memory: the tensors need %.1f GiB but this machine has %.1f GiB "
+                "(--seq-length %lld, --micro-batch-size %lld)", bytes / 1073741824.0,
+                phys / 1073741824.0, (long long)c->S, (long long)c->B);
 }
 
-static int alloc_run(attn_run *r)
+static int alloc_bundle(const attn_run *r, bundle *b, unsigned mask, int64_t S)
+{
+    b->S = S;
+    b->owned = 1;
+    for (int i = 0; i < T_COUNT; ++i) {
+        if (!(mask & BIT(i)))
+            continue;
+        int64_t n = numel(&r->c, i, S);
+        if (!(b->t[i] = tool_alloc_floats(n)))
+            return fail("out of memory: cannot allocate %lld floats for %s", (long long)n,
+                        t_names[i]);
+    }
+    return EXIT_OK;
+}
+
+static void free_bundle(bundle *b)
+{
+    for (int i = 0; b->owned && i < T_COUNT; ++i)
+        free(b->t[i]);
+    memset(b, 0, sizeof *b);
+}
+
+/* Every buffer of this rank; agreed by all ranks. */
+static int alloc_run(attn_run *r, int64_t Sl)
 {
     const attn_cfg *c = &r->c;
-    int64_t bs = c->B * c->S;
-    int rc;
-    if ((rc = check_memory(c)) || (rc = alloc_one(&r->q, bs * c->H * c->D, "q")) ||
-        (rc = alloc_one(&r->k, bs * c->G * c->D, "k")) ||
-        (rc = alloc_one(&r->v, bs * c->G * c->Dv, "v")) ||
-        (rc = alloc_one(&r->dout, bs * c->H * c->Dv, "dout")) ||
-        (rc = alloc_results(r, &r->res, !c->forward_only)))
-        return rc;
-    if (c->check && (rc = alloc_results(r, &r->ref, !c->forward_only)))
-        return rc;
-    return EXIT_OK;
+    int rc = check_memory(r, Sl);
+    if (!rc)
+        rc = alloc_bundle(r, &r->loc, INPUTS | results(c), Sl);
+    if (!rc && tool_rank() == 0 && r->P == 1) {
+        r->glob = r->loc;
+        r->glob.owned = 0;
+    } else if (!rc && tool_rank() == 0) {
+        rc = alloc_bundle(r, &r->glob, glob_mask(c), c->S);
+        if (!rc && !(r->tmp = tool_alloc_floats(max_shard(c, Sl))))
+            rc = fail("out of memory: cannot allocate the transit buffer (%lld floats)",
+                      (long long)max_shard(c, Sl));
+        if (!rc && !(r->shards = malloc(sizeof(int) * (size_t)r->P)))
+            rc = fail("out of memory: rank table");
+    }
+    if (!rc && tool_rank() == 0 && c->check)
+        rc = alloc_bundle(r, &r->ref, results(c), c->S);
+    return tool_agree(rc);
 }
 
 static void free_run(attn_run *r)
 {
     cpa_attn_ctx_destroy(r->ctx);
-    free(r->q);
-    free(r->k);
-    free(r->v);
-    free(r->dout);
-    free_results(&r->res);
-    free_results(&r->ref);
+    cpa_plan_destroy(r->plan);
+    free_bundle(&r->glob);
+    free_bundle(&r->loc);
+    free_bundle(&r->ref);
+    free(r->tmp);
+    free(r->shards);
 }
 
-/* Random inputs, or the .npy files of --load. */
-static int fill_inputs(attn_run *r)
+/* ------------------------------------------------------------------------ */
+/* Moving shards: rank 0 <-> every rank                                      */
+/* ------------------------------------------------------------------------ */
+
+/* Rank 0 cuts its whole tensor i into shards and sends each rank its own. */
+static int scatter(attn_run *r, int i)
+{
+    return tool_scatter_shards(r->split, r->shards, tview4(r, i, r->glob.t[i], r->c.S),
+                               tview4(r, i, r->loc.t[i], r->loc.S), r->tmp, i);
+}
+
+/* Every rank sends its shard of tensor i to rank 0, which puts the rows in
+ * their global places. */
+static int gather(attn_run *r, int i)
+{
+    return tool_gather_shards(r->split, r->shards, tview4(r, i, r->loc.t[i], r->loc.S),
+                              tview4(r, i, r->glob.t[i], r->c.S), r->tmp, i);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Inputs                                                                    */
+/* ------------------------------------------------------------------------ */
+
+/* Random inputs: each rank generates its own rows (and rank 0 the whole
+ * tensors when it checks or saves them). */
+static int fill_random(attn_run *r)
 {
     const attn_cfg *c = &r->c;
-    static const char *const names[4] = {"q.npy", "k.npy", "v.npy", "dout.npy"};
-    cpa_tensor t[4] = {r->desc.q, r->desc.k, r->desc.v, view(r, r->dout, c->H, c->Dv)};
-    for (int i = 0; i < 4; ++i) {
-        char path[4096];
-        if (!c->load) {
-            tool_fill_uniform(t[i], (uint64_t)c->seed, (uint64_t)i, c->S, 0);
+    int rc = EXIT_OK;
+    for (int i = 0; i < 4 && !rc; ++i) {
+        if (r->P == 1) {
+            tool_fill_uniform(bt(r, &r->loc, i), (uint64_t)c->seed, (uint64_t)i, c->S, 0);
             continue;
         }
-        if (i == 3 && c->forward_only) {
-            memset(r->dout, 0, sizeof(float) * (size_t)cpa_tensor_numel(&t[3]));
-            continue;
-        }
-        join_path(path, sizeof path, c->load, names[i]); /* length checked in resolve */
-        cpa_status st = cpa_npy_load_into(path, t[i]);
-        if (st != CPA_OK)
-            return npy_error(st, path);
+        if (tool_fill_shard(bt(r, &r->loc, i), r->split, c->S, r->shard, (uint64_t)c->seed,
+                            (uint64_t)i) != CPA_OK)
+            rc = fail("internal error: cannot fill rank %d's shard of %s", r->shard,
+                      t_names[i]);
+        if (r->glob.t[i])
+            tool_fill_uniform(bt(r, &r->glob, i), (uint64_t)c->seed, (uint64_t)i, c->S, 0);
     }
-    return EXIT_OK;
+    return tool_agree(rc);
+}
+
+/* --load: rank 0 reads the files, then sends each rank its shard. */
+static int load_inputs(attn_run *r)
+{
+    static const char *const names[4] = {"q.npy", "k.npy", "v.npy", "dout.npy"};
+    const attn_cfg *c = &r->c;
+    const int n = c->forward_only ? 3 : 4; /* dout.npy is not read with --forward-only */
+    int rc = EXIT_OK;
+    if (c->forward_only) {
+        memset(r->loc.t[T_DOUT], 0, sizeof(float) * (size_t)numel(c, T_DOUT, r->loc.S));
+        if (r->P > 1 && tool_rank() == 0)
+            memset(r->glob.t[T_DOUT], 0, sizeof(float) * (size_t)numel(c, T_DOUT, c->S));
+    }
+    for (int i = 0; i < n && !rc && tool_rank() == 0; ++i) {
+        char path[4096];
+        tool_join_path(path, sizeof path, c->load, names[i]); /* length checked in resolve */
+        cpa_status st = cpa_npy_load_into(path, bt(r, &r->glob, i));
+        if (st != CPA_OK)
+            rc = npy_error(st, path);
+    }
+    rc = tool_agree(rc);
+    for (int i = 0; i < n && !rc && r->P > 1; ++i)
+        rc = scatter(r, i);
+    return rc;
 }
 
 /* ------------------------------------------------------------------------ */
 /* Running                                                                   */
 /* ------------------------------------------------------------------------ */
 
-static void zero_grads(const attn_run *r, const attn_results *s)
+static void zero_grads(const attn_run *r, const bundle *b)
 {
-    const attn_cfg *c = &r->c;
-    size_t bs = (size_t)(c->B * c->S);
-    memset(s->dq, 0, sizeof(float) * bs * (size_t)(c->H * c->D));
-    memset(s->dk, 0, sizeof(float) * bs * (size_t)(c->G * c->D));
-    memset(s->dv, 0, sizeof(float) * bs * (size_t)(c->G * c->Dv));
+    for (int i = T_DQ; i <= T_DV; ++i)
+        memset(b->t[i], 0, sizeof(float) * (size_t)numel(&r->c, i, b->S));
 }
 
-static cpa_status forward(const attn_run *r, const cpa_attn_desc *desc, const attn_results *s)
+static cpa_status call_forward(attn_run *r)
 {
-    cpa_tensor t[5];
-    result_views(r, s, t);
-    return cpa_attn_forward(r->ctx, desc, t[0], t[1]);
+    const bundle *l = &r->loc;
+    if (r->P == 1)
+        return cpa_attn_forward(r->ctx, &r->desc, bt(r, l, T_OUT), bt(r, l, T_LSE));
+    return cpa_plan_forward(r->plan, bt(r, l, T_Q), bt(r, l, T_K), bt(r, l, T_V),
+                            bt(r, l, T_OUT), bt(r, l, T_LSE));
 }
 
-/* Zeroes the gradients, then accumulates the backward into them. */
-static cpa_status backward(const attn_run *r, const cpa_attn_desc *desc, const attn_results *s)
+/* The kernel ADDS to the gradients (zeroed by the caller), the plan writes
+ * them. */
+static cpa_status call_backward(attn_run *r)
 {
-    cpa_tensor t[5];
-    result_views(r, s, t);
-    zero_grads(r, s);
-    return cpa_attn_backward(r->ctx, desc, t[0], t[1], view(r, r->dout, r->c.H, r->c.Dv), t[2],
-                             t[3], t[4]);
+    const bundle *l = &r->loc;
+    if (r->P == 1)
+        return cpa_attn_backward(r->ctx, &r->desc, bt(r, l, T_OUT), bt(r, l, T_LSE),
+                                 bt(r, l, T_DOUT), bt(r, l, T_DQ), bt(r, l, T_DK),
+                                 bt(r, l, T_DV));
+    return cpa_plan_backward(r->plan, bt(r, l, T_Q), bt(r, l, T_K), bt(r, l, T_V),
+                             bt(r, l, T_OUT), bt(r, l, T_LSE), bt(r, l, T_DOUT),
+                             bt(r, l, T_DQ), bt(r, l, T_DK), bt(r, l, T_DV));
 }
 
-/* FNV-1a over the float bits in logical order (layout-independent). */
-static uint64_t digest(cpa_tensor t)
+/* One timed forward (which = 0) or backward (1), all ranks starting
+ * together; this rank's seconds in *sec.  An agreed exit code. */
+static int timed_call(attn_run *r, int which, double *sec)
 {
-    uint64_t h = 0xcbf29ce484222325ULL;
-    int64_t sh[4] = {1, 1, 1, 1}, st[4] = {0, 0, 0, 0};
-    for (int i = 0; i < t.ndim; ++i) {
-        sh[4 - t.ndim + i] = t.shape[i];
-        st[4 - t.ndim + i] = t.stride[i];
-    }
-    for (int64_t a = 0; a < sh[0]; ++a)
-        for (int64_t b = 0; b < sh[1]; ++b)
-            for (int64_t c = 0; c < sh[2]; ++c)
-                for (int64_t d = 0; d < sh[3]; ++d) {
-                    uint32_t bits;
-                    memcpy(&bits, t.data + a * st[0] + b * st[1] + c * st[2] + d * st[3], 4);
-                    for (int byte = 0; byte < 4; ++byte) {
-                        h ^= (bits >> (8 * byte)) & 0xffu;
-                        h *= 0x100000001b3ULL;
-                    }
-                }
-    return h;
+    if (which && r->P == 1)
+        zero_grads(r, &r->loc);
+    if (r->P > 1)
+        MPI_Barrier(MPI_COMM_WORLD);
+    double t0 = tool_now();
+    cpa_status st = which ? call_backward(r) : call_forward(r);
+    *sec = tool_now() - t0;
+    return tool_agree(st == CPA_OK ? EXIT_OK : runtime_error(st));
 }
 
 static void print_digests(const attn_run *r)
 {
-    static const char *const names[5] = {"out", "lse", "dq", "dk", "dv"};
-    cpa_tensor t[5];
-    result_views(r, &r->res, t);
+    if (tool_rank() != 0)
+        return;
     printf("digest");
-    for (int i = 0; i < (r->c.forward_only ? 2 : 5); ++i)
-        printf(" %s=%016llx", names[i], (unsigned long long)digest(t[i]));
+    for (int i = T_OUT; i < T_COUNT; ++i)
+        if (results(&r->c) & BIT(i))
+            printf(" %s=%016llx", t_names[i],
+                   (unsigned long long)tool_digest(bt(r, &r->glob, i)));
     printf("\n");
 }
 
-/* The main forward (+ backward) whose results are saved and checked. */
+/* The main forward (+ backward) whose results are gathered, saved and
+ * checked. */
 static int first_run(attn_run *r)
 {
-    double t0 = tool_now();
-    cpa_status st = forward(r, &r->desc, &r->res);
-    double t1 = tool_now();
-    if (st != CPA_OK)
-        return runtime_error(st);
-    printf("first run: forward %.3f ms", 1e3 * (t1 - t0));
-    if (!r->c.forward_only) {
-        t0 = tool_now();
-        st = backward(r, &r->desc, &r->res);
-        t1 = tool_now();
-        if (st != CPA_OK) {
-            printf("\n");
-            return runtime_error(st);
-        }
-        printf(", backward %.3f ms", 1e3 * (t1 - t0));
-    }
-    printf("\n");
-    print_digests(r);
-    return EXIT_OK;
-}
-
-/* mkdir -p */
-static int make_dirs(const char *dir)
-{
-    char path[4096];
-    if (snprintf(path, sizeof path, "%s", dir) >= (int)sizeof path)
-        return 0;
-    for (char *p = path + 1; *p; ++p) {
-        if (*p != '/')
-            continue;
-        *p = '\0';
-        if (mkdir(path, 0777) != 0 && errno != EEXIST)
-            return 0;
-        *p = '/';
-    }
-    return (mkdir(path, 0777) == 0 || errno == EEXIST) && is_dir(path);
+    const int fo = r->c.forward_only;
+    double t[2] = {0, 0};
+    int rc = timed_call(r, 0, &t[0]);
+    if (rc)
+        return rc;
+    if (!fo)
+        rc = timed_call(r, 1, &t[1]);
+    tool_max_to_root(t, 2);
+    tool_say("first run: forward %.3f ms", 1e3 * t[0]);
+    if (!fo && !rc)
+        tool_say(", backward %.3f ms", 1e3 * t[1]);
+    if (r->P > 1)
+        tool_say("  (slowest of %d ranks)", r->P);
+    tool_say("\n");
+    for (int i = T_OUT; i < T_COUNT && !rc && r->P > 1; ++i)
+        if (results(&r->c) & BIT(i))
+            rc = gather(r, i);
+    if (!rc)
+        print_digests(r);
+    return rc;
 }
 
 static int save_one(const char *dir, const char *name, cpa_tensor t)
 {
     char path[4096];
-    if (!join_path(path, sizeof path, dir, name)) {
-        fprintf(stderr, "cpattn attn: --save %s: path too long\n", dir);
-        return EXIT_RUNTIME;
-    }
+    if (!tool_join_path(path, sizeof path, dir, name))
+        return fail("--save %s: path too long", dir);
     cpa_status st = cpa_npy_save(path, t);
     if (st != CPA_OK)
         return npy_error(st, path);
     return EXIT_OK;
 }
 
-static int save_all(const attn_run *r)
+/* Rank 0 writes the whole tensors. */
+static int save_root(const attn_run *r)
 {
-    static const char *const out_names[5] = {"out.npy", "lse.npy", "dq.npy", "dk.npy", "dv.npy"};
-    static const char *const in_names[4] = {"q.npy", "k.npy", "v.npy", "dout.npy"};
     const char *dir = r->c.save;
-    cpa_tensor t[5], in[4] = {r->desc.q, r->desc.k, r->desc.v,
-                              view(r, r->dout, r->c.H, r->c.Dv)};
-    int rc;
-    if (!make_dirs(dir)) {
-        fprintf(stderr, "cpattn attn: I/O error: --save %s: cannot create directory: %s\n", dir,
-                strerror(errno));
-        return EXIT_RUNTIME;
+    int rc = EXIT_OK;
+    if (!tool_make_dirs(dir))
+        return fail("I/O error: --save %s: cannot create directory: %s", dir, strerror(errno));
+    for (int i = T_OUT; i < T_COUNT && !rc; ++i) {
+        char name[16];
+        snprintf(name, sizeof name, "%s.npy", t_names[i]);
+        if (results(&r->c) & BIT(i))
+            rc = save_one(dir, name, bt(r, &r->glob, i));
     }
-    result_views(r, &r->res, t);
-    for (int i = 0; i < (r->c.forward_only ? 2 : 5); ++i)
-        if ((rc = save_one(dir, out_names[i], t[i])))
-            return rc;
-    for (int i = 0; r->c.save_inputs && i < 4; ++i)
-        if ((rc = save_one(dir, in_names[i], in[i])))
-            return rc;
-    printf("saved to %s\n", dir);
-    return EXIT_OK;
+    for (int i = 0; i < 4 && !rc && r->c.save_inputs; ++i) {
+        char name[16];
+        snprintf(name, sizeof name, "%s.npy", t_names[i]);
+        rc = save_one(dir, name, bt(r, &r->glob, i));
+    }
+    if (!rc)
+        printf("saved to %s\n", dir);
+    return rc;
 }
 
 /* ------------------------------------------------------------------------ */
 /* --check                                                                   */
 /* ------------------------------------------------------------------------ */
 
-typedef struct check_stats {
-    double max_abs;  /* max |a - ref| over entries finite in both */
-    double max_ref;  /* max |ref| over finite entries */
-    int64_t mismatch; /* entries where one side is non-finite and they differ */
-} check_stats;
-
-static void compare_one(float a, float b, check_stats *s)
-{
-    if (isfinite(a) && isfinite(b)) {
-        double d = fabs((double)a - (double)b);
-        if (d > s->max_abs)
-            s->max_abs = d;
-        if (fabs((double)b) > s->max_ref)
-            s->max_ref = fabs((double)b);
-    } else if (!(a == b)) { /* -inf == -inf is a match (empty rows); NaN never is */
-        s->mismatch++;
-    }
-}
-
-static check_stats compare(cpa_tensor a, cpa_tensor b)
-{
-    check_stats s = {0, 0, 0};
-    int64_t sh[4] = {1, 1, 1, 1}, sa[4] = {0, 0, 0, 0}, sb[4] = {0, 0, 0, 0};
-    for (int i = 0; i < a.ndim; ++i) {
-        sh[4 - a.ndim + i] = a.shape[i];
-        sa[4 - a.ndim + i] = a.stride[i];
-        sb[4 - a.ndim + i] = b.stride[i];
-    }
-    for (int64_t i = 0; i < sh[0]; ++i)
-        for (int64_t j = 0; j < sh[1]; ++j)
-            for (int64_t k = 0; k < sh[2]; ++k)
-                for (int64_t l = 0; l < sh[3]; ++l)
-                    compare_one(a.data[i * sa[0] + j * sa[1] + k * sa[2] + l * sa[3]],
-                                b.data[i * sb[0] + j * sb[1] + k * sb[2] + l * sb[3]], &s);
-    return s;
-}
-
 /* One 'check' line; returns 1 on PASS. */
 static int report_check(const char *name, cpa_tensor a, cpa_tensor b, double tol)
 {
-    check_stats s = compare(a, b);
+    tool_diff s = tool_compare(a, b);
     double rel = s.max_ref > 0 ? s.max_abs / s.max_ref : s.max_abs;
     int pass = s.mismatch == 0 && rel <= tol;
     printf("check %-4s max_abs %.3e  max|ref| %.3e  rel %.3e  tol %.1e", name, s.max_abs,
@@ -671,23 +794,27 @@ static int report_check(const char *name, cpa_tensor a, cpa_tensor b, double tol
     return pass;
 }
 
-/* Run the reference on the same inputs and compare every result. */
-static int run_check(attn_run *r)
+/* Rank 0 runs the single-process reference on the whole inputs and compares
+ * every (gathered) result. */
+static int check_root(attn_run *r)
 {
-    static const char *const names[5] = {"out", "lse", "dq", "dk", "dv"};
+    const bundle *ref = &r->ref;
     cpa_attn_desc desc = r->desc;
     desc.impl = CPA_IMPL_REFERENCE;
-    cpa_status st = forward(r, &desc, &r->ref);
-    if (st == CPA_OK && !r->c.forward_only)
-        st = backward(r, &desc, &r->ref);
+    cpa_status st = cpa_attn_forward(r->ctx, &desc, bt(r, ref, T_OUT), bt(r, ref, T_LSE));
+    if (st == CPA_OK && !r->c.forward_only) {
+        zero_grads(r, ref);
+        st = cpa_attn_backward(r->ctx, &desc, bt(r, ref, T_OUT), bt(r, ref, T_LSE),
+                               bt(r, &r->glob, T_DOUT), bt(r, ref, T_DQ), bt(r, ref, T_DK),
+                               bt(r, ref, T_DV));
+    }
     if (st != CPA_OK)
         return runtime_error(st);
-    cpa_tensor got[5], want[5];
-    result_views(r, &r->res, got);
-    result_views(r, &r->ref, want);
     int failed = 0;
-    for (int i = 0; i < (r->c.forward_only ? 2 : 5); ++i)
-        failed += !report_check(names[i], got[i], want[i], i < 2 ? r->c.tol_fwd : r->c.tol_grad);
+    for (int i = T_OUT; i < T_COUNT; ++i)
+        if (results(&r->c) & BIT(i))
+            failed += !report_check(t_names[i], bt(r, &r->glob, i), bt(r, ref, i),
+                                    i <= T_LSE ? r->c.tol_fwd : r->c.tol_grad);
     printf("check: %s\n", failed ? "FAIL" : "PASS");
     return failed ? EXIT_RUNTIME : EXIT_OK;
 }
@@ -696,47 +823,129 @@ static int run_check(attn_run *r)
 /* --iters                                                                   */
 /* ------------------------------------------------------------------------ */
 
-/* Time --iters calls of forward (which = 0) or backward (1) after
- * --warmup untimed ones; the backward's gradient zeroing is not timed. */
-static int time_pass(attn_run *r, int which, double flops)
+/* One rank's figures for the table (medians over the iterations). */
+enum { F_FWD, F_FWD_MIN, F_FWD_MAX, F_FWD_WAIT, F_FWD_COMP, F_FWD_SENT,
+       F_BWD, F_BWD_MIN, F_BWD_MAX, F_BWD_WAIT, F_BWD_COMP, F_BWD_SENT, F_RSS, F_COUNT };
+
+static double median_of(double *x, int n)
 {
-    int64_t n = r->c.iters;
-    double *ms = malloc(sizeof(double) * (size_t)n);
-    if (!ms) {
-        fprintf(stderr, "cpattn attn: out of memory: timing buffer\n");
-        return EXIT_RUNTIME;
-    }
-    cpa_tensor t[5];
-    result_views(r, &r->res, t);
-    cpa_tensor dout = view(r, r->dout, r->c.H, r->c.Dv);
-    cpa_status st = CPA_OK;
-    for (int64_t i = -r->c.warmup; i < n && st == CPA_OK; ++i) {
-        if (which)
-            zero_grads(r, &r->res);
-        double t0 = tool_now();
-        st = which ? cpa_attn_backward(r->ctx, &r->desc, t[0], t[1], dout, t[2], t[3], t[4])
-                   : cpa_attn_forward(r->ctx, &r->desc, t[0], t[1]);
-        if (i >= 0)
-            ms[i] = 1e3 * (tool_now() - t0);
-    }
-    if (st != CPA_OK) {
-        free(ms);
-        return runtime_error(st);
-    }
     double med, lo, hi;
-    tool_stats(ms, (int)n, &med, &lo, &hi);
-    printf("%-8s median %.3f ms (min %.3f, max %.3f, n=%lld)  %.1f GFLOP/s\n",
-           which ? "backward" : "forward", med, lo, hi, (long long)n, flops / (med * 1e-3) / 1e9);
-    free(ms);
+    tool_stats(x, n, &med, &lo, &hi);
+    return med;
+}
+
+/* Time --iters calls of forward (which = 0) or backward (1) after --warmup
+ * untimed ones: this rank's median, min, max, median wait, median compute
+ * and bytes sent per call into fig[F_FWD..] or fig[F_BWD..].  `work` holds
+ * 3 * --iters doubles. */
+static int time_pass(attn_run *r, int which, double *work, double *fig)
+{
+    const int n = (int)r->c.iters;
+    double *ms = work, *wait = work + n, *comp = work + 2 * n, sent = 0;
+    for (int i = -(int)r->c.warmup; i < n; ++i) {
+        double sec;
+        int rc = timed_call(r, which, &sec);
+        if (rc)
+            return rc;
+        if (i < 0)
+            continue;
+        ms[i] = 1e3 * sec;
+        wait[i] = comp[i] = 0;
+        if (r->P > 1) {
+            cpa_plan_stats s;
+            memset(&s, 0, sizeof s);
+            cpa_plan_last_stats(r->plan, &s);
+            wait[i] = 1e3 * s.wait_s;
+            comp[i] = 1e3 * s.compute_s;
+            sent = s.bytes_sent;
+        }
+    }
+    double *f = fig + (which ? F_BWD : F_FWD);
+    tool_stats(ms, n, &f[0], &f[1], &f[2]);
+    f[3] = median_of(wait, n);
+    f[4] = median_of(comp, n);
+    f[5] = sent;
     return EXIT_OK;
+}
+
+/* max/mean of one column over the ranks ("-" if the mean is 0). */
+static void print_imbalance(const double *all, int P, int col)
+{
+    double mx = 0, sum = 0;
+    for (int q = 0; q < P; ++q) {
+        mx = all[q * F_COUNT + col] > mx ? all[q * F_COUNT + col] : mx;
+        sum += all[q * F_COUNT + col];
+    }
+    if (sum > 0)
+        printf(" %.3f", mx / (sum / P));
+    else
+        printf(" -");
+}
+
+/* Rank 0: the per-rank table, then the forward/backward lines (each figure
+ * the maximum over the ranks: the slowest rank's median, min and max; GFLOP/s
+ * of the whole problem at that median) and the compute imbalance. */
+static void print_rank_table(const attn_run *r, const double *all, double flops)
+{
+    const int P = r->P, fo = r->c.forward_only;
+    double worst[F_COUNT] = {0};
+    printf("%4s %10s %10s %12s %12s %13s %13s %13s\n", "rank", "fwd_ms", "bwd_ms",
+           "fwd_wait_ms", "bwd_wait_ms", "fwd_sent_MiB", "bwd_sent_MiB", "peak_RSS_MiB");
+    for (int q = 0; q < P; ++q) {
+        const double *f = all + q * F_COUNT;
+        for (int k = 0; k < F_COUNT; ++k)
+            worst[k] = f[k] > worst[k] ? f[k] : worst[k];
+        if (fo)
+            printf("%4d %10.3f %10s %12.3f %12s %13.3f %13s %13.1f\n", q, f[F_FWD], "-",
+                   f[F_FWD_WAIT], "-", f[F_FWD_SENT] / 1048576.0, "-", f[F_RSS]);
+        else
+            printf("%4d %10.3f %10.3f %12.3f %12.3f %13.3f %13.3f %13.1f\n", q, f[F_FWD],
+                   f[F_BWD], f[F_FWD_WAIT], f[F_BWD_WAIT], f[F_FWD_SENT] / 1048576.0,
+                   f[F_BWD_SENT] / 1048576.0, f[F_RSS]);
+    }
+    for (int which = 0; which <= !fo; ++which) {
+        const double *w = worst + (which ? F_BWD : F_FWD);
+        printf("%-8s median %.3f ms (min %.3f, max %.3f, n=%lld)  %.1f GFLOP/s"
+               "  (slowest rank)\n", which ? "backward" : "forward", w[0], w[1], w[2],
+               (long long)r->c.iters, (which ? 2.5 : 1.0) * flops / (w[0] * 1e-3) / 1e9);
+    }
+    printf("imbalance (max/mean rank compute_s) fwd");
+    print_imbalance(all, P, F_FWD_COMP);
+    printf(" bwd");
+    if (fo)
+        printf(" -");
+    else
+        print_imbalance(all, P, F_BWD_COMP);
+    printf("\n");
 }
 
 static int run_timing(attn_run *r)
 {
-    double flops = cpa_attn_forward_flops(&r->desc);
-    int rc = time_pass(r, 0, flops);
-    if (rc == EXIT_OK && !r->c.forward_only)
-        rc = time_pass(r, 1, 2.5 * flops);
+    const int n = (int)r->c.iters;
+    double fig[F_COUNT] = {0}, flops = cpa_attn_forward_flops(&r->desc);
+    double *work = malloc(sizeof(double) * 3 * (size_t)n);
+    double *all = tool_rank() == 0 ? malloc(sizeof(double) * F_COUNT * (size_t)r->P) : NULL;
+    int rc = !work || (tool_rank() == 0 && !all) ? fail("out of memory: timing buffers") : 0;
+    rc = tool_agree(rc);
+    if (!rc)
+        rc = time_pass(r, 0, work, fig);
+    if (!rc && !r->c.forward_only)
+        rc = time_pass(r, 1, work, fig);
+    if (!rc && r->P == 1) {
+        for (int which = 0; which <= !r->c.forward_only; ++which) {
+            const double *f = fig + (which ? F_BWD : F_FWD);
+            tool_say("%-8s median %.3f ms (min %.3f, max %.3f, n=%d)  %.1f GFLOP/s\n",
+                     which ? "backward" : "forward", f[0], f[1], f[2], n,
+                     (which ? 2.5 : 1.0) * flops / (f[0] * 1e-3) / 1e9);
+        }
+    } else if (!rc) {
+        fig[F_RSS] = tool_peak_rss_mib();
+        MPI_Gather(fig, F_COUNT, MPI_DOUBLE, all, F_COUNT, MPI_DOUBLE, 0, MPI_COMM_WORLD);
+        if (tool_rank() == 0)
+            print_rank_table(r, all, flops);
+    }
+    free(work);
+    free(all);
     return rc;
 }
 
@@ -744,46 +953,120 @@ static int run_timing(attn_run *r)
 /* The subcommand                                                            */
 /* ------------------------------------------------------------------------ */
 
+/* P > 1: the plan, which checks every context-parallel rule collectively. */
+static int make_plan(attn_run *r)
+{
+    const attn_cfg *c = &r->c;
+    cpa_cp_config cc = {
+        .algo = algo_of_choice[c->algo],
+        .cp_size = (int)c->cp,
+        .window = (int)c->window,
+        .ulysses_degree = (int)c->ulysses,
+        .tp_size = (int)c->tp,
+        .send_recv_overlap = c->overlap,
+        .mask = c->mask == MASK_CAUSAL ? CPA_MASK_CAUSAL : CPA_MASK_NONE,
+        .layout = r->layout,
+        .batch = c->B,
+        .seq_length = c->S,
+        .num_heads = c->H,
+        .num_kv_heads = c->G,
+        .head_dim = c->D,
+        .v_head_dim = c->Dv,
+        .softmax_scale = r->scale_arg,
+        .num_threads = (int)c->threads,
+    };
+    cpa_status st = cpa_plan_create(MPI_COMM_WORLD, &cc, &r->plan);
+    int rc = EXIT_OK;
+    if (st == CPA_ERR_ARG)
+        rc = tool_fail(EXIT_USAGE, "%s", cpa_last_error()); /* the same message on every rank */
+    else if (st != CPA_OK)
+        rc = runtime_error(st);
+    if (!rc) {
+        r->split = cpa_plan_split(r->plan);
+        r->shard = cpa_plan_rank(r->plan);
+        if (cpa_plan_local_seq(r->plan) * r->P != c->S)
+            rc = fail("internal error: the plan holds %lld rows per rank, not S/P = %lld",
+                      (long long)cpa_plan_local_seq(r->plan), (long long)(c->S / r->P));
+    }
+    return tool_agree(rc);
+}
+
+/* The lines after the configuration: how the run is parallel, the threads. */
+static void print_setup(const attn_run *r)
+{
+    const attn_cfg *c = &r->c;
+    if (r->P == 1) {
+        tool_say("# context parallel: off (--context-parallel-size 1, MPI world size %d): "
+                 "the single-process kernel\n", tool_world_size());
+        tool_say("# kernel threads %d, implementation %s\n", cpa_attn_ctx_threads(r->ctx),
+                 c->reference ? "reference" : "fast");
+        return;
+    }
+    char algo[32], degree[48] = "", ring[80] = "";
+    cli_choice_name(&attn_spec, "--context-parallel-algo", c->algo, algo, sizeof algo);
+    if (c->algo == ALGO_HYBRID)
+        snprintf(degree, sizeof degree, ", ulysses-degree-in-cp %lld", (long long)c->ulysses);
+    if (c->algo != ALGO_ULYSSES)
+        snprintf(ring, sizeof ring, ", cp-window-size %lld, send/recv overlap %s",
+                 (long long)c->window, c->overlap ? "on" : "off");
+    tool_say("# context parallel: %d ranks (MPI world size %d), %s%s%s, split %s, %lld of %lld "
+             "rows per rank\n", r->P, tool_world_size(), algo, degree, ring,
+             r->split.kind == CPA_SPLIT_ZIGZAG ? "zigzag" : "contiguous", (long long)r->loc.S,
+             (long long)c->S);
+#ifdef _OPENMP
+    int threads = c->threads ? (int)c->threads : omp_get_max_threads();
+#else
+    int threads = 1;
+#endif
+    tool_say("# kernel threads %d per rank, implementation fast\n", threads);
+}
+
 static int setup(attn_run *r)
 {
     const attn_cfg *c = &r->c;
+    int rc;
     r->layout = layout_of_choice[c->layout];
-    int rc = alloc_run(r);
-    if (rc)
+    r->P = (int)c->cp;
+    if (r->P > 1 && (rc = make_plan(r)))
         return rc;
-    cpa_attn_ctx_config cc = {.max_head_dim = c->D > c->Dv ? c->D : c->Dv,
-                              .num_threads = (int)c->threads};
-    cpa_status st = cpa_attn_ctx_create(&cc, &r->ctx);
-    if (st != CPA_OK)
-        return runtime_error(st);
-    r->desc.q = view(r, r->q, c->H, c->D);
-    r->desc.k = view(r, r->k, c->G, c->D);
-    r->desc.v = view(r, r->v, c->G, c->Dv);
+    if ((rc = alloc_run(r, c->S / r->P)))
+        return rc;
+    if (r->P > 1)
+        MPI_Gather(&r->shard, 1, MPI_INT, r->shards, 1, MPI_INT, 0, MPI_COMM_WORLD);
+    /* The whole problem; its data is rank 0's (NULL elsewhere: flops only). */
+    r->desc.q = bt(r, &r->glob, T_Q);
+    r->desc.k = bt(r, &r->glob, T_K);
+    r->desc.v = bt(r, &r->glob, T_V);
     r->desc.mask.kind = c->mask == MASK_CAUSAL ? CPA_MASK_CAUSAL : CPA_MASK_NONE;
+    r->desc.softmax_scale = r->scale_arg;
     r->desc.impl = c->reference ? CPA_IMPL_REFERENCE : CPA_IMPL_FAST;
     /* q_rows/kv_rows stay {NULL, 0}: every row, at positions 0..S-1. */
-    return fill_inputs(r);
+    if (r->P == 1) {
+        cpa_attn_ctx_config cc = {.max_head_dim = c->D > c->Dv ? c->D : c->Dv,
+                                  .num_threads = (int)c->threads};
+        cpa_status st = cpa_attn_ctx_create(&cc, &r->ctx);
+        if ((rc = tool_agree(st == CPA_OK ? EXIT_OK : runtime_error(st))))
+            return rc;
+    }
+    print_setup(r);
+    return c->load ? load_inputs(r) : fill_random(r);
 }
 
 static int execute(attn_run *r)
 {
-    int rc = setup(r);
-    if (rc)
+    int rc;
+    if ((rc = setup(r)) || (rc = first_run(r)))
         return rc;
-    printf("# kernel threads %d, implementation %s\n", cpa_attn_ctx_threads(r->ctx),
-           r->c.reference ? "reference" : "fast");
-    if ((rc = first_run(r)))
+    if (r->c.save && (rc = tool_agree(tool_rank() == 0 ? save_root(r) : EXIT_OK)))
         return rc;
-    if (r->c.save && (rc = save_all(r)))
-        return rc;
-    if (r->c.check && (rc = run_check(r)))
+    if (r->c.check && (rc = tool_agree(tool_rank() == 0 ? check_root(r) : EXIT_OK)))
         return rc;
     if (r->c.iters > 0 && (rc = run_timing(r)))
         return rc;
     return EXIT_OK;
 }
 
-int cmd_attn(int argc, char **argv)
+static int attn_main(int argc, char **argv)
 {
     attn_run run;
     cli_args args;
@@ -795,14 +1078,33 @@ int cmd_attn(int argc, char **argv)
     if (rc)
         return rc;
     /* The library is given 0 for the default scale; show the value it means. */
-    run.desc.softmax_scale = (float)run.c.scale;
+    run.scale_arg = (float)run.c.scale;
     if (run.c.scale == 0) {
         run.c.scale = 1.0 / sqrt((double)run.c.D);
         cli_mark_derived(&args, "--softmax-scale", "= 1/sqrt(--kv-channels)");
     }
-    cli_print_config(&args, stdout, "# ");
+    if (tool_rank() == 0)
+        cli_print_config(&args, stdout, "# ");
     rc = execute(&run);
-    printf("peak RSS %.1f MiB\n", tool_peak_rss_mib());
+    double rss = tool_peak_rss_mib();
+    tool_max_to_root(&rss, 1);
+    if (run.P > 1)
+        tool_say("peak RSS %.1f MiB (max over %d ranks)\n", rss, run.P);
+    else
+        tool_say("peak RSS %.1f MiB\n", rss);
     free_run(&run);
+    return rc;
+}
+
+int cmd_attn(int argc, char **argv)
+{
+    int rc = tool_mpi_init("cpattn attn"), initialized = 0;
+    cli_set_quiet(tool_rank() != 0); /* every rank parses; rank 0 speaks */
+    if (!rc)
+        rc = attn_main(argc, argv);
+    fflush(stdout);
+    MPI_Initialized(&initialized);
+    if (initialized)
+        MPI_Finalize();
     return rc;
 }

@@ -15,7 +15,8 @@ static const struct {
     int (*run)(int argc, char **argv);
     const char *help;
 } subcommands[] = {
-    {"attn", cmd_attn, "attention forward/backward on random or .npy inputs, --check against the reference"},
+    {"attn", cmd_attn, "attention forward/backward, single-process or context-parallel under "
+                       "mpiexec, --check against the reference"},
     {"bench", cmd_bench, "benchmarks (`cpattn bench kernel`: kernel GFLOP/s vs same-run sgemm)"},
 };
 

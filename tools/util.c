@@ -3,10 +3,17 @@
  */
 #include "util.h"
 
+#include "cmd.h"
+
+#include <errno.h>
+#include <limits.h>
 #include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -89,4 +96,295 @@ void tool_fill_uniform(cpa_tensor t, uint64_t seed, uint64_t tensor_id, int64_t 
                     row[d * t.stride[3]] = (float)(r >> 40) * 0x1p-23f - 1.0f;
                 }
             }
+}
+
+cpa_status tool_fill_shard(cpa_tensor local, cpa_split split, int64_t s_global, int r,
+                           uint64_t seed, uint64_t tensor_id)
+{
+    cpa_piece pieces[CPA_SPLIT_MAX_PIECES];
+    int count = 0;
+    cpa_status st = cpa_split_pieces(split, s_global, r, pieces, &count);
+    if (st != CPA_OK)
+        return st;
+    for (int i = 0; i < count; ++i) {
+        if (local.ndim != 4 || pieces[i].row + pieces[i].len > local.shape[1])
+            return CPA_ERR_ARG;
+        cpa_tensor sub = local;
+        sub.data += pieces[i].row * local.stride[1];
+        sub.shape[1] = pieces[i].len;
+        tool_fill_uniform(sub, seed, tensor_id, s_global, pieces[i].pos);
+    }
+    return CPA_OK;
+}
+
+uint64_t tool_digest(cpa_tensor t)
+{
+    uint64_t h = 0xcbf29ce484222325ULL;
+    int64_t sh[4] = {1, 1, 1, 1}, st[4] = {0, 0, 0, 0};
+    for (int i = 0; i < t.ndim; ++i) {
+        sh[4 - t.ndim + i] = t.shape[i];
+        st[4 - t.ndim + i] = t.stride[i];
+    }
+    for (int64_t a = 0; a < sh[0]; ++a)
+        for (int64_t b = 0; b < sh[1]; ++b)
+            for (int64_t c = 0; c < sh[2]; ++c)
+                for (int64_t d = 0; d < sh[3]; ++d) {
+                    uint32_t bits;
+                    memcpy(&bits, t.data + a * st[0] + b * st[1] + c * st[2] + d * st[3], 4);
+                    for (int byte = 0; byte < 4; ++byte) {
+                        h ^= (bits >> (8 * byte)) & 0xffu;
+                        h *= 0x100000001b3ULL;
+                    }
+                }
+    return h;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Paths                                                                     */
+/* ------------------------------------------------------------------------ */
+
+int tool_is_dir(const char *path)
+{
+    struct stat st;
+    return stat(path, &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+int tool_file_exists(const char *path)
+{
+    struct stat st;
+    return stat(path, &st) == 0;
+}
+
+int tool_join_path(char *buf, size_t size, const char *dir, const char *name)
+{
+    int n = snprintf(buf, size, "%s/%s", dir, name);
+    return n > 0 && (size_t)n < size;
+}
+
+int tool_make_dirs(const char *dir)
+{
+    char path[4096];
+    if (snprintf(path, sizeof path, "%s", dir) >= (int)sizeof path) {
+        errno = ENAMETOOLONG;
+        return 0;
+    }
+    for (char *p = path + 1; *p; ++p) {
+        if (*p != '/')
+            continue;
+        *p = '\0';
+        if (mkdir(path, 0777) != 0 && errno != EEXIST)
+            return 0;
+        *p = '/';
+    }
+    return (mkdir(path, 0777) == 0 || errno == EEXIST) && tool_is_dir(path);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Moving tensors between ranks                                              */
+/* ------------------------------------------------------------------------ */
+
+#define TOOL_MPI_CHUNK ((int64_t)1 << 28)
+
+int tool_send_floats(const float *buf, int64_t count, int dest, int tag, MPI_Comm comm)
+{
+    for (int64_t off = 0; off < count; off += TOOL_MPI_CHUNK) {
+        int n = (int)(count - off < TOOL_MPI_CHUNK ? count - off : TOOL_MPI_CHUNK);
+        int err = MPI_Send(buf + off, n, MPI_FLOAT, dest, tag, comm);
+        if (err != MPI_SUCCESS)
+            return err;
+    }
+    return MPI_SUCCESS;
+}
+
+int tool_recv_floats(float *buf, int64_t count, int source, int tag, MPI_Comm comm)
+{
+    for (int64_t off = 0; off < count; off += TOOL_MPI_CHUNK) {
+        int n = (int)(count - off < TOOL_MPI_CHUNK ? count - off : TOOL_MPI_CHUNK);
+        int err = MPI_Recv(buf + off, n, MPI_FLOAT, source, tag, comm, MPI_STATUS_IGNORE);
+        if (err != MPI_SUCCESS)
+            return err;
+    }
+    return MPI_SUCCESS;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Comparing                                                                 */
+/* ------------------------------------------------------------------------ */
+
+static void compare_one(float a, float b, tool_diff *s)
+{
+    if (isfinite(a) && isfinite(b)) {
+        double d = fabs((double)a - (double)b);
+        if (d > s->max_abs)
+            s->max_abs = d;
+        if (fabs((double)b) > s->max_ref)
+            s->max_ref = fabs((double)b);
+    } else if (!(a == b)) {
+        s->mismatch++;
+    }
+}
+
+tool_diff tool_compare(cpa_tensor a, cpa_tensor b)
+{
+    tool_diff s = {0, 0, 0};
+    int64_t sh[4] = {1, 1, 1, 1}, sa[4] = {0, 0, 0, 0}, sb[4] = {0, 0, 0, 0};
+    for (int i = 0; i < a.ndim; ++i) {
+        sh[4 - a.ndim + i] = a.shape[i];
+        sa[4 - a.ndim + i] = a.stride[i];
+        sb[4 - a.ndim + i] = b.stride[i];
+    }
+    for (int64_t i = 0; i < sh[0]; ++i)
+        for (int64_t j = 0; j < sh[1]; ++j)
+            for (int64_t k = 0; k < sh[2]; ++k)
+                for (int64_t l = 0; l < sh[3]; ++l)
+                    compare_one(a.data[i * sa[0] + j * sa[1] + k * sa[2] + l * sa[3]],
+                                b.data[i * sb[0] + j * sb[1] + k * sb[2] + l * sb[3]], &s);
+    return s;
+}
+
+/* ------------------------------------------------------------------------ */
+/* MPI subcommands                                                           */
+/* ------------------------------------------------------------------------ */
+
+static int g_rank = 0, g_size = 1;      /* in MPI_COMM_WORLD */
+static const char *g_command = "cpattn"; /* message prefix */
+static char g_msg[2048];                 /* this rank's first error, until tool_agree */
+
+int tool_mpi_init(const char *command)
+{
+    int provided = 0;
+    g_command = command;
+    if (MPI_Init_thread(NULL, NULL, MPI_THREAD_FUNNELED, &provided) != MPI_SUCCESS) {
+        fprintf(stderr, "%s: MPI error: MPI_Init_thread failed\n", command);
+        return EXIT_RUNTIME;
+    }
+    MPI_Comm_rank(MPI_COMM_WORLD, &g_rank);
+    MPI_Comm_size(MPI_COMM_WORLD, &g_size);
+    if (provided >= MPI_THREAD_FUNNELED)
+        return tool_agree(EXIT_OK);
+    return tool_agree(tool_fail(EXIT_RUNTIME, "MPI error: the MPI library gives thread level %d, "
+                                "below MPI_THREAD_FUNNELED", provided));
+}
+
+int tool_rank(void)
+{
+    return g_rank;
+}
+
+int tool_world_size(void)
+{
+    return g_size;
+}
+
+void tool_say(const char *fmt, ...)
+{
+    if (g_rank != 0)
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    vprintf(fmt, ap);
+    va_end(ap);
+}
+
+int tool_fail(int rc, const char *fmt, ...)
+{
+    if (!g_msg[0]) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(g_msg, sizeof g_msg, fmt, ap);
+        va_end(ap);
+    }
+    return rc;
+}
+
+int tool_fail_mpi(int rc, int mpi_err, const char *what)
+{
+    char text[MPI_MAX_ERROR_STRING];
+    int len = 0;
+    if (MPI_Error_string(mpi_err, text, &len) != MPI_SUCCESS)
+        snprintf(text, sizeof text, "error %d", mpi_err);
+    return tool_fail(rc, "MPI error: %s: %s", what, text);
+}
+
+int tool_agree(int rc)
+{
+    /* One reduction: the worst code, and minus the lowest failing rank. */
+    int in[2] = {rc, rc ? -g_rank : INT_MIN}, out[2] = {in[0], in[1]};
+    if (g_size > 1)
+        MPI_Allreduce(in, out, 2, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
+    if (out[0] != 0) {
+        int who = -out[1];
+        if (g_size > 1 && who != 0)
+            MPI_Bcast(g_msg, (int)sizeof g_msg, MPI_CHAR, who, MPI_COMM_WORLD);
+        if (g_rank == 0 && g_msg[0] && who != 0)
+            fprintf(stderr, "%s: rank %d: %s\n", g_command, who, g_msg);
+        else if (g_rank == 0 && g_msg[0])
+            fprintf(stderr, "%s: %s\n", g_command, g_msg);
+    }
+    g_msg[0] = '\0';
+    return out[0];
+}
+
+void tool_max_to_root(double *x, int n)
+{
+    if (g_size == 1)
+        return;
+    if (g_rank == 0)
+        MPI_Reduce(MPI_IN_PLACE, x, n, MPI_DOUBLE, MPI_MAX, 0, MPI_COMM_WORLD);
+    else
+        MPI_Reduce(x, NULL, n, MPI_DOUBLE, MPI_MAX, 0, MPI_COMM_WORLD);
+}
+
+/* Rank 0's side of a scatter (to_local) or gather: every rank's shard
+ * through `tmp`, cut from or pasted into `global`. */
+static int move_shards_root(cpa_split split, const int *shards, cpa_tensor global,
+                            cpa_tensor local, float *tmp, int tag, int to_local)
+{
+    const int64_t n = cpa_tensor_numel(&local);
+    int rc = EXIT_OK;
+    for (int q = 0; q < g_size; ++q) {
+        cpa_tensor shard = local;
+        if (q > 0)
+            shard.data = tmp;
+        int err = MPI_SUCCESS;
+        if (!to_local && q > 0)
+            err = tool_recv_floats(tmp, n, q, tag, MPI_COMM_WORLD);
+        cpa_status st = to_local ? cpa_shard(split, shards[q], global, shard)
+                                 : cpa_unshard(split, shards[q], shard, global);
+        if (to_local && q > 0) /* sent even after a failed cut: no rank is left waiting */
+            err = tool_send_floats(tmp, n, q, tag, MPI_COMM_WORLD);
+        if (st != CPA_OK && !rc)
+            rc = tool_fail(EXIT_RUNTIME, "%s: %s", cpa_status_string(st), cpa_last_error());
+        if (err != MPI_SUCCESS && !rc)
+            rc = tool_fail_mpi(EXIT_RUNTIME, err, to_local ? "scatter" : "gather");
+    }
+    return rc;
+}
+
+int tool_scatter_shards(cpa_split split, const int *shards, cpa_tensor global, cpa_tensor local,
+                        float *tmp, int tag)
+{
+    int rc = EXIT_OK;
+    if (g_rank == 0) {
+        rc = move_shards_root(split, shards, global, local, tmp, tag, 1);
+    } else {
+        int err = tool_recv_floats(local.data, cpa_tensor_numel(&local), 0, tag, MPI_COMM_WORLD);
+        if (err != MPI_SUCCESS)
+            rc = tool_fail_mpi(EXIT_RUNTIME, err, "scatter");
+    }
+    return tool_agree(rc);
+}
+
+int tool_gather_shards(cpa_split split, const int *shards, cpa_tensor local, cpa_tensor global,
+                       float *tmp, int tag)
+{
+    int rc = EXIT_OK;
+    if (g_rank == 0) {
+        rc = move_shards_root(split, shards, global, local, tmp, tag, 0);
+    } else {
+        int err = tool_send_floats(local.data, cpa_tensor_numel(&local), 0, tag, MPI_COMM_WORLD);
+        if (err != MPI_SUCCESS)
+            rc = tool_fail_mpi(EXIT_RUNTIME, err, "gather");
+    }
+    return tool_agree(rc);
 }

@@ -1,7 +1,9 @@
 /*
  * util.h — small helpers shared by the subcommands of the `cpattn` program:
  * timing and statistics, memory figures, overflow-checked sizes, aligned
- * buffers and the deterministic input generator.  Not part of the library.
+ * buffers, the deterministic input generator (whole tensors or one rank's
+ * shard), bit digests, paths, and moving tensors between MPI ranks.  Not
+ * part of the library.
  */
 #ifndef CPATTN_TOOLS_UTIL_H
 #define CPATTN_TOOLS_UTIL_H
@@ -41,5 +43,97 @@ float *tool_alloc_floats(int64_t count);
  * global tensor, for any rank count. */
 void tool_fill_uniform(cpa_tensor t, uint64_t seed, uint64_t tensor_id, int64_t s_global,
                        int64_t s_offset);
+
+/* The same values as tool_fill_uniform over the global tensor, generated
+ * only for rank r's rows of `split`: `local` is the rank's [B, S/P, N, D]
+ * view, filled piece by piece (cpa_split_pieces) at the pieces' global
+ * positions.  Fails (CPA_ERR_ARG) only if the split does not fit s_global or
+ * the view. */
+cpa_status tool_fill_shard(cpa_tensor local, cpa_split split, int64_t s_global, int r,
+                           uint64_t seed, uint64_t tensor_id);
+
+/* FNV-1a over the float bits of `t` (1..4 dims) in logical order: equal
+ * digests mean bitwise-equal values, whatever the strides. */
+uint64_t tool_digest(cpa_tensor t);
+
+/* Differences between a result and its reference (same shape, 1..4 dims,
+ * any strides): the largest |a - ref| over entries finite in both, the
+ * largest finite |ref|, and the entries where one side is non-finite and
+ * they differ (-inf == -inf matches: empty rows; NaN never does). */
+typedef struct tool_diff {
+    double max_abs;
+    double max_ref;
+    int64_t mismatch;
+} tool_diff;
+
+tool_diff tool_compare(cpa_tensor a, cpa_tensor ref);
+
+/* Paths.  tool_join_path writes "dir/name" into buf and returns 0 if it does
+ * not fit; tool_make_dirs is `mkdir -p` (0 on failure, errno set). */
+int tool_is_dir(const char *path);
+int tool_file_exists(const char *path);
+int tool_join_path(char *buf, size_t size, const char *dir, const char *name);
+int tool_make_dirs(const char *dir);
+
+/* ------------------------------------------------------------------------ */
+/* MPI subcommands: rank 0 prints, every rank agrees on the exit code        */
+/* ------------------------------------------------------------------------ */
+
+/* MPI_Init_thread(MPI_THREAD_FUNNELED) (a process started without mpiexec
+ * is a singleton of world size 1); remembers the rank and world size and
+ * `command` ("cpattn attn"), which prefixes every message.  Returns an
+ * agreed exit code (1 after printing why).  Pair with MPI_Finalize() on
+ * every path. */
+int tool_mpi_init(const char *command);
+int tool_rank(void);
+int tool_world_size(void);
+
+/* printf on rank 0 only. */
+void tool_say(const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 1, 2)))
+#endif
+    ;
+
+/* Record this rank's error message (the first one since the last
+ * tool_agree wins) and return `rc`.  Nothing is printed yet. */
+int tool_fail(int rc, const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 2, 3)))
+#endif
+    ;
+
+/* The same for a failed MPI call (its error string). */
+int tool_fail_mpi(int rc, int mpi_err, const char *what);
+
+/* After a step that may fail on some ranks only (collective over
+ * MPI_COMM_WORLD: every rank calls it at the same point): every rank
+ * returns the worst (largest) exit code, and rank 0 prints, once, the
+ * recorded message of the lowest failing rank ("<command>: rank R: ..."
+ * when R is not 0).  Clears the recorded message. */
+int tool_agree(int rc);
+
+/* Element-wise maximum over the ranks of x[0..n-1], into rank 0's x. */
+void tool_max_to_root(double *x, int n);
+
+/* Rank 0 cuts its whole [B, S, N, D] tensor `global` (ignored on other
+ * ranks) into the shards of `split` and sends rank q the shard of index
+ * shards[q]; each rank's shard lands in `local` ([B, S/P, N, D], dense:
+ * its elements contiguous from data in any dim order).  `tmp` (rank 0)
+ * holds one shard in transit; `tag` tells concurrent transfers apart.
+ * Collective over MPI_COMM_WORLD; an agreed exit code. */
+int tool_scatter_shards(cpa_split split, const int *shards, cpa_tensor global, cpa_tensor local,
+                        float *tmp, int tag);
+
+/* The reverse: every rank's `local` shard to its rows of rank 0's
+ * `global`. */
+int tool_gather_shards(cpa_split split, const int *shards, cpa_tensor local, cpa_tensor global,
+                       float *tmp, int tag);
+
+/* Blocking send / receive of `count` floats (any count: sent in pieces of
+ * at most 2^28 elements, so counts above INT_MAX work).  MPI_SUCCESS or the
+ * failing call's MPI error code. */
+int tool_send_floats(const float *buf, int64_t count, int dest, int tag, MPI_Comm comm);
+int tool_recv_floats(float *buf, int64_t count, int source, int tag, MPI_Comm comm);
 
 #endif /* CPATTN_TOOLS_UTIL_H */

@@ -2,8 +2,10 @@
 # test_cli.sh — the contract of the `cpattn` program, checked from outside:
 # --help lists every flag with its default; every usage error exits 2 with one
 # line naming the flag; `attn --check` passes over a grid of small shapes
-# (causal/general, GQA, Dv != D, every layout, B = 2, ragged S); .npy files
-# round-trip bit-exactly through --save-inputs / --load; malformed .npy files
+# (causal/general, GQA, Dv != D, every layout, B = 2, ragged S); without
+# mpiexec the context-parallel flags run the single-process kernel (P = 1) and
+# P != 1 is a usage error naming the world size; .npy files round-trip
+# bit-exactly through --save-inputs / --load; malformed .npy files
 # give a clean error naming the file; --forward-only, --iters and the kernel
 # benchmark produce their documented lines.
 #
@@ -131,11 +133,12 @@ for f in --micro-batch-size --seq-length --num-attention-heads --num-query-group
     --group-query-attention --kv-channels --v-channels --attention-mask-type \
     --softmax-scale --layout --megatron-cp-in-bnsd --seed --load --save --save-inputs \
     --forward-only --check --check-tol --check-tol-grad --reference --iters --warmup \
-    --threads; do
+    --threads --context-parallel-size --context-parallel-algo --cp-window-size \
+    --ulysses-degree-in-cp --use-cp-send-recv-overlap --tensor-model-parallel-size; do
     grep -Fq -- "  $f" "$OUT" || help_ok=0
 done
 for d in "(default: 1024)" "(default: causal)" "(default: bshd)" "(default: 1234)" \
-    "(default: 2e-4)" "(default: 1e-3)"; do
+    "(default: 2e-4)" "(default: 1e-3)" "(default: ulysses_cp_algo)"; do
     grep -Fq -- "$d" "$OUT" || help_ok=0
 done
 if [ "$rc" -eq 0 ] && [ "$help_ok" -eq 1 ]; then pass "attn --help lists flags and defaults"
@@ -182,6 +185,16 @@ expect_usage "bench missing name" "kernel" bench
 expect_usage "bench bad list" "--seq-lengths 1,,2" bench kernel --seq-lengths 1,,2
 expect_usage "bench bad threads" "--threads 0" bench kernel --threads 0
 
+# Context-parallel flags without mpiexec (world size 1).
+expect_usage "P != world size names both" "--context-parallel-size 2: must equal the MPI world size 1" \
+    attn --context-parallel-size 2
+expect_usage "P = 0" "--context-parallel-size 0" attn --context-parallel-size 0
+expect_usage "unknown CP algorithm" "--context-parallel-algo ring" attn --context-parallel-algo ring
+expect_usage "window 0" "--cp-window-size 0" attn --cp-window-size 0
+expect_usage "ulysses degree not an int" "--ulysses-degree-in-cp two" attn --ulysses-degree-in-cp two
+expect_usage "TP too large for int" "--tensor-model-parallel-size 4294967296" \
+    attn --tensor-model-parallel-size 4294967296
+
 # A size that fits in 64 bits but not in memory: a clear error, no crash.
 expect_error "too big for memory" "out of memory" attn --seq-length 100000000000
 
@@ -225,6 +238,17 @@ check_case "reference as main path" --seq-length 40 --reference
 # ---------------------------------------------------------------------------
 
 expect_ok "config printed" "^# +--seq-length +77 +\(command line\)" attn --seq-length 77 --forward-only
+expect_ok "config shows CP flags" "^# +--context-parallel-algo +ulysses_cp_algo +\(default\)" \
+    attn --seq-length 16 --forward-only
+expect_ok "P=1 says CP is off" "^# context parallel: off \(--context-parallel-size 1, MPI world size 1\)" \
+    attn --seq-length 16 --forward-only
+
+# With P = 1 the algorithm flags do not matter: the same kernel, the same bits.
+d1=$(digest --seq-length 64 --num-query-groups 2)
+d2=$(digest --seq-length 64 --num-query-groups 2 --context-parallel-algo megatron_cp_algo \
+    --cp-window-size 3 --use-cp-send-recv-overlap --context-parallel-size 1)
+if [ -n "$d1" ] && [ "$d1" = "$d2" ]; then pass "P=1 ignores the CP algorithm flags"
+else fail "P=1 ignores the CP algorithm flags" "'$d1' / '$d2'"; fi
 expect_ok "forward-only prints out/lse digest" "^digest out=[0-9a-f]+ lse=[0-9a-f]+$" attn --seq-length 64 --forward-only
 expect_ok "iters: forward median" "^forward  median [0-9.]+ ms \(min [0-9.]+, max [0-9.]+, n=2\) +[0-9.]+ GFLOP/s" attn --seq-length 64 --iters 2
 expect_ok "iters: backward median" "^backward median [0-9.]+ ms \(min [0-9.]+, max [0-9.]+, n=2\)" attn --seq-length 64 --iters 2
