@@ -17,6 +17,7 @@ static const struct {
 } subcommands[] = {
     {"attn", cmd_attn, "attention forward/backward, single-process or context-parallel under "
                        "mpiexec, --check against the reference"},
+    {"train", cmd_train, "Megatron-style GPT pretraining with context parallelism (under mpiexec)"},
     {"bench", cmd_bench, "benchmarks (`cpattn bench kernel`: kernel GFLOP/s vs same-run sgemm)"},
 };
 
@@ -46,7 +47,7 @@ int main(int argc, char **argv)
     for (size_t i = 0; i < sizeof subcommands / sizeof subcommands[0]; ++i)
         if (!strcmp(argv[1], subcommands[i].name))
             return subcommands[i].run(argc - 1, argv + 1);
-    fprintf(stderr, "cpattn: unknown subcommand '%s' (expected one of: attn, bench; see cpattn --help)\n",
+    fprintf(stderr, "cpattn: unknown subcommand '%s' (expected one of: attn, train, bench; see cpattn --help)\n",
             argv[1]);
     return EXIT_USAGE;
 }

@@ -1,0 +1,780 @@
+/*
+ * checkpoint.c — save and load training checkpoints (see checkpoint.h).
+ *
+ * The file DIR/checkpoint.bin, all integers little-endian:
+ *
+ *     "CPATTNCK"                      8 bytes, the magic
+ *     u32 version                     CKPT_VERSION (1)
+ *     i64 iteration
+ *     u64 rng_state
+ *     u32 config_len, config bytes    "key=value\n" lines, no terminating NUL
+ *     u32 narrays
+ *     narrays times:
+ *         u32 name_len, name bytes
+ *         i64 count
+ *         count float32 values
+ *     u64 checksum                    FNV-1a (64-bit) of every byte above
+ *
+ * Saving is atomic: the bytes go to DIR/.checkpoint.bin.tmp.<pid>.<n>
+ * (created with O_EXCL; <n> counts saves in this process, so neither a
+ * concurrent save nor a stale temporary left by a crashed process that had
+ * the same pid can collide), are fsync'd and renamed over checkpoint.bin,
+ * and the folder is fsync'd so the rename itself survives a crash.  On any
+ * failure the temporary is removed and the previous checkpoint is untouched.
+ *
+ * Loading reads the file twice through a bounded buffer, so a checkpoint of
+ * hundreds of MB never needs a second copy in memory.  The first pass checks
+ * the structure (magic, version, every length against the file size) and
+ * the checksum, then the configuration and the arrays' names and counts
+ * against the caller's; only then does the second pass copy the data.  The
+ * configuration is compared before the arrays because a changed model shape
+ * shows in both, and the key that differs ("hidden_size") is the better
+ * message.  If the file changes in place between the passes (a save renames
+ * a new file in and never modifies the old one, so only a foreign writer can
+ * do this) the arrays may be partly written and an error is returned.
+ *
+ * Not handled: big-endian hosts (refused at compile time) and files of other
+ * format versions (refused with a message naming both versions).
+ */
+#include "checkpoint.h"
+#include "internal.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/types.h>
+#include <unistd.h>
+
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
+#error "checkpoint.c writes float32 data without byte swapping and needs a little-endian host"
+#endif
+
+#define CKPT_MAGIC "CPATTNCK"
+#define CKPT_MAGIC_LEN 8
+#define CKPT_VERSION 1u
+#define CKPT_FILE "checkpoint.bin"
+/* Array names are short labels ("params", "adam_m"); a longer length field
+ * means the file is damaged, so refuse it before reading that many bytes. */
+#define CKPT_MAX_NAME 1024
+/* The streaming buffer: big enough to amortise system calls, small enough to
+ * be irrelevant next to the arrays. */
+#define CKPT_CHUNK ((size_t)4 << 20)
+#define CKPT_PATH_CAP 4200
+#define CKPT_CONFIG_CAP ((int)sizeof(((cpa_ckpt_meta *)0)->config))
+
+#define FNV_OFFSET 0xcbf29ce484222325ULL
+#define FNV_PRIME 0x100000001b3ULL
+
+/* ------------------------------------------------------------------------ */
+/* Small helpers                                                             */
+/* ------------------------------------------------------------------------ */
+
+static uint64_t fnv1a(uint64_t h, const void *data, size_t n)
+{
+    const unsigned char *p = data;
+    for (size_t i = 0; i < n; ++i)
+        h = (h ^ p[i]) * FNV_PRIME;
+    return h;
+}
+
+/* strerror is not thread-safe; the XSI strerror_r is (no _GNU_SOURCE here). */
+static const char *errno_text(int err, char *buf, size_t cap)
+{
+    if (strerror_r(err, buf, cap) != 0)
+        snprintf(buf, cap, "error %d", err);
+    return buf;
+}
+
+static void put_u32(unsigned char *p, uint32_t v)
+{
+    for (int i = 0; i < 4; ++i)
+        p[i] = (unsigned char)(v >> (8 * i));
+}
+
+static void put_u64(unsigned char *p, uint64_t v)
+{
+    for (int i = 0; i < 8; ++i)
+        p[i] = (unsigned char)(v >> (8 * i));
+}
+
+static uint32_t get_u32(const unsigned char *p)
+{
+    uint32_t v = 0;
+    for (int i = 0; i < 4; ++i)
+        v |= (uint32_t)p[i] << (8 * i);
+    return v;
+}
+
+static uint64_t get_u64(const unsigned char *p)
+{
+    uint64_t v = 0;
+    for (int i = 0; i < 8; ++i)
+        v |= (uint64_t)p[i] << (8 * i);
+    return v;
+}
+
+/* cpa_malloc records a message without the file; re-record it with it. */
+static cpa_status nomem_for(const char *path)
+{
+    char why[512];
+    snprintf(why, sizeof why, "%s", cpa_last_error()); /* cpa_error reuses that buffer */
+    return cpa_error(CPA_ERR_NOMEM, "%s: %s", path, why);
+}
+
+static cpa_status file_path(const char *dir, char *buf, size_t cap)
+{
+    int len = snprintf(buf, cap, "%s/%s", dir, CKPT_FILE);
+    if (len < 0 || (size_t)len >= cap)
+        return cpa_error(CPA_ERR_ARG, "checkpoint folder name is too long (%zu characters)",
+                         strlen(dir));
+    return CPA_OK;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Saving                                                                    */
+/* ------------------------------------------------------------------------ */
+
+/* A buffered writer that hashes everything it is given.  `err` keeps the
+ * errno of the first failed write; later puts do nothing. */
+typedef struct ckpt_writer {
+    int fd;
+    unsigned char *buf;
+    size_t used;
+    uint64_t hash;
+    int err;
+} ckpt_writer;
+
+static void write_all(ckpt_writer *w, const void *data, size_t n)
+{
+    const char *p = data;
+    while (n > 0 && !w->err) {
+        size_t want = n > ((size_t)1 << 30) ? (size_t)1 << 30 : n;
+        ssize_t got = write(w->fd, p, want);
+        if (got < 0 && errno == EINTR)
+            continue;
+        if (got < 0) {
+            w->err = errno;
+            return;
+        }
+        p += got;
+        n -= (size_t)got;
+    }
+}
+
+static void writer_flush(ckpt_writer *w)
+{
+    write_all(w, w->buf, w->used);
+    w->used = 0;
+}
+
+static void writer_put(ckpt_writer *w, const void *data, size_t n)
+{
+    if (w->err)
+        return;
+    w->hash = fnv1a(w->hash, data, n);
+    if (w->used + n <= CKPT_CHUNK) {
+        memcpy(w->buf + w->used, data, n);
+        w->used += n;
+        return;
+    }
+    /* Large data (an array) goes straight from the caller's memory. */
+    writer_flush(w);
+    if (n < CKPT_CHUNK) {
+        memcpy(w->buf, data, n);
+        w->used = n;
+    } else {
+        write_all(w, data, n);
+    }
+}
+
+static void writer_put_u32(ckpt_writer *w, uint32_t v)
+{
+    unsigned char b[4];
+    put_u32(b, v);
+    writer_put(w, b, sizeof b);
+}
+
+static void writer_put_u64(ckpt_writer *w, uint64_t v)
+{
+    unsigned char b[8];
+    put_u64(b, v);
+    writer_put(w, b, sizeof b);
+}
+
+static cpa_status check_save_args(const char *dir, const cpa_ckpt_meta *meta,
+                                  const cpa_ckpt_array *arrays, int narrays)
+{
+    if (!dir || !meta)
+        return cpa_error(CPA_ERR_ARG, "cpa_ckpt_save: NULL %s", !dir ? "dir" : "meta");
+    if (narrays < 0 || (narrays > 0 && !arrays))
+        return cpa_error(CPA_ERR_ARG, "cpa_ckpt_save: %d arrays at %p", narrays,
+                         (const void *)arrays);
+    if (memchr(meta->config, '\0', sizeof meta->config) == NULL)
+        return cpa_error(CPA_ERR_ARG, "cpa_ckpt_save: meta->config is not NUL-terminated");
+    for (int i = 0; i < narrays; ++i) {
+        const cpa_ckpt_array *a = &arrays[i];
+        if (!a->name || a->name[0] == '\0' || strlen(a->name) > CKPT_MAX_NAME)
+            return cpa_error(CPA_ERR_ARG,
+                             "cpa_ckpt_save: array %d needs a name of 1 to %d characters", i,
+                             CKPT_MAX_NAME);
+        if (a->count < 0 || a->count > INT64_MAX / (int64_t)sizeof(float) ||
+            (a->count > 0 && !a->data))
+            return cpa_error(CPA_ERR_ARG, "cpa_ckpt_save: array %s has count %lld and data %p",
+                             a->name, (long long)a->count, (const void *)a->data);
+    }
+    return CPA_OK;
+}
+
+/* mkdir DIR unless it exists as a folder. */
+static cpa_status make_dir(const char *dir)
+{
+    char why[128];
+    if (mkdir(dir, 0777) == 0)
+        return CPA_OK;
+    int err = errno;
+    struct stat sb;
+    if (err == EEXIST && stat(dir, &sb) == 0) {
+        if (S_ISDIR(sb.st_mode))
+            return CPA_OK;
+        return cpa_error(CPA_ERR_IO, "cannot save a checkpoint in %s: it exists and is not a "
+                                     "folder",
+                         dir);
+    }
+    return cpa_error(CPA_ERR_IO, "cannot create checkpoint folder %s: %s", dir,
+                     errno_text(err, why, sizeof why));
+}
+
+/* Create DIR/.checkpoint.bin.tmp.<pid>.<n> exclusively; fills `tmp`.
+ * Returns the fd or -1 with errno set.  Mode 0666: the umask decides. */
+static int create_temp(const char *dir, char *tmp, size_t cap)
+{
+    static atomic_uint counter;
+    for (int attempt = 0; attempt < 100; ++attempt) {
+        unsigned n = atomic_fetch_add(&counter, 1u);
+        int len = snprintf(tmp, cap, "%s/.%s.tmp.%ld.%u", dir, CKPT_FILE, (long)getpid(), n);
+        if (len < 0 || (size_t)len >= cap) {
+            errno = ENAMETOOLONG;
+            return -1;
+        }
+        int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
+        if (fd >= 0 || errno != EEXIST)
+            return fd;
+    }
+    return -1; /* errno is EEXIST */
+}
+
+/* Everything the file holds, through the writer, then fsync. */
+static cpa_status write_contents(ckpt_writer *w, const char *tmp, const cpa_ckpt_meta *meta,
+                                 const cpa_ckpt_array *arrays, int narrays)
+{
+    char why[128];
+    writer_put(w, CKPT_MAGIC, CKPT_MAGIC_LEN);
+    writer_put_u32(w, CKPT_VERSION);
+    writer_put_u64(w, (uint64_t)meta->iteration);
+    writer_put_u64(w, meta->rng_state);
+    size_t config_len = strlen(meta->config);
+    writer_put_u32(w, (uint32_t)config_len);
+    writer_put(w, meta->config, config_len);
+    writer_put_u32(w, (uint32_t)narrays);
+    for (int i = 0; i < narrays; ++i) {
+        size_t name_len = strlen(arrays[i].name);
+        writer_put_u32(w, (uint32_t)name_len);
+        writer_put(w, arrays[i].name, name_len);
+        writer_put_u64(w, (uint64_t)arrays[i].count);
+        if (arrays[i].count > 0)
+            writer_put(w, arrays[i].data, (size_t)arrays[i].count * sizeof(float));
+    }
+    unsigned char sum[8];
+    put_u64(sum, w->hash);
+    writer_put(w, sum, sizeof sum);
+    writer_flush(w);
+    if (w->err)
+        return cpa_error(CPA_ERR_IO, "cannot write checkpoint temporary %s: %s", tmp,
+                         errno_text(w->err, why, sizeof why));
+    /* ENOSPC and friends may only show here (or at close). */
+    if (fsync(w->fd) != 0)
+        return cpa_error(CPA_ERR_IO, "cannot sync checkpoint temporary %s: %s", tmp,
+                         errno_text(errno, why, sizeof why));
+    return CPA_OK;
+}
+
+/* Best effort: make the rename durable.  A failure here does not undo a
+ * save that is already visible, so it is not reported. */
+static void sync_dir(const char *dir)
+{
+    int fd = open(dir, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return;
+    (void)fsync(fd);
+    close(fd);
+}
+
+cpa_status cpa_ckpt_save(const char *dir, const cpa_ckpt_meta *meta, const cpa_ckpt_array *arrays,
+                         int narrays)
+{
+    CPA_TRY(check_save_args(dir, meta, arrays, narrays));
+    char path[CKPT_PATH_CAP], tmp[CKPT_PATH_CAP], why[128];
+    CPA_TRY(file_path(dir, path, sizeof path));
+    CPA_TRY(make_dir(dir));
+    /* Allocate before creating anything, so running out of memory leaves no
+     * trace on disk. */
+    ckpt_writer w = {.fd = -1, .hash = FNV_OFFSET};
+    w.buf = cpa_malloc(CKPT_CHUNK, "checkpoint write buffer");
+    if (!w.buf)
+        return nomem_for(path);
+
+    cpa_status st;
+    w.fd = create_temp(dir, tmp, sizeof tmp);
+    if (w.fd < 0) {
+        st = cpa_error(CPA_ERR_IO, "cannot create a temporary file in %s to save %s: %s", dir,
+                       path, errno_text(errno, why, sizeof why));
+        goto free_buf;
+    }
+    st = write_contents(&w, tmp, meta, arrays, narrays);
+    if (close(w.fd) != 0 && st == CPA_OK)
+        st = cpa_error(CPA_ERR_IO, "cannot close checkpoint temporary %s: %s", tmp,
+                       errno_text(errno, why, sizeof why));
+    if (st != CPA_OK)
+        goto remove_temp;
+    /* rename() replaces the old file atomically: readers see old or new. */
+    if (rename(tmp, path) != 0) {
+        st = cpa_error(CPA_ERR_IO, "cannot rename checkpoint temporary %s to %s: %s", tmp, path,
+                       errno_text(errno, why, sizeof why));
+        goto remove_temp;
+    }
+    sync_dir(dir);
+    cpa_free(w.buf);
+    return CPA_OK;
+
+remove_temp:
+    unlink(tmp);
+free_buf:
+    cpa_free(w.buf);
+    return st;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Loading                                                                   */
+/* ------------------------------------------------------------------------ */
+
+/* A buffered reader over the open file; `pos` is the file offset of the next
+ * byte handed out.  When `hashing`, every byte handed out is hashed. */
+typedef struct ckpt_reader {
+    int fd;
+    const char *path; /* for messages */
+    int64_t size;     /* from fstat */
+    unsigned char *buf;
+    size_t start, end; /* unread bytes are buf[start, end) */
+    int64_t pos;
+    bool hashing;
+    uint64_t hash;
+} ckpt_reader;
+
+static cpa_status truncated(const ckpt_reader *r, const char *what)
+{
+    return cpa_error(CPA_ERR_FORMAT,
+                     "%s: truncated: the file has %lld bytes and ends while reading %s", r->path,
+                     (long long)r->size, what);
+}
+
+/* Refill the buffer; fails naming `what` at the end of the file. */
+static cpa_status reader_fill(ckpt_reader *r, const char *what)
+{
+    char why[128];
+    if (r->start > 0 && r->start < r->end)
+        memmove(r->buf, r->buf + r->start, r->end - r->start);
+    r->end -= r->start;
+    r->start = 0;
+    for (;;) {
+        ssize_t got = read(r->fd, r->buf + r->end, CKPT_CHUNK - r->end);
+        if (got < 0 && errno == EINTR)
+            continue;
+        if (got < 0)
+            return cpa_error(CPA_ERR_IO, "%s: cannot read: %s", r->path,
+                             errno_text(errno, why, sizeof why));
+        if (got == 0)
+            return truncated(r, what);
+        r->end += (size_t)got;
+        return CPA_OK;
+    }
+}
+
+/* Hand out the next `n` bytes: copied to `dst` unless it is NULL (skip). */
+static cpa_status reader_get(ckpt_reader *r, void *dst, size_t n, const char *what)
+{
+    unsigned char *out = dst;
+    while (n > 0) {
+        if (r->start == r->end)
+            CPA_TRY(reader_fill(r, what));
+        size_t take = r->end - r->start < n ? r->end - r->start : n;
+        if (r->hashing)
+            r->hash = fnv1a(r->hash, r->buf + r->start, take);
+        if (out) {
+            memcpy(out, r->buf + r->start, take);
+            out += take;
+        }
+        r->start += take;
+        r->pos += (int64_t)take;
+        n -= take;
+    }
+    return CPA_OK;
+}
+
+static cpa_status reader_u32(ckpt_reader *r, uint32_t *v, const char *what)
+{
+    unsigned char b[4];
+    CPA_TRY(reader_get(r, b, sizeof b, what));
+    *v = get_u32(b);
+    return CPA_OK;
+}
+
+static cpa_status reader_u64(ckpt_reader *r, uint64_t *v, const char *what)
+{
+    unsigned char b[8];
+    CPA_TRY(reader_get(r, b, sizeof b, what));
+    *v = get_u64(b);
+    return CPA_OK;
+}
+
+/* Bytes left after the current position, not counting the checksum. */
+static int64_t body_left(const ckpt_reader *r) { return r->size - 8 - r->pos; }
+
+/* What the first pass learnt. */
+typedef struct ckpt_header {
+    uint64_t iteration, rng_state;
+    char config[CKPT_CONFIG_CAP];
+    int64_t arrays_at; /* file offset of the first array's name_len */
+    /* The first difference from the caller's arrays, reported only after
+     * the checksum proved the file intact (a damaged file is a different
+     * problem from a wrong one). */
+    enum { MATCH, WRONG_NAME, WRONG_COUNT, WRONG_NARRAYS } mismatch;
+    uint32_t at;                   /* the array that differs */
+    char name[CKPT_MAX_NAME + 1];  /* its name in the file */
+    int64_t count;                 /* its count in the file */
+    uint32_t narrays;              /* arrays in the file */
+    char names[256];               /* their names, "params, adam_m, ..." */
+} ckpt_header;
+
+/* Append `name` to the list "params, adam_m, ..." while there is room. */
+static void list_name(char *list, size_t cap, const char *name, size_t len)
+{
+    size_t used = strlen(list);
+    if (used + len + 8 >= cap) {
+        if (used + 5 < cap && (used < 4 || strcmp(list + used - 3, "...") != 0))
+            snprintf(list + used, cap - used, "%s...", used ? ", " : "");
+        return;
+    }
+    snprintf(list + used, cap - used, "%s%.*s", used ? ", " : "", (int)len, name);
+}
+
+/* Pass 1: structure and checksum of the whole file; fills `h`. */
+static cpa_status scan_file(ckpt_reader *r, const cpa_ckpt_array *arrays, int narrays,
+                            ckpt_header *h)
+{
+    /* The magic first, so a foreign file is named as one even if short. */
+    unsigned char magic[CKPT_MAGIC_LEN];
+    size_t have = r->size < CKPT_MAGIC_LEN ? (size_t)r->size : CKPT_MAGIC_LEN;
+    CPA_TRY(reader_get(r, magic, have, "the magic"));
+    if (memcmp(magic, CKPT_MAGIC, have) != 0)
+        return cpa_error(CPA_ERR_FORMAT,
+                         "%s: not a cpattn checkpoint (it does not start with \"%s\")", r->path,
+                         CKPT_MAGIC);
+    if (have < CKPT_MAGIC_LEN)
+        return truncated(r, "the magic");
+
+    uint32_t version;
+    CPA_TRY(reader_u32(r, &version, "the format version"));
+    if (version != CKPT_VERSION)
+        return cpa_error(CPA_ERR_FORMAT,
+                         "%s: checkpoint format version %u; this build of cpattn reads version %u",
+                         r->path, version, CKPT_VERSION);
+    CPA_TRY(reader_u64(r, &h->iteration, "the iteration"));
+    CPA_TRY(reader_u64(r, &h->rng_state, "the RNG state"));
+
+    uint32_t config_len;
+    CPA_TRY(reader_u32(r, &config_len, "the configuration length"));
+    if ((int64_t)config_len > body_left(r))
+        return truncated(r, "the configuration");
+    if (config_len >= (uint32_t)CKPT_CONFIG_CAP)
+        return cpa_error(CPA_ERR_FORMAT,
+                         "%s: corrupted: configuration of %u bytes (at most %d are written)",
+                         r->path, config_len, CKPT_CONFIG_CAP - 1);
+    CPA_TRY(reader_get(r, h->config, config_len, "the configuration"));
+    h->config[config_len] = '\0';
+    if (strlen(h->config) != config_len)
+        return cpa_error(CPA_ERR_FORMAT, "%s: corrupted: NUL byte inside the configuration",
+                         r->path);
+
+    uint32_t file_narrays;
+    CPA_TRY(reader_u32(r, &file_narrays, "the array count"));
+    /* Each array takes at least 12 bytes; refuse an absurd count up front. */
+    if ((int64_t)file_narrays > body_left(r) / 12)
+        return truncated(r, "the arrays");
+    h->arrays_at = r->pos;
+    h->mismatch = MATCH;
+    h->narrays = file_narrays;
+    h->names[0] = '\0';
+    for (uint32_t i = 0; i < file_narrays; ++i) {
+        uint32_t name_len;
+        char name[CKPT_MAX_NAME + 1];
+        CPA_TRY(reader_u32(r, &name_len, "an array name"));
+        if ((int64_t)name_len > body_left(r))
+            return truncated(r, "an array name");
+        if (name_len == 0 || name_len > CKPT_MAX_NAME)
+            return cpa_error(CPA_ERR_FORMAT,
+                             "%s: corrupted: array %u has a name of %u bytes (1 to %d are "
+                             "written)",
+                             r->path, i, name_len, CKPT_MAX_NAME);
+        CPA_TRY(reader_get(r, name, name_len, "an array name"));
+        name[name_len] = '\0';
+        uint64_t count_bits;
+        CPA_TRY(reader_u64(r, &count_bits, "an array size"));
+        int64_t count = (int64_t)count_bits;
+        if (count < 0)
+            return cpa_error(CPA_ERR_FORMAT, "%s: corrupted: array %s has %lld floats", r->path,
+                             name, (long long)count);
+        if (count > body_left(r) / (int64_t)sizeof(float))
+            return truncated(r, "the array data");
+        CPA_TRY(reader_get(r, NULL, (size_t)count * sizeof(float), "the array data"));
+
+        list_name(h->names, sizeof h->names, name, name_len);
+        if (h->mismatch != MATCH || (int)i >= narrays)
+            continue;
+        if (strcmp(arrays[i].name, name) != 0)
+            h->mismatch = WRONG_NAME;
+        else if (arrays[i].count != count)
+            h->mismatch = WRONG_COUNT;
+        if (h->mismatch != MATCH) {
+            h->at = i;
+            memcpy(h->name, name, name_len + 1);
+            h->count = count;
+        }
+    }
+    if (h->mismatch == MATCH && (int64_t)file_narrays != narrays)
+        h->mismatch = WRONG_NARRAYS;
+
+    if (body_left(r) < 0)
+        return truncated(r, "the checksum");
+    if (body_left(r) > 0)
+        return cpa_error(CPA_ERR_FORMAT,
+                         "%s: corrupted: %lld unexpected bytes after the arrays (the file has "
+                         "%lld bytes)",
+                         r->path, (long long)body_left(r), (long long)r->size);
+    uint64_t computed = r->hash, stored;
+    r->hashing = false;
+    CPA_TRY(reader_u64(r, &stored, "the checksum"));
+    if (stored != computed)
+        return cpa_error(CPA_ERR_FORMAT,
+                         "%s: corrupted (checksum mismatch: stored %016llx, computed %016llx)",
+                         r->path, (unsigned long long)stored, (unsigned long long)computed);
+    return CPA_OK;
+}
+
+/* Trim spaces and tabs (and a '\r') around [*s, *e). */
+static void trim(const char **s, const char **e)
+{
+    while (*s < *e && (**s == ' ' || **s == '\t'))
+        ++*s;
+    while (*e > *s && ((*e)[-1] == ' ' || (*e)[-1] == '\t' || (*e)[-1] == '\r'))
+        --*e;
+}
+
+/* The next "key=value" line of `text` from *cursor; false at the end.
+ * Lines without '=' (blank lines, comments) are skipped. */
+static bool next_pair(const char **cursor, const char **key, size_t *key_len, const char **val,
+                      size_t *val_len)
+{
+    while (**cursor) {
+        const char *line = *cursor, *eol = strchr(line, '\n');
+        if (!eol)
+            eol = line + strlen(line);
+        *cursor = *eol ? eol + 1 : eol;
+        const char *eq = memchr(line, '=', (size_t)(eol - line));
+        if (!eq)
+            continue;
+        const char *ks = line, *ke = eq, *vs = eq + 1, *ve = eol;
+        trim(&ks, &ke);
+        trim(&vs, &ve);
+        if (ks == ke)
+            continue;
+        *key = ks;
+        *key_len = (size_t)(ke - ks);
+        *val = vs;
+        *val_len = (size_t)(ve - vs);
+        return true;
+    }
+    return false;
+}
+
+/* The value of `key` in `text` (the last one if repeated); false if absent. */
+static bool find_value(const char *text, const char *key, size_t key_len, const char **val,
+                       size_t *val_len)
+{
+    bool found = false;
+    const char *cur = text, *k, *v;
+    size_t kl, vl;
+    while (next_pair(&cur, &k, &kl, &v, &vl)) {
+        if (kl == key_len && memcmp(k, key, kl) == 0) {
+            *val = v;
+            *val_len = vl;
+            found = true;
+        }
+    }
+    return found;
+}
+
+/* Keys present in both configurations must agree; the first that does not
+ * (in the running configuration's order) is named with both values. */
+static cpa_status compare_configs(const char *path, const char *saved, const char *expected)
+{
+    const char *cur = expected, *k, *v;
+    size_t kl, vl;
+    while (next_pair(&cur, &k, &kl, &v, &vl)) {
+        const char *sv;
+        size_t svl;
+        if (!find_value(saved, k, kl, &sv, &svl) || (svl == vl && memcmp(sv, v, vl) == 0))
+            continue;
+        /* Re-read the running value: a repeated key means its last line. */
+        find_value(expected, k, kl, &v, &vl);
+        if (svl == vl && memcmp(sv, v, vl) == 0)
+            continue;
+        int kw = kl > 100 ? 100 : (int)kl, sw = svl > 200 ? 200 : (int)svl,
+            vw = vl > 200 ? 200 : (int)vl;
+        return cpa_error(CPA_ERR_ARG,
+                         "%s was saved with %.*s=%.*s but this run has %.*s=%.*s", path, kw, k,
+                         sw, sv, kw, k, vw, v);
+    }
+    return CPA_OK;
+}
+
+/* The arrays of a sound file are not the caller's. */
+static cpa_status report_mismatch(const char *path, const ckpt_header *h,
+                                  const cpa_ckpt_array *arrays, int narrays)
+{
+    const cpa_ckpt_array *a = h->mismatch == WRONG_NARRAYS ? NULL : &arrays[h->at];
+    switch (h->mismatch) {
+    case WRONG_NAME:
+        return cpa_error(CPA_ERR_ARG, "%s: array %u of the checkpoint is %s, this run expects %s",
+                         path, h->at, h->name, a->name);
+    case WRONG_COUNT:
+        return cpa_error(CPA_ERR_ARG,
+                         "%s: checkpoint has %s with %lld floats, this model needs %lld (a "
+                         "different model shape?)",
+                         path, h->name, (long long)h->count, (long long)a->count);
+    default: {
+        char want[256] = "";
+        for (int i = 0; i < narrays; ++i)
+            list_name(want, sizeof want, arrays[i].name, strlen(arrays[i].name));
+        return cpa_error(CPA_ERR_ARG, "%s: checkpoint has %u arrays (%s), this run expects %d (%s)",
+                         path, h->narrays, h->names, narrays, want);
+    }
+    }
+}
+
+/* Pass 2: the array data into the caller's arrays; the structure was
+ * checked by pass 1 and matches `arrays`. */
+static cpa_status copy_arrays(ckpt_reader *r, const ckpt_header *h, const cpa_ckpt_array *arrays,
+                              int narrays)
+{
+    char why[128];
+    if (lseek(r->fd, (off_t)h->arrays_at, SEEK_SET) == (off_t)-1)
+        return cpa_error(CPA_ERR_IO, "%s: cannot seek: %s", r->path,
+                         errno_text(errno, why, sizeof why));
+    r->pos = h->arrays_at;
+    r->start = r->end = 0;
+    for (int i = 0; i < narrays; ++i) {
+        /* name_len, name, count: the same as in pass 1. */
+        size_t skip = 4 + strlen(arrays[i].name) + 8;
+        CPA_TRY(reader_get(r, NULL, skip, "an array header"));
+        if (arrays[i].count > 0)
+            CPA_TRY(reader_get(r, arrays[i].data, (size_t)arrays[i].count * sizeof(float),
+                               "the array data"));
+    }
+    return CPA_OK;
+}
+
+static cpa_status check_load_args(const char *dir, const cpa_ckpt_array *arrays, int narrays)
+{
+    if (!dir)
+        return cpa_error(CPA_ERR_ARG, "cpa_ckpt_load: NULL dir");
+    if (narrays < 0 || (narrays > 0 && !arrays))
+        return cpa_error(CPA_ERR_ARG, "cpa_ckpt_load: %d arrays at %p", narrays,
+                         (const void *)arrays);
+    for (int i = 0; i < narrays; ++i) {
+        const cpa_ckpt_array *a = &arrays[i];
+        if (!a->name || a->name[0] == '\0' || strlen(a->name) > CKPT_MAX_NAME)
+            return cpa_error(CPA_ERR_ARG,
+                             "cpa_ckpt_load: array %d needs a name of 1 to %d characters", i,
+                             CKPT_MAX_NAME);
+        if (a->count < 0 || (a->count > 0 && !a->data))
+            return cpa_error(CPA_ERR_ARG, "cpa_ckpt_load: array %s has count %lld and data %p",
+                             a->name, (long long)a->count, (const void *)a->data);
+    }
+    return CPA_OK;
+}
+
+cpa_status cpa_ckpt_load(const char *dir, const char *expected_config, cpa_ckpt_meta *meta,
+                         const cpa_ckpt_array *arrays, int narrays)
+{
+    CPA_TRY(check_load_args(dir, arrays, narrays));
+    char path[CKPT_PATH_CAP], why[128];
+    CPA_TRY(file_path(dir, path, sizeof path));
+
+    ckpt_reader r = {.fd = -1, .path = path, .hashing = true, .hash = FNV_OFFSET};
+    r.fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (r.fd < 0)
+        return cpa_error(CPA_ERR_IO, "%s: cannot open for reading: %s", path,
+                         errno_text(errno, why, sizeof why));
+    cpa_status st;
+    ckpt_header *h = NULL;
+    struct stat sb;
+    if (fstat(r.fd, &sb) != 0) {
+        st = cpa_error(CPA_ERR_IO, "%s: cannot stat: %s", path,
+                       errno_text(errno, why, sizeof why));
+        goto close_file;
+    }
+    if (!S_ISREG(sb.st_mode)) {
+        st = cpa_error(CPA_ERR_IO, "%s: not a regular file", path);
+        goto close_file;
+    }
+    r.size = (int64_t)sb.st_size;
+    r.buf = cpa_malloc(CKPT_CHUNK, "checkpoint read buffer");
+    h = cpa_malloc(sizeof *h, "checkpoint header");
+    if (!r.buf || !h) {
+        st = nomem_for(path);
+        goto free_buffers;
+    }
+    st = scan_file(&r, arrays, narrays, h);
+    if (st == CPA_OK && expected_config)
+        st = compare_configs(path, h->config, expected_config);
+    if (st == CPA_OK && h->mismatch != MATCH)
+        st = report_mismatch(path, h, arrays, narrays);
+    if (st == CPA_OK)
+        st = copy_arrays(&r, h, arrays, narrays);
+    if (st == CPA_OK && meta) {
+        meta->iteration = (int64_t)h->iteration;
+        meta->rng_state = h->rng_state;
+        memset(meta->config, 0, sizeof meta->config);
+        memcpy(meta->config, h->config, strlen(h->config));
+    }
+
+free_buffers:
+    cpa_free(h);
+    cpa_free(r.buf);
+close_file:
+    close(r.fd);
+    return st;
+}
+
+int cpa_ckpt_exists(const char *dir)
+{
+    char path[CKPT_PATH_CAP];
+    struct stat sb;
+    if (!dir || snprintf(path, sizeof path, "%s/%s", dir, CKPT_FILE) >= (int)sizeof path)
+        return 0;
+    return stat(path, &sb) == 0 && S_ISREG(sb.st_mode);
+}

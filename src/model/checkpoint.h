@@ -1,0 +1,45 @@
+/*
+ * checkpoint.h — training checkpoints: one file DIR/checkpoint.bin holding a
+ * header (magic, format version, iteration, RNG state, the configuration
+ * as "key=value" lines), a list of float arrays (parameters, AdamW moments)
+ * and a 64-bit checksum of everything before it.  Written atomically:
+ * temporary file in DIR, fsync, rename; a failed save leaves the previous
+ * checkpoint intact.  Loading verifies magic, version, sizes and checksum,
+ * and compares the configuration with the running one, naming the first
+ * key that differs ("saved with hidden_size=256, this run has 128").
+ */
+#ifndef CPATTN_MODEL_CHECKPOINT_H
+#define CPATTN_MODEL_CHECKPOINT_H
+
+#include "cpattn.h"
+
+#include <stdint.h>
+
+typedef struct cpa_ckpt_meta {
+    int64_t iteration;   /* iterations completed */
+    uint64_t rng_state;  /* the trainer's RNG state */
+    char config[4096];   /* "key=value\n" lines describing the model shape */
+} cpa_ckpt_meta;
+
+typedef struct cpa_ckpt_array {
+    const char *name;    /* for messages: "params", "adam_m", ... */
+    float *data;
+    int64_t count;
+} cpa_ckpt_array;
+
+/* Create DIR if missing and write DIR/checkpoint.bin atomically. */
+cpa_status cpa_ckpt_save(const char *dir, const cpa_ckpt_meta *meta, const cpa_ckpt_array *arrays,
+                         int narrays);
+
+/* Read DIR/checkpoint.bin into the arrays (whose counts must match the
+ * file's).  `expected_config`: the running configuration; keys present in
+ * both must agree (CPA_ERR_ARG naming the key and both values).  A bad
+ * magic, version, size or checksum is CPA_ERR_FORMAT naming the file;
+ * arrays are written only after the whole file checked out. */
+cpa_status cpa_ckpt_load(const char *dir, const char *expected_config, cpa_ckpt_meta *meta,
+                         const cpa_ckpt_array *arrays, int narrays);
+
+/* 1 if DIR/checkpoint.bin exists. */
+int cpa_ckpt_exists(const char *dir);
+
+#endif

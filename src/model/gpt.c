@@ -1,0 +1,420 @@
+/*
+ * gpt.c — the GPT model of gpt.h: parameters, activations, forward and
+ * backward of one micro-batch on this rank's shard of the sequence.
+ *
+ * Memory (llm.c style): one buffer of parameters, one of gradients, one of
+ * activations, each carved into named tensors.  N = B·T token rows of this
+ * rank, W = (H+2G)·D the fused QKV width.  Without recomputation every
+ * block keeps its activations (slot l); with --recompute-granularity full
+ * only the block inputs res[l] are kept, a single slot holds one block's
+ * activations, and the backward re-runs each block's forward first.
+ *
+ * The attention is a context-parallel plan (public API); q, k, v are
+ * strided views into the fused QKV activation and dq, dk, dv views into its
+ * gradient, so nothing is copied around the attention.
+ */
+#include "gpt.h"
+
+#include "internal.h"
+#include "layers.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+typedef struct acts {
+    float *res;    /* (L+1, N, C) block inputs; res[L] is the final residual */
+    float *ln1;    /* (La, N, C) */
+    float *rstd1;  /* (La, N) */
+    float *qkv;    /* (La, N, W) after RoPE */
+    float *att;    /* (La, N, H*D) attention output */
+    float *lse;    /* (La, B, H, T) */
+    float *resmid; /* (La, N, C) */
+    float *ln2;    /* (La, N, C) */
+    float *rstd2;  /* (La, N) */
+    float *fc1;    /* (La, N, 2F) */
+    float *sw;     /* (La, N, F) */
+    float *lnf;    /* (N, C) */
+    float *rstdf;  /* (N) */
+    float *logits; /* (N, V) */
+    float *losses; /* (N) */
+    float *tmp;    /* (N, C) */
+    /* backward scratch */
+    float *dres;    /* (N, C) */
+    float *dln;     /* (N, C) */
+    float *dqkv;    /* (N, W) */
+    float *datt;    /* (N, H*D) */
+    float *dfc1;    /* (N, 2F) */
+    float *dsw;     /* (N, F) */
+    float *dlogits; /* (N, V) */
+} acts;
+
+struct cpa_gpt {
+    cpa_gpt_config cfg;
+    int64_t L, C, F, H, G, D, V, S, B, T, N, W, La;
+    cpa_gpt_params p, g;
+    float *params, *grads;
+    uint8_t *decay;
+    int64_t num_params;
+    acts a;
+    float *act_buf;
+    int32_t *tok, *tgt; /* (N) this rank's inputs and targets */
+    uint8_t *longf;     /* (N) */
+    int64_t *pos;       /* (T) global positions of the local rows */
+    cpa_plan *plan;
+    double attn_flops;
+};
+
+/* ---- set-up ---------------------------------------------------------------- */
+
+static int64_t carve(float **dst, float **cursor, int64_t n)
+{
+    *dst = *cursor;
+    *cursor += n;
+    return n;
+}
+
+static int64_t layout_params(cpa_gpt *m, cpa_gpt_params *p, float *base)
+{
+    float *c = base;
+    int64_t n = 0;
+    n += carve(&p->wte, &c, m->V * m->C);
+    n += carve(&p->ln1w, &c, m->L * m->C);
+    n += carve(&p->qkvw, &c, m->L * m->W * m->C);
+    n += carve(&p->projw, &c, m->L * m->C * m->H * m->D);
+    n += carve(&p->ln2w, &c, m->L * m->C);
+    n += carve(&p->fc1w, &c, m->L * 2 * m->F * m->C);
+    n += carve(&p->fc2w, &c, m->L * m->C * m->F);
+    n += carve(&p->lnfw, &c, m->C);
+    return n;
+}
+
+static int64_t layout_acts(cpa_gpt *m, acts *a, float *base)
+{
+    const int64_t N = m->N, C = m->C, La = m->La;
+    float *c = base;
+    int64_t n = 0;
+    n += carve(&a->res, &c, (m->L + 1) * N * C);
+    n += carve(&a->ln1, &c, La * N * C);
+    n += carve(&a->rstd1, &c, La * N);
+    n += carve(&a->qkv, &c, La * N * m->W);
+    n += carve(&a->att, &c, La * N * m->H * m->D);
+    n += carve(&a->lse, &c, La * m->B * m->H * m->T);
+    n += carve(&a->resmid, &c, La * N * C);
+    n += carve(&a->ln2, &c, La * N * C);
+    n += carve(&a->rstd2, &c, La * N);
+    n += carve(&a->fc1, &c, La * N * 2 * m->F);
+    n += carve(&a->sw, &c, La * N * m->F);
+    n += carve(&a->lnf, &c, N * C);
+    n += carve(&a->rstdf, &c, N);
+    n += carve(&a->logits, &c, N * m->V);
+    n += carve(&a->losses, &c, N);
+    n += carve(&a->tmp, &c, N * C);
+    n += carve(&a->dres, &c, N * C);
+    n += carve(&a->dln, &c, N * C);
+    n += carve(&a->dqkv, &c, N * m->W);
+    n += carve(&a->datt, &c, N * m->H * m->D);
+    n += carve(&a->dfc1, &c, N * 2 * m->F);
+    n += carve(&a->dsw, &c, N * m->F);
+    n += carve(&a->dlogits, &c, N * m->V);
+    return n;
+}
+
+cpa_status cpa_gpt_create(const cpa_gpt_config *cfg, MPI_Comm cp_comm, cpa_gpt **out)
+{
+    int P = 1, rank = 0;
+    MPI_Comm_size(cp_comm, &P);
+    MPI_Comm_rank(cp_comm, &rank);
+    if (cfg->hidden % cfg->heads != 0)
+        return cpa_error(CPA_ERR_ARG, "--hidden-size %lld is not divisible by "
+                         "--num-attention-heads %lld (head dim = C / H)",
+                         (long long)cfg->hidden, (long long)cfg->heads);
+    cpa_gpt *m = cpa_calloc(sizeof *m, "model");
+    if (!m)
+        return CPA_ERR_NOMEM;
+    m->cfg = *cfg;
+    m->L = cfg->num_layers, m->C = cfg->hidden, m->F = cfg->ffn_hidden, m->H = cfg->heads;
+    m->G = cfg->kv_heads, m->D = cfg->hidden / cfg->heads, m->V = cfg->vocab;
+    m->S = cfg->seq_length, m->B = cfg->micro_batch, m->T = cfg->seq_length / P;
+    m->N = m->B * m->T, m->W = (m->H + 2 * m->G) * m->D, m->La = cfg->recompute ? 1 : m->L;
+
+    /* The attention plan validates the CP rules collectively. */
+    cpa_cp_config cc = cfg->cp;
+    cc.cp_size = P;
+    cc.batch = m->B, cc.seq_length = m->S, cc.num_heads = m->H, cc.num_kv_heads = m->G;
+    cc.head_dim = m->D, cc.v_head_dim = m->D;
+    if (cc.tp_size < 1)
+        cc.tp_size = 1;
+    cpa_status s = cpa_plan_create(cp_comm, &cc, &m->plan);
+    if (s != CPA_OK) {
+        cpa_free(m);
+        return s;
+    }
+    cpa_gpt_params tmp;
+    m->num_params = layout_params(m, &tmp, NULL);
+    acts atmp;
+    int64_t nacts = layout_acts(m, &atmp, NULL);
+    m->params = cpa_calloc(sizeof(float) * (size_t)m->num_params, "parameters");
+    m->grads = cpa_calloc(sizeof(float) * (size_t)m->num_params, "gradients");
+    m->decay = cpa_calloc((size_t)m->num_params, "weight-decay mask");
+    m->act_buf = cpa_calloc(sizeof(float) * (size_t)nacts, "activations");
+    m->tok = cpa_malloc(sizeof(int32_t) * (size_t)(2 * m->N), "tokens");
+    m->longf = cpa_malloc((size_t)m->N, "long-range flags");
+    m->pos = cpa_malloc(sizeof(int64_t) * (size_t)m->T, "positions");
+    if (!m->params || !m->grads || !m->decay || !m->act_buf || !m->tok || !m->longf || !m->pos) {
+        cpa_gpt_destroy(m);
+        return CPA_ERR_NOMEM;
+    }
+    m->tgt = m->tok + m->N;
+    layout_params(m, &m->p, m->params);
+    layout_params(m, &m->g, m->grads);
+    layout_acts(m, &m->a, m->act_buf);
+    s = cpa_split_positions(cpa_plan_split(m->plan), m->S, cpa_plan_rank(m->plan), m->pos);
+    if (s != CPA_OK) {
+        cpa_gpt_destroy(m);
+        return s;
+    }
+    /* Weight decay on the matrices, not on the norms. */
+    const struct { float *t; int64_t n; } mats[] = {
+        {m->p.wte, m->V * m->C}, {m->p.qkvw, m->L * m->W * m->C},
+        {m->p.projw, m->L * m->C * m->H * m->D}, {m->p.fc1w, m->L * 2 * m->F * m->C},
+        {m->p.fc2w, m->L * m->C * m->F}};
+    for (size_t i = 0; i < sizeof mats / sizeof mats[0]; ++i)
+        memset(m->decay + (mats[i].t - m->params), 1, (size_t)mats[i].n);
+    *out = m;
+    return CPA_OK;
+}
+
+void cpa_gpt_destroy(cpa_gpt *m)
+{
+    if (!m)
+        return;
+    cpa_plan_destroy(m->plan);
+    cpa_free(m->params);
+    cpa_free(m->grads);
+    cpa_free(m->decay);
+    cpa_free(m->act_buf);
+    cpa_free(m->tok);
+    cpa_free(m->longf);
+    cpa_free(m->pos);
+    cpa_free(m);
+}
+
+int64_t cpa_gpt_num_params(const cpa_gpt *m) { return m->num_params; }
+float *cpa_gpt_params_buffer(cpa_gpt *m) { return m->params; }
+float *cpa_gpt_grads_buffer(cpa_gpt *m) { return m->grads; }
+const uint8_t *cpa_gpt_decay_mask(const cpa_gpt *m) { return m->decay; }
+int64_t cpa_gpt_local_tokens(const cpa_gpt *m) { return m->T; }
+
+void cpa_gpt_shape_string(const cpa_gpt *m, char *buf, size_t n)
+{
+    snprintf(buf, n,
+             "num_layers=%lld\nhidden_size=%lld\nffn_hidden_size=%lld\nnum_attention_heads=%lld\n"
+             "num_query_groups=%lld\nvocab_size=%lld\n",
+             (long long)m->L, (long long)m->C, (long long)m->F, (long long)m->H, (long long)m->G,
+             (long long)m->V);
+}
+
+/* ---- initialisation --------------------------------------------------------- */
+
+static uint64_t mix64(uint64_t x)
+{
+    x += 0x9e3779b97f4a7c15ULL;
+    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
+    return x ^ (x >> 31);
+}
+
+/* A normal value that depends only on (seed, i): Box-Muller on two hashes. */
+static float normal_at(uint64_t seed, uint64_t i)
+{
+    double u1 = ((double)(mix64(seed ^ (2 * i)) >> 11) + 0.5) * 0x1.0p-53;
+    double u2 = (double)(mix64(seed ^ (2 * i + 1)) >> 11) * 0x1.0p-53;
+    return (float)(sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2));
+}
+
+void cpa_gpt_init_params(cpa_gpt *m, uint64_t seed)
+{
+    const float std = 0.02f, std_out = 0.02f / sqrtf(2.0f * (float)m->L);
+    for (int64_t i = 0; i < m->num_params; ++i)
+        m->params[i] = std * normal_at(seed, (uint64_t)i);
+    /* Output projections scaled by 1/sqrt(2L) (GPT-2); norms start at 1. */
+    for (int64_t i = 0; i < m->L * m->C * m->H * m->D; ++i)
+        m->p.projw[i] *= std_out / std;
+    for (int64_t i = 0; i < m->L * m->C * m->F; ++i)
+        m->p.fc2w[i] *= std_out / std;
+    float *norms[] = {m->p.ln1w, m->p.ln2w};
+    for (int k = 0; k < 2; ++k)
+        for (int64_t i = 0; i < m->L * m->C; ++i)
+            norms[k][i] = 1.0f;
+    for (int64_t i = 0; i < m->C; ++i)
+        m->p.lnfw[i] = 1.0f;
+}
+
+/* ---- views ------------------------------------------------------------------ */
+
+/* A logical [B, T, N, D] view whose rows are `rowstride` floats apart. */
+static cpa_tensor rows_view(const cpa_gpt *m, float *base, int64_t heads, int64_t rowstride)
+{
+    cpa_tensor t;
+    memset(&t, 0, sizeof t);
+    t.data = base;
+    t.ndim = 4;
+    t.shape[0] = m->B, t.shape[1] = m->T, t.shape[2] = heads, t.shape[3] = m->D;
+    t.stride[0] = m->T * rowstride, t.stride[1] = rowstride, t.stride[2] = m->D, t.stride[3] = 1;
+    return t;
+}
+
+static cpa_tensor lse_view(const cpa_gpt *m, float *lse)
+{
+    int64_t shape[3] = {m->B, m->H, m->T};
+    return cpa_tensor_make(lse, 3, shape);
+}
+
+/* ---- one block ---------------------------------------------------------------- */
+
+typedef struct slot {
+    float *ln1, *rstd1, *qkv, *att, *lse, *resmid, *ln2, *rstd2, *fc1, *sw;
+} slot;
+
+static slot slot_of(const cpa_gpt *m, int64_t s)
+{
+    const acts *a = &m->a;
+    const int64_t N = m->N, C = m->C;
+    slot x = {a->ln1 + s * N * C, a->rstd1 + s * N, a->qkv + s * N * m->W,
+              a->att + s * N * m->H * m->D, a->lse + s * m->B * m->H * m->T,
+              a->resmid + s * N * C, a->ln2 + s * N * C, a->rstd2 + s * N,
+              a->fc1 + s * N * 2 * m->F, a->sw + s * N * m->F};
+    return x;
+}
+
+static cpa_status block_forward(cpa_gpt *m, int64_t l, slot x)
+{
+    const int64_t N = m->N, C = m->C, HD = m->H * m->D;
+    const float *in = m->a.res + l * N * C;
+    float *out = m->a.res + (l + 1) * N * C;
+    cpa_rmsnorm_forward(x.ln1, x.rstd1, in, m->p.ln1w + l * C, N, C, m->cfg.norm_eps);
+    cpa_matmul_forward(x.qkv, x.ln1, m->p.qkvw + l * m->W * C, N, C, m->W);
+    cpa_tensor q = rows_view(m, x.qkv, m->H, m->W), k = rows_view(m, x.qkv + HD, m->G, m->W);
+    cpa_tensor v = rows_view(m, x.qkv + HD + m->G * m->D, m->G, m->W);
+    cpa_rope_apply(q, m->pos, m->cfg.rope_base, 0);
+    cpa_rope_apply(k, m->pos, m->cfg.rope_base, 0);
+    CPA_TRY(cpa_plan_forward(m->plan, q, k, v, rows_view(m, x.att, m->H, HD), lse_view(m, x.lse)));
+    cpa_plan_stats st;
+    cpa_plan_last_stats(m->plan, &st);
+    m->attn_flops += st.flops;
+    cpa_matmul_forward(m->a.tmp, x.att, m->p.projw + l * C * HD, N, HD, C);
+    cpa_residual_forward(x.resmid, in, m->a.tmp, N * C);
+    cpa_rmsnorm_forward(x.ln2, x.rstd2, x.resmid, m->p.ln2w + l * C, N, C, m->cfg.norm_eps);
+    cpa_matmul_forward(x.fc1, x.ln2, m->p.fc1w + l * 2 * m->F * C, N, C, 2 * m->F);
+    cpa_swiglu_forward(x.sw, x.fc1, N, m->F);
+    cpa_matmul_forward(m->a.tmp, x.sw, m->p.fc2w + l * C * m->F, N, m->F, C);
+    cpa_residual_forward(out, x.resmid, m->a.tmp, N * C);
+    return CPA_OK;
+}
+
+/* dres holds d loss / d res[l+1] on entry and d loss / d res[l] on return. */
+static cpa_status block_backward(cpa_gpt *m, int64_t l, slot x)
+{
+    const int64_t N = m->N, C = m->C, HD = m->H * m->D, F = m->F;
+    acts *a = &m->a;
+    const float *in = a->res + l * N * C;
+    /* MLP branch: dres is the gradient of fc2's output. */
+    memset(a->dsw, 0, sizeof(float) * (size_t)(N * F));
+    cpa_matmul_backward(a->dsw, m->g.fc2w + l * C * F, a->dres, x.sw, m->p.fc2w + l * C * F, N, F, C);
+    memset(a->dfc1, 0, sizeof(float) * (size_t)(N * 2 * F));
+    cpa_swiglu_backward(a->dfc1, a->dsw, x.fc1, N, F);
+    memset(a->dln, 0, sizeof(float) * (size_t)(N * C));
+    cpa_matmul_backward(a->dln, m->g.fc1w + l * 2 * F * C, a->dfc1, x.ln2,
+                        m->p.fc1w + l * 2 * F * C, N, C, 2 * F);
+    cpa_rmsnorm_backward(a->dres, m->g.ln2w + l * C, a->dln, x.resmid, m->p.ln2w + l * C,
+                         x.rstd2, N, C); /* dres is now d/d resmid */
+    /* Attention branch. */
+    memset(a->datt, 0, sizeof(float) * (size_t)(N * HD));
+    cpa_matmul_backward(a->datt, m->g.projw + l * C * HD, a->dres, x.att, m->p.projw + l * C * HD,
+                        N, HD, C);
+    cpa_tensor q = rows_view(m, x.qkv, m->H, m->W), k = rows_view(m, x.qkv + HD, m->G, m->W);
+    cpa_tensor v = rows_view(m, x.qkv + HD + m->G * m->D, m->G, m->W);
+    cpa_tensor dq = rows_view(m, a->dqkv, m->H, m->W);
+    cpa_tensor dk = rows_view(m, a->dqkv + HD, m->G, m->W);
+    cpa_tensor dv = rows_view(m, a->dqkv + HD + m->G * m->D, m->G, m->W);
+    CPA_TRY(cpa_plan_backward(m->plan, q, k, v, rows_view(m, x.att, m->H, HD), lse_view(m, x.lse),
+                              rows_view(m, a->datt, m->H, HD), dq, dk, dv));
+    cpa_plan_stats st;
+    cpa_plan_last_stats(m->plan, &st);
+    m->attn_flops += st.flops;
+    cpa_rope_apply(dq, m->pos, m->cfg.rope_base, 1);
+    cpa_rope_apply(dk, m->pos, m->cfg.rope_base, 1);
+    memset(a->dln, 0, sizeof(float) * (size_t)(N * C));
+    cpa_matmul_backward(a->dln, m->g.qkvw + l * m->W * C, a->dqkv, x.ln1, m->p.qkvw + l * m->W * C,
+                        N, C, m->W);
+    cpa_rmsnorm_backward(a->dres, m->g.ln1w + l * C, a->dln, in, m->p.ln1w + l * C, x.rstd1, N, C);
+    return CPA_OK;
+}
+
+/* ---- a micro-batch ------------------------------------------------------------ */
+
+static void take_shard(cpa_gpt *m, const int32_t *sample, const uint8_t *long_range)
+{
+    for (int64_t b = 0; b < m->B; ++b)
+        for (int64_t t = 0; t < m->T; ++t) {
+            const int32_t *seq = sample + b * (m->S + 1);
+            int64_t p = m->pos[t];
+            m->tok[b * m->T + t] = seq[p];
+            m->tgt[b * m->T + t] = seq[p + 1];
+            m->longf[b * m->T + t] = long_range ? long_range[p] : 0;
+        }
+}
+
+cpa_status cpa_gpt_step(cpa_gpt *m, const int32_t *sample, const uint8_t *long_range,
+                        float loss_scale, int backward, double *loss_sum, double *long_sum,
+                        double *long_count)
+{
+    const int64_t N = m->N, C = m->C, V = m->V;
+    acts *a = &m->a;
+    m->attn_flops = 0.0;
+    take_shard(m, sample, long_range);
+    cpa_embedding_forward(a->res, m->tok, m->p.wte, N, C);
+    for (int64_t l = 0; l < m->L; ++l)
+        CPA_TRY(block_forward(m, l, slot_of(m, m->cfg.recompute ? 0 : l)));
+    const float *last = a->res + m->L * N * C;
+    cpa_rmsnorm_forward(a->lnf, a->rstdf, last, m->p.lnfw, N, C, m->cfg.norm_eps);
+    cpa_matmul_forward(a->logits, a->lnf, m->p.wte, N, C, V);
+    *loss_sum = cpa_crossentropy_forward(a->losses, a->logits, m->tgt, N, V);
+    double ls = 0.0, lc = 0.0;
+    for (int64_t n = 0; n < N; ++n)
+        if (m->longf[n]) {
+            ls += a->losses[n];
+            lc += 1.0;
+        }
+    if (long_sum)
+        *long_sum = ls;
+    if (long_count)
+        *long_count = lc;
+    if (!backward)
+        return CPA_OK;
+
+    cpa_crossentropy_backward(a->dlogits, a->logits, m->tgt, loss_scale, N, V);
+    memset(a->dln, 0, sizeof(float) * (size_t)(N * C));
+    cpa_matmul_backward(a->dln, m->g.wte, a->dlogits, a->lnf, m->p.wte, N, C, V);
+    memset(a->dres, 0, sizeof(float) * (size_t)(N * C));
+    cpa_rmsnorm_backward(a->dres, m->g.lnfw, a->dln, last, m->p.lnfw, a->rstdf, N, C);
+    for (int64_t l = m->L - 1; l >= 0; --l) {
+        if (m->cfg.recompute) /* rebuild this block's activations from its input */
+            CPA_TRY(block_forward(m, l, slot_of(m, 0)));
+        CPA_TRY(block_backward(m, l, slot_of(m, m->cfg.recompute ? 0 : l)));
+    }
+    cpa_embedding_backward(m->g.wte, a->dres, m->tok, N, C);
+    return CPA_OK;
+}
+
+double cpa_gpt_step_flops(const cpa_gpt *m)
+{
+    /* Matmul flops of forward + backward (2 + 4 per weight per token), the
+     * LM head included; attention as counted by the kernels. */
+    const double per_token = 2.0 * (double)m->L *
+                                 (double)(m->C * m->W + m->H * m->D * m->C + m->C * 2 * m->F +
+                                          m->F * m->C) +
+                             2.0 * (double)(m->C * m->V);
+    return 3.0 * per_token * (double)m->N + m->attn_flops;
+}

@@ -1,0 +1,85 @@
+/*
+ * gpt.h — a GPT decoder trained with context parallelism, written by hand
+ * in the style of llm.c (one allocation per tensor family, shapes in
+ * comments), using the CP algorithms only through the public plan API.
+ *
+ *   tokens -> embedding -> L x [RMSNorm, QKV, RoPE, CP attention (GQA),
+ *   output projection, residual, RMSNorm, SwiGLU MLP, residual] -> RMSNorm
+ *   -> LM head (tied to the embedding) -> cross-entropy
+ *
+ * Each rank of a CP group holds T = S/P tokens of the same sequence, split
+ * the way the attention algorithm wants (zigzag for causal rings); RoPE
+ * uses the tokens' global positions.  Parameters are replicated; their
+ * gradients are summed over all ranks by the trainer.
+ */
+#ifndef CPATTN_MODEL_GPT_H
+#define CPATTN_MODEL_GPT_H
+
+#include "cpattn.h"
+
+#include <mpi.h>
+#include <stdint.h>
+
+typedef struct cpa_gpt_config {
+    int64_t num_layers;   /* L */
+    int64_t hidden;       /* C */
+    int64_t ffn_hidden;   /* F (SwiGLU width) */
+    int64_t heads;        /* H */
+    int64_t kv_heads;     /* G */
+    int64_t vocab;        /* V */
+    int64_t seq_length;   /* S, global */
+    int64_t micro_batch;  /* B */
+    int recompute;        /* --recompute-granularity full: keep block inputs only */
+    float rope_base;      /* 10000 */
+    float norm_eps;       /* 1e-5 */
+    cpa_cp_config cp;     /* the attention algorithm and its options (sizes filled by the model) */
+} cpa_gpt_config;
+
+/* Parameter tensors, all carved out of one buffer (shapes in comments). */
+typedef struct cpa_gpt_params {
+    float *wte;   /* (V, C) embedding, tied with the LM head */
+    float *ln1w;  /* (L, C) */
+    float *qkvw;  /* (L, (H+2G)*D, C) */
+    float *projw; /* (L, C, H*D) */
+    float *ln2w;  /* (L, C) */
+    float *fc1w;  /* (L, 2F, C) gate rows then up rows */
+    float *fc2w;  /* (L, C, F) */
+    float *lnfw;  /* (C) */
+} cpa_gpt_params;
+
+typedef struct cpa_gpt cpa_gpt;
+
+/* Make the model for this rank: `cp_comm` is the rank's CP group (its size
+ * is the CP size).  Collective over cp_comm (the attention plan is). */
+cpa_status cpa_gpt_create(const cpa_gpt_config *config, MPI_Comm cp_comm, cpa_gpt **out);
+void cpa_gpt_destroy(cpa_gpt *model);
+
+int64_t cpa_gpt_num_params(const cpa_gpt *model);
+float *cpa_gpt_params_buffer(cpa_gpt *model); /* [num_params] */
+float *cpa_gpt_grads_buffer(cpa_gpt *model);  /* [num_params] */
+/* 1 for each parameter that takes weight decay (matrices, not norms). */
+const uint8_t *cpa_gpt_decay_mask(const cpa_gpt *model);
+int64_t cpa_gpt_local_tokens(const cpa_gpt *model); /* T = S/P */
+
+/* GPT-2 style initialisation from `seed` (identical on every rank). */
+void cpa_gpt_init_params(cpa_gpt *model, uint64_t seed);
+
+/* Forward and backward of one micro-batch.  `sample` holds the B global
+ * sequences of S+1 tokens ([B, S+1]); the model takes this rank's shard.
+ * `loss_scale` multiplies the per-token loss gradient (1 / tokens in the
+ * global batch).  Returns in *loss_sum the sum of this rank's token losses
+ * and in *long_sum / *long_count those of the targets flagged in
+ * `long_range` [S] (may be NULL).  Gradients are ADDED to the grads
+ * buffer.  Collective over the CP group. */
+cpa_status cpa_gpt_step(cpa_gpt *model, const int32_t *sample, const uint8_t *long_range,
+                        float loss_scale, int backward, double *loss_sum, double *long_sum,
+                        double *long_count);
+
+/* Model flops of one forward+backward of a micro-batch on this rank: the
+ * 6·params·tokens of the matmuls plus the attention's (the kernel counts). */
+double cpa_gpt_step_flops(const cpa_gpt *model);
+
+/* The configuration lines that define the parameter shapes (for checkpoints). */
+void cpa_gpt_shape_string(const cpa_gpt *model, char *buf, size_t n);
+
+#endif

@@ -1,0 +1,463 @@
+/*
+ * cmd_train.c — `cpattn train`: Megatron-style GPT pretraining with context
+ * parallelism, the project's main job.  World = CP x DP in Megatron's rank
+ * order (the CP ranks of a data-parallel replica are adjacent); each CP
+ * group shares one sequence split by the attention algorithm; the loss is
+ * the mean over every token of the global batch; parameter gradients are
+ * summed over all ranks.  Flags use Megatron's names.
+ *
+ * This file is the loop and the logging; the model (src/model/gpt.c), the
+ * optimizer, the data and the checkpoints are library code.
+ */
+#include "args.h"
+#include "cmd.h"
+#include "util.h"
+
+#include "checkpoint.h"
+#include "data.h"
+#include "gpt.h"
+#include "optim.h"
+
+#include <cblas.h>
+#include <math.h>
+#include <mpi.h>
+#include <omp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct train_cfg {
+    int64_t L, C, F, H, G, S, B, GB, iters, warmup, log_interval, eval_interval, eval_iters;
+    int64_t save_interval, vocab, cp, tp, window, ulysses, threads, seed;
+    int gqa, overlap, bnsd, recompute, algo, mask;
+    double lr, min_lr, wd, clip;
+    const char *save, *load, *data_path;
+} train_cfg;
+
+#define AT(f) offsetof(train_cfg, f)
+#define INT_FLAG(name_, def_, help_, fld_, lo_, hi_)                                   \
+    {.flag = name_, .type = CLI_INT, .def = def_, .help = help_, .min = lo_, .max = hi_, \
+     .offset = AT(fld_)}
+#define FLOAT_FLAG(name_, def_, help_, fld_, lo_, hi_)                                 \
+    {.flag = name_, .type = CLI_FLOAT, .def = def_, .help = help_, .fmin = lo_,         \
+     .fmax = hi_, .offset = AT(fld_)}
+
+static const cli_option train_options[] = {
+    INT_FLAG("--num-layers", "2", "Transformer blocks L.", L, 1, 1024),
+    INT_FLAG("--hidden-size", "128", "Model width C (= heads x head dim).", C, 1, 65536),
+    INT_FLAG("--ffn-hidden-size", NULL, "SwiGLU width F. Default: 4 x --hidden-size.", F, 1, 1 << 20),
+    INT_FLAG("--num-attention-heads", "4", "Query heads H.", H, 1, 4096),
+    {.flag = "--group-query-attention", .type = CLI_FLAG,
+     .help = "Megatron's GQA switch (uses --num-query-groups).", .offset = AT(gqa)},
+    INT_FLAG("--num-query-groups", NULL, "Key/value heads G. Default: H (1 with "
+             "--group-query-attention alone).", G, 1, 4096),
+    INT_FLAG("--seq-length", "256", "Sequence length S (global, split over the CP ranks).", S, 4,
+             1LL << 32),
+    INT_FLAG("--micro-batch-size", "1", "Sequences per rank per micro-step.", B, 1, 65536),
+    INT_FLAG("--global-batch-size", NULL, "Sequences per iteration over all replicas. Default: "
+             "micro batch x data-parallel size.", GB, 1, 1 << 24),
+    INT_FLAG("--train-iters", "100", "Iterations to train (in total, resumed runs included).",
+             iters, 1, 1LL << 40),
+    FLOAT_FLAG("--lr", "1e-3", "Peak learning rate.", lr, 0, 10),
+    FLOAT_FLAG("--min-lr", "1e-4", "Learning rate at the end of the cosine decay.", min_lr, 0, 10),
+    INT_FLAG("--lr-warmup-iters", "10", "Linear warm-up iterations.", warmup, 0, 1LL << 40),
+    FLOAT_FLAG("--weight-decay", "0.1", "AdamW decoupled weight decay (matrices only).", wd, 0, 10),
+    FLOAT_FLAG("--clip-grad", "1.0", "Clip the global gradient norm to this (0: off).", clip, 0,
+               1e9),
+    INT_FLAG("--seed", "1234", "Seed of the initialisation and the data.", seed, 0, 1LL << 62),
+    INT_FLAG("--log-interval", "10", "Iterations between log lines.", log_interval, 1, 1LL << 40),
+    INT_FLAG("--eval-interval", "50", "Iterations between evaluations (0: only at the end).",
+             eval_interval, 0, 1LL << 40),
+    INT_FLAG("--eval-iters", "4", "Batches per evaluation.", eval_iters, 1, 1 << 20),
+    {.flag = "--save", .type = CLI_STRING, .help = "Checkpoint folder to write.", .offset = AT(save)},
+    {.flag = "--load", .type = CLI_STRING, .help = "Checkpoint folder to resume from.",
+     .offset = AT(load)},
+    INT_FLAG("--save-interval", "0", "Iterations between checkpoints (0: only at the end).",
+             save_interval, 0, 1LL << 40),
+    {.flag = "--data-path", .type = CLI_STRING,
+     .help = "Text file for byte-level language modelling (last 10% held out). Default: the "
+             "built-in copy task, whose second half can only be predicted across CP shards.",
+     .offset = AT(data_path)},
+    INT_FLAG("--vocab-size", "32", "Vocabulary of the copy task (text: 256).", vocab, 4, 1 << 20),
+    {.flag = "--recompute-granularity", .type = CLI_CHOICE, .def = "none", .choices = "none|full",
+     .help = "full: keep only each block's input and recompute the block in backward.",
+     .offset = AT(recompute)},
+    INT_FLAG("--context-parallel-size", "1", "CP ranks per sequence (world = CP x DP).", cp, 1,
+             1 << 20),
+    {.flag = "--context-parallel-algo", .type = CLI_CHOICE, .def = "ulysses_cp_algo",
+     .choices = "ulysses_cp_algo|megatron_cp_algo|hybrid_cp_algo",
+     .help = "Context-parallel attention algorithm.", .offset = AT(algo)},
+    INT_FLAG("--ulysses-degree-in-cp", "0", "hybrid_cp_algo: Ulysses group size U.", ulysses, 0,
+             1 << 20),
+    INT_FLAG("--cp-window-size", "1", "Double-ring window W (1: plain ring).", window, 1, 1 << 20),
+    {.flag = "--use-cp-send-recv-overlap", .type = CLI_FLAG,
+     .help = "Ring send and receive on separate communicators.", .offset = AT(overlap)},
+    {.flag = "--attention-mask-type", .type = CLI_CHOICE, .def = "causal",
+     .choices = "causal|general", .help = "causal for language modelling.", .offset = AT(mask)},
+    {.flag = "--megatron-cp-in-bnsd", .type = CLI_FLAG,
+     .help = "Attention buffers in [B, N, S, D].", .offset = AT(bnsd)},
+    INT_FLAG("--tensor-model-parallel-size", "1", "Accepted for Megatron's head rules; the "
+             "trainer itself runs TP = 1.", tp, 1, 1),
+    {.flag = "--threads", .env = "CPATTN_THREADS", .type = CLI_INT, .def = "1",
+     .help = "OpenMP threads per rank (kernels and GEMMs).", .min = 1, .max = 1024,
+     .offset = AT(threads)},
+};
+
+static const cli_spec train_spec = {
+    .command = "cpattn train",
+    .synopsis = "[flags]",
+    .description = "Train a GPT (RMSNorm, RoPE, GQA, SwiGLU) with context-parallel attention, "
+                   "Megatron style, under mpiexec -n CP*DP.",
+    .options = train_options,
+    .count = (int)(sizeof train_options / sizeof train_options[0]),
+    .epilog = "Examples:\n"
+              "  mpiexec -n 2 cpattn train --context-parallel-size 2 --context-parallel-algo "
+              "megatron_cp_algo\n"
+              "  mpiexec -n 4 cpattn train --context-parallel-size 4 --context-parallel-algo "
+              "hybrid_cp_algo --ulysses-degree-in-cp 2\n",
+};
+
+/* ---- the run ------------------------------------------------------------------ */
+
+typedef struct train_run {
+    train_cfg c;
+    int rank, world, dp, dp_rank, cp_rank;
+    MPI_Comm cp_comm;
+    cpa_gpt *model;
+    cpa_data *data;
+    cpa_adamw opt;
+    float *adam_m, *adam_v;
+    int32_t *tokens;     /* [B, S+1] */
+    uint8_t *long_range; /* [S] */
+    int64_t accum, start_iter, n;
+    double sgemm_gflops;
+    char shape[512];
+} train_run;
+
+static int check_rules(cli_args *args, train_cfg *c, int world)
+{
+    const cli_spec *sp = &train_spec;
+    if (!cli_given(args, "--num-query-groups")) {
+        c->G = c->gqa ? 1 : c->H;
+        cli_mark_derived(args, "--num-query-groups", c->gqa ? "--group-query-attention" : "= H");
+    }
+    if (!cli_given(args, "--ffn-hidden-size")) {
+        c->F = 4 * c->C;
+        cli_mark_derived(args, "--ffn-hidden-size", "= 4 x --hidden-size");
+    }
+    if (c->C % c->H != 0)
+        return cli_usage(sp, "--hidden-size %lld: must be divisible by --num-attention-heads %lld",
+                         (long long)c->C, (long long)c->H);
+    if ((c->C / c->H) % 2 != 0)
+        return cli_usage(sp, "--hidden-size %lld / --num-attention-heads %lld = head dim %lld: "
+                         "must be even (RoPE rotates pairs)", (long long)c->C, (long long)c->H,
+                         (long long)(c->C / c->H));
+    if (c->H % c->G != 0)
+        return cli_usage(sp, "--num-query-groups %lld: must divide --num-attention-heads %lld "
+                         "(H %% G == 0)", (long long)c->G, (long long)c->H);
+    if (world % c->cp != 0)
+        return cli_usage(sp, "--context-parallel-size %lld: must divide the %d MPI ranks (world "
+                         "= CP x DP)", (long long)c->cp, world);
+    const int64_t dp = world / c->cp;
+    if (!cli_given(args, "--global-batch-size")) {
+        c->GB = c->B * dp;
+        cli_mark_derived(args, "--global-batch-size", "= micro batch x DP");
+    }
+    if (c->GB % (c->B * dp) != 0)
+        return cli_usage(sp, "--global-batch-size %lld: must be a multiple of --micro-batch-size "
+                         "%lld x data-parallel size %lld", (long long)c->GB, (long long)c->B,
+                         (long long)dp);
+    if (c->min_lr > c->lr)
+        return cli_usage(sp, "--min-lr %g: must not exceed --lr %g", c->min_lr, c->lr);
+    if (c->data_path && c->vocab != 32 && cli_given(args, "--vocab-size"))
+        return cli_usage(sp, "--vocab-size %lld: text data is byte-level (256); drop the flag",
+                         (long long)c->vocab);
+    return 0;
+}
+
+static double measure_sgemm(void)
+{
+    const int n = 512, reps = 5;
+    float *a = tool_alloc_floats((int64_t)n * n * 3);
+    if (!a)
+        return 0.0;
+    for (int64_t i = 0; i < (int64_t)n * n * 3; ++i)
+        a[i] = (float)(i % 7) * 0.01f;
+    double best = 1e30;
+    for (int r = 0; r < reps; ++r) {
+        double t0 = tool_now();
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, n, n, 1.0f, a, n, a + n * n, n,
+                    0.0f, a + 2 * n * n, n);
+        double t = tool_now() - t0;
+        best = t < best ? t : best;
+    }
+    free(a);
+    return 2.0 * n * n * (double)n / best / 1e9;
+}
+
+static int setup(train_run *r)
+{
+    train_cfg *c = &r->c;
+    r->dp = r->world / (int)c->cp;
+    r->cp_rank = r->rank % (int)c->cp;
+    r->dp_rank = r->rank / (int)c->cp;
+    r->accum = c->GB / (c->B * r->dp);
+    omp_set_num_threads((int)c->threads);
+    int rc = MPI_Comm_split(MPI_COMM_WORLD, r->dp_rank, r->cp_rank, &r->cp_comm);
+    if (rc != MPI_SUCCESS)
+        return tool_agree(tool_fail_mpi(1, rc, "MPI_Comm_split (CP groups)"));
+
+    cpa_status s = c->data_path
+                       ? cpa_data_text_create(c->data_path, c->S, 0.1, (uint64_t)c->seed, &r->data)
+                       : cpa_data_synthetic_create(c->S, c->vocab, (uint64_t)c->seed, &r->data);
+    int err = s == CPA_OK ? 0 : tool_fail(s == CPA_ERR_ARG ? 2 : 1, "%s", cpa_last_error());
+    if ((err = tool_agree(err)))
+        return err;
+
+    static const cpa_algo algos[] = {CPA_ALGO_ULYSSES, CPA_ALGO_RING, CPA_ALGO_HYBRID};
+    cpa_gpt_config g;
+    memset(&g, 0, sizeof g);
+    g.num_layers = c->L, g.hidden = c->C, g.ffn_hidden = c->F, g.heads = c->H, g.kv_heads = c->G;
+    g.vocab = cpa_data_vocab(r->data), g.seq_length = c->S, g.micro_batch = c->B;
+    g.recompute = c->recompute, g.rope_base = 10000.0f, g.norm_eps = 1e-5f;
+    g.cp.algo = algos[c->algo];
+    g.cp.window = (int)c->window, g.cp.ulysses_degree = (int)c->ulysses;
+    g.cp.tp_size = (int)c->tp, g.cp.send_recv_overlap = c->overlap;
+    g.cp.mask = c->mask == 0 ? CPA_MASK_CAUSAL : CPA_MASK_NONE;
+    g.cp.layout = c->bnsd ? CPA_LAYOUT_BNSD : CPA_LAYOUT_BSHD;
+    g.cp.num_threads = (int)c->threads;
+    s = cpa_gpt_create(&g, r->cp_comm, &r->model);
+    /* The plan's verdict is the same on every rank of a CP group, and every
+     * group has the same configuration. */
+    err = s == CPA_OK ? 0 : tool_fail(s == CPA_ERR_ARG ? 2 : 1, "%s", cpa_last_error());
+    if ((err = tool_agree(err)))
+        return err;
+
+    r->n = cpa_gpt_num_params(r->model);
+    r->adam_m = tool_alloc_floats(r->n);
+    r->adam_v = tool_alloc_floats(r->n);
+    r->tokens = malloc(sizeof(int32_t) * (size_t)(c->B * (c->S + 1)));
+    r->long_range = malloc((size_t)c->S);
+    err = (!r->adam_m || !r->adam_v || !r->tokens || !r->long_range)
+              ? tool_fail(1, "out of memory for the optimizer state")
+              : 0;
+    if ((err = tool_agree(err)))
+        return err;
+    memset(r->adam_m, 0, sizeof(float) * (size_t)r->n);
+    memset(r->adam_v, 0, sizeof(float) * (size_t)r->n);
+    for (int64_t t = 0; t < c->S; ++t)
+        r->long_range[t] = (uint8_t)cpa_data_long_range(r->data, t);
+    cpa_gpt_init_params(r->model, (uint64_t)c->seed);
+    cpa_gpt_shape_string(r->model, r->shape, sizeof r->shape);
+
+    r->opt.lr = (float)c->lr, r->opt.min_lr = (float)c->min_lr;
+    r->opt.beta1 = 0.9f, r->opt.beta2 = 0.95f, r->opt.eps = 1e-8f;
+    r->opt.weight_decay = (float)c->wd, r->opt.warmup_iters = c->warmup;
+    r->opt.decay_iters = c->iters;
+    r->sgemm_gflops = measure_sgemm();
+    MPI_Allreduce(MPI_IN_PLACE, &r->sgemm_gflops, 1, MPI_DOUBLE, MPI_MIN, MPI_COMM_WORLD);
+    return 0;
+}
+
+static void teardown(train_run *r)
+{
+    cpa_gpt_destroy(r->model);
+    cpa_data_destroy(r->data);
+    free(r->adam_m);
+    free(r->adam_v);
+    free(r->tokens);
+    free(r->long_range);
+    if (r->cp_comm != MPI_COMM_NULL && r->cp_comm != 0)
+        MPI_Comm_free(&r->cp_comm);
+}
+
+static cpa_ckpt_array *ckpt_arrays(train_run *r, cpa_ckpt_array a[3])
+{
+    a[0] = (cpa_ckpt_array){"params", cpa_gpt_params_buffer(r->model), r->n};
+    a[1] = (cpa_ckpt_array){"adam_m", r->adam_m, r->n};
+    a[2] = (cpa_ckpt_array){"adam_v", r->adam_v, r->n};
+    return a;
+}
+
+static int save(train_run *r, int64_t iters_done)
+{
+    int err = 0;
+    if (r->rank == 0) {
+        cpa_ckpt_meta meta;
+        memset(&meta, 0, sizeof meta);
+        meta.iteration = iters_done;
+        meta.rng_state = (uint64_t)r->c.seed;
+        snprintf(meta.config, sizeof meta.config, "%s", r->shape);
+        cpa_ckpt_array a[3];
+        cpa_status s = cpa_ckpt_save(r->c.save, &meta, ckpt_arrays(r, a), 3);
+        if (s != CPA_OK)
+            err = tool_fail(1, "cannot save the checkpoint: %s", cpa_last_error());
+        else
+            tool_say(" saved checkpoint at iteration %lld to %s\n", (long long)iters_done, r->c.save);
+    }
+    return tool_agree(err);
+}
+
+static int load(train_run *r)
+{
+    cpa_ckpt_meta meta;
+    cpa_ckpt_array a[3];
+    cpa_status s = cpa_ckpt_load(r->c.load, r->shape, &meta, ckpt_arrays(r, a), 3);
+    int err = s == CPA_OK ? 0 : tool_fail(s == CPA_ERR_ARG ? 2 : 1, "--load %s: %s", r->c.load,
+                                          cpa_last_error());
+    if ((err = tool_agree(err)))
+        return err;
+    r->start_iter = meta.iteration;
+    tool_say(" resumed from %s at iteration %lld\n", r->c.load, (long long)meta.iteration);
+    return 0;
+}
+
+/* One pass over the global batch of iteration `it` (split `split`): the
+ * summed losses over every rank and, when training, summed gradients. */
+static int batch_pass(train_run *r, int split, int64_t it, int backward, double sums[3])
+{
+    const train_cfg *c = &r->c;
+    const float scale = 1.0f / (float)(c->GB * c->S);
+    sums[0] = sums[1] = sums[2] = 0.0;
+    for (int64_t m = 0; m < r->accum; ++m) {
+        for (int64_t b = 0; b < c->B; ++b) {
+            int64_t index = it * c->GB + (m * r->dp + r->dp_rank) * c->B + b;
+            cpa_data_sample(r->data, split, index, r->tokens + b * (c->S + 1));
+        }
+        double l, ls, lc;
+        cpa_status s = cpa_gpt_step(r->model, r->tokens, r->long_range, scale, backward, &l, &ls, &lc);
+        if (s != CPA_OK)
+            return tool_agree(tool_fail(1, "step %lld: %s", (long long)it, cpa_last_error()));
+        sums[0] += l, sums[1] += ls, sums[2] += lc;
+    }
+    MPI_Allreduce(MPI_IN_PLACE, sums, 3, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD);
+    return tool_agree(0);
+}
+
+static int evaluate(train_run *r, int64_t it)
+{
+    double tot[3] = {0, 0, 0}, sums[3];
+    for (int64_t e = 0; e < r->c.eval_iters; ++e) {
+        int err = batch_pass(r, CPA_DATA_EVAL, e, 0, sums);
+        if (err)
+            return err;
+        tot[0] += sums[0], tot[1] += sums[1], tot[2] += sums[2];
+    }
+    double tokens = (double)(r->c.eval_iters * r->c.GB * r->c.S);
+    tool_say(" eval at iteration %lld: loss %.4f", (long long)it, tot[0] / tokens);
+    if (tot[2] > 0)
+        tool_say(" | long-range loss %.4f", tot[1] / tot[2]);
+    tool_say("\n");
+    return 0;
+}
+
+static int train(train_run *r)
+{
+    const train_cfg *c = &r->c;
+    float *grads = cpa_gpt_grads_buffer(r->model), *params = cpa_gpt_params_buffer(r->model);
+    double window_t = 0.0, window_flops = 0.0, total_t = 0.0, last_loss = NAN, last_long = NAN;
+    int64_t window_n = 0, done = 0;
+    for (int64_t it = r->start_iter; it < c->iters; ++it) {
+        double t0 = MPI_Wtime();
+        memset(grads, 0, sizeof(float) * (size_t)r->n);
+        double sums[3];
+        int err = batch_pass(r, CPA_DATA_TRAIN, it, 1, sums);
+        if (err)
+            return err;
+        int rc = MPI_Allreduce(MPI_IN_PLACE, grads, (int)r->n, MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD);
+        if (rc != MPI_SUCCESS)
+            return tool_agree(tool_fail_mpi(1, rc, "MPI_Allreduce (gradients)"));
+        double norm = cpa_grad_norm(grads, r->n);
+        float clip = (c->clip > 0 && norm > c->clip) ? (float)(c->clip / norm) : 1.0f;
+        float lr = cpa_lr_at(&r->opt, it);
+        cpa_adamw_update(&r->opt, params, grads, r->adam_m, r->adam_v, cpa_gpt_decay_mask(r->model),
+                         r->n, it + 1, lr, clip);
+        double dt = MPI_Wtime() - t0;
+        window_t += dt, total_t += dt, ++window_n, ++done;
+        window_flops += cpa_gpt_step_flops(r->model) * (double)r->accum;
+        last_loss = sums[0] / (double)(c->GB * c->S);
+        last_long = sums[2] > 0 ? sums[1] / sums[2] : NAN;
+        if ((it + 1) % c->log_interval == 0 || it + 1 == c->iters) {
+            double ms = 1e3 * window_t / (double)window_n;
+            double tps = (double)(c->GB * c->S) * (double)window_n / window_t;
+            double tflops = window_flops / window_t / 1e12; /* this rank */
+            double mem = tool_peak_rss_mib();
+            MPI_Allreduce(MPI_IN_PLACE, &mem, 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
+            tool_say(" iteration %6lld/%6lld | loss %.6f", (long long)(it + 1), (long long)c->iters,
+                     last_loss);
+            if (!isnan(last_long))
+                tool_say(" | long-range loss %.6f", last_long);
+            tool_say(" | lr %.3e | grad norm %.3f | %.1f ms/iter | %.0f tokens/s | %.3f TFLOP/s "
+                     "per rank (%.0f%% of sgemm) | peak mem %.0f MiB\n",
+                     (double)lr, norm, ms, tps, tflops, 100.0 * tflops * 1e3 / r->sgemm_gflops, mem);
+            fflush(stdout);
+            window_t = window_flops = 0.0;
+            window_n = 0;
+        }
+        if (c->eval_interval > 0 && (it + 1) % c->eval_interval == 0 && (err = evaluate(r, it + 1)))
+            return err;
+        if (c->save && c->save_interval > 0 && (it + 1) % c->save_interval == 0 &&
+            (err = save(r, it + 1)))
+            return err;
+    }
+    int err = evaluate(r, c->iters);
+    if (!err && c->save)
+        err = save(r, c->iters);
+    if (err)
+        return err;
+    double mem = tool_peak_rss_mib();
+    MPI_Allreduce(MPI_IN_PLACE, &mem, 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
+    tool_say("summary: %lld iterations in %.1f s | final loss %.4f", (long long)done, total_t,
+             last_loss);
+    if (!isnan(last_long))
+        tool_say(" | final long-range loss %.4f", last_long);
+    tool_say(" | %.0f tokens/s | peak mem per rank %.0f MiB\n",
+             done ? (double)(c->GB * c->S) * (double)done / total_t : 0.0, mem);
+    return 0;
+}
+
+static int train_main(int argc, char **argv)
+{
+    train_run r;
+    memset(&r, 0, sizeof r);
+    r.rank = tool_rank(), r.world = tool_world_size();
+    cli_args args;
+    cli_result pr = cli_parse(&args, &train_spec, &r.c, argc, argv);
+    if (pr == CLI_HELP)
+        return 0;
+    if (pr == CLI_USAGE)
+        return 2;
+    int rc = check_rules(&args, &r.c, r.world);
+    if (rc)
+        return rc;
+    if (r.rank == 0) {
+        cli_print_config(&args, stdout, "# ");
+        printf("# world %d = CP %lld x DP %d\n", r.world, (long long)r.c.cp, r.world / (int)r.c.cp);
+    }
+    rc = setup(&r);
+    if (!rc) {
+        tool_say("# model: %lld parameters, %lld tokens per rank (S/CP), %lld micro-steps per "
+                 "iteration, sgemm %.1f GFLOP/s per rank (measured)\n",
+                 (long long)r.n, (long long)cpa_gpt_local_tokens(r.model), (long long)r.accum,
+                 r.sgemm_gflops);
+        if (r.c.load)
+            rc = load(&r);
+    }
+    if (!rc)
+        rc = train(&r);
+    teardown(&r);
+    return rc;
+}
+
+int cmd_train(int argc, char **argv)
+{
+    int rc = tool_mpi_init("cpattn train"), initialized = 0;
+    cli_set_quiet(tool_rank() != 0);
+    if (!rc)
+        rc = train_main(argc, argv);
+    fflush(stdout);
+    MPI_Initialized(&initialized);
+    if (initialized)
+        MPI_Finalize();
+    return rc;
+}
