@@ -28,7 +28,7 @@
 
 typedef struct train_cfg {
     int64_t L, C, F, H, G, S, B, GB, iters, warmup, log_interval, eval_interval, eval_iters;
-    int64_t save_interval, vocab, cp, tp, window, ulysses, threads, seed;
+    int64_t save_interval, exit_interval, vocab, cp, tp, window, ulysses, threads, seed;
     int gqa, overlap, bnsd, recompute, algo, mask;
     double lr, min_lr, wd, clip;
     const char *save, *load, *data_path;
@@ -74,6 +74,9 @@ static const cli_option train_options[] = {
      .offset = AT(load)},
     INT_FLAG("--save-interval", "0", "Iterations between checkpoints (0: only at the end).",
              save_interval, 0, 1LL << 40),
+    INT_FLAG("--exit-interval", "0", "Stop after the iteration divisible by this (0: never), "
+             "saving a checkpoint first when --save is given (Megatron's flag).",
+             exit_interval, 0, 1LL << 40),
     {.flag = "--data-path", .type = CLI_STRING,
      .help = "Text file for byte-level language modelling (last 10% held out). Default: the "
              "built-in copy task, whose second half can only be predicted across CP shards.",
@@ -210,7 +213,9 @@ static int setup(train_run *r)
     cpa_status s = c->data_path
                        ? cpa_data_text_create(c->data_path, c->S, 0.1, (uint64_t)c->seed, &r->data)
                        : cpa_data_synthetic_create(c->S, c->vocab, (uint64_t)c->seed, &r->data);
-    int err = s == CPA_OK ? 0 : tool_fail(s == CPA_ERR_ARG ? 2 : 1, "%s", cpa_last_error());
+    /* Name the flag: the library's message names only the file. */
+    int err = s == CPA_OK ? 0 : tool_fail(s == CPA_ERR_ARG ? 2 : 1, "%s%s",
+                                          c->data_path ? "--data-path: " : "", cpa_last_error());
     if ((err = tool_agree(err)))
         return err;
 
@@ -356,7 +361,7 @@ static int train(train_run *r)
     const train_cfg *c = &r->c;
     float *grads = cpa_gpt_grads_buffer(r->model), *params = cpa_gpt_params_buffer(r->model);
     double window_t = 0.0, window_flops = 0.0, total_t = 0.0, last_loss = NAN, last_long = NAN;
-    int64_t window_n = 0, done = 0;
+    int64_t window_n = 0, done = 0, saved_at = -1, exit_at = -1;
     for (int64_t it = r->start_iter; it < c->iters; ++it) {
         double t0 = MPI_Wtime();
         memset(grads, 0, sizeof(float) * (size_t)r->n);
@@ -396,15 +401,30 @@ static int train(train_run *r)
         }
         if (c->eval_interval > 0 && (it + 1) % c->eval_interval == 0 && (err = evaluate(r, it + 1)))
             return err;
-        if (c->save && c->save_interval > 0 && (it + 1) % c->save_interval == 0 &&
-            (err = save(r, it + 1)))
-            return err;
+        if (c->save && c->save_interval > 0 && (it + 1) % c->save_interval == 0) {
+            if ((err = save(r, it + 1)))
+                return err;
+            saved_at = it + 1;
+        }
+        /* Megatron's --exit-interval: stop after an iteration divisible by
+         * it, with a checkpoint when --save is given, and no final eval. */
+        if (c->exit_interval > 0 && (it + 1) % c->exit_interval == 0 && it + 1 < c->iters) {
+            exit_at = it + 1;
+            break;
+        }
     }
-    int err = evaluate(r, c->iters);
-    if (!err && c->save)
-        err = save(r, c->iters);
+    const int64_t end = exit_at > 0 ? exit_at : c->iters;
+    /* A final evaluation, unless stopping early or the interval just made one. */
+    const int evaluated = c->eval_interval > 0 && c->iters % c->eval_interval == 0;
+    int err = (exit_at > 0 || evaluated) ? 0 : evaluate(r, c->iters);
+    /* Not twice: the last --save-interval checkpoint may be this one. */
+    if (!err && c->save && saved_at != end)
+        err = save(r, end);
     if (err)
         return err;
+    if (exit_at > 0)
+        tool_say(" exiting at iteration %lld (--exit-interval %lld)\n", (long long)exit_at,
+                 (long long)c->exit_interval);
     double mem = tool_peak_rss_mib();
     MPI_Allreduce(MPI_IN_PLACE, &mem, 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
     tool_say("summary: %lld iterations in %.1f s | final loss %.4f", (long long)done, total_t,

@@ -1,0 +1,472 @@
+#!/usr/bin/env bash
+# test_train.sh — the contract of `cpattn train` under mpiexec, checked from
+# outside on tiny models (2 layers, hidden 32, 4 heads, S = 64):
+#
+#   1. Equivalence: the losses of the first 5 iterations at CP = 1 match those
+#      at CP = 2 and 4 for every algorithm (ring, double ring W = 2, ring with
+#      send/recv overlap, BNSD buffers, Ulysses, hybrid U = 2), for GQA, and
+#      for data parallelism (DP = 2 x CP = 2 and DP = 2 x CP = 1 against one
+#      rank accumulating the same global batch in micro-steps).
+#   2. --recompute-granularity full gives the losses of the plain run (CP = 1
+#      and CP = 2 ring).
+#   3. Resume: 8 uninterrupted iterations (A) against 4 iterations stopped by
+#      --exit-interval 4 with --save (B1) and a --load of that checkpoint
+#      (B2): B2's iterations 5..8 print exactly A's losses, and B2's final
+#      checkpoint is byte-identical to A's.
+#   4. Errors: flag-rule violations exit 2 on every rank; a checkpoint of
+#      another shape exits 2 naming hidden_size and both values; a corrupted
+#      checkpoint, a missing --load folder and a missing --data-path file exit
+#      1; a too-small --data-path file exits 2.  Each prints exactly one
+#      "cpattn train:" line (rank 0) naming the cause, and no failed run
+#      touches the good checkpoint its --save points at.
+#   5. --data-path on a generated text file trains at CP = 2: the loss falls.
+#   6. --help exits 0 and lists the flags with their defaults.
+#
+# usage: bash tests/cli/test_train.sh path/to/cpattn
+# Prints one line per case and "N passed, N failed"; exits 1 if any failed.
+# Every job runs under `timeout` as `mpiexec -n N --oversubscribe` with Open
+# MPI's run-as-root variables and one OpenMP thread per rank; each rank's
+# own exit code is recorded through a small bash wrapper (as in
+# test_cli_mpi.sh), so "exit 2 on every rank" is checked, not assumed.
+# Needs bash, coreutils, awk, cmp, od, dd and Open MPI's mpiexec.  About a
+# minute on two cores.
+
+set -u
+
+BIN=${1:?usage: test_train.sh path/to/cpattn}
+if [ ! -x "$BIN" ]; then
+    echo "test_train.sh: $BIN is not an executable (build it first)" >&2
+    echo "0 passed, 1 failed"
+    exit 1
+fi
+MPIEXEC=${MPIEXEC:-mpiexec}
+if ! command -v "$MPIEXEC" >/dev/null 2>&1; then
+    echo "test_train.sh: $MPIEXEC not found (apt-get install openmpi-bin)" >&2
+    echo "0 passed, 1 failed"
+    exit 1
+fi
+TIMEOUT=${CPATTN_TEST_TIMEOUT:-120}
+USAGE_SECS=${CPATTN_TEST_USAGE_SECS:-30} # an error must end the job this fast
+TMP=$(mktemp -d "${TMPDIR:-/tmp}/cpattn-train.XXXXXX")
+trap 'rm -rf "$TMP"' EXIT
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_NUM_THREADS=1
+# Let every rank finish and record its own exit code (by default mpiexec
+# kills the job as soon as one rank exits non-zero).
+export OMPI_MCA_orte_abort_on_non_zero_status=0
+export CPATTN_RC_DIR=$TMP/rc
+unset CPATTN_SEED CPATTN_THREADS
+mkdir -p "$CPATTN_RC_DIR"
+
+passed=0
+failed=0
+OUT=$TMP/stdout
+ERR=$TMP/stderr
+
+# The tiny model and a schedule that moves the weights in 5 steps (warm-up of
+# one iteration, then a 1e-2 peak), logging every iteration, no evaluation
+# until the end.
+MODEL="--num-layers 2 --hidden-size 32 --num-attention-heads 4 --seq-length 64"
+SCHED="--lr 1e-2 --lr-warmup-iters 1 --log-interval 1 --eval-interval 0"
+RING="--context-parallel-algo megatron_cp_algo"
+ULY="--context-parallel-algo ulysses_cp_algo"
+HYB="--context-parallel-algo hybrid_cp_algo"
+
+# ---------------------------------------------------------------------------
+# Helpers
+# ---------------------------------------------------------------------------
+
+# prun P ARGS... : run `cpattn ARGS` on P ranks.  Sets $codes (each rank's
+# exit code, sorted, e.g. "2 2 2 2"), $rc (the ranks' common exit code; 124
+# if the job timed out, 255 if the ranks disagree or one is missing) and
+# $secs; output in $OUT and $ERR.
+prun() {
+    local np=$1
+    shift
+    rm -f "$CPATTN_RC_DIR"/rc.*
+    local t0 mrc
+    t0=$(date +%s)
+    timeout "$TIMEOUT" "$MPIEXEC" -n "$np" --oversubscribe bash -c \
+        '"$@"; c=$?; echo "$c" >"$CPATTN_RC_DIR/rc.$OMPI_COMM_WORLD_RANK"; exit "$c"' \
+        cpattn-rank "$BIN" "$@" >"$OUT" 2>"$ERR"
+    mrc=$?
+    secs=$(($(date +%s) - t0))
+    codes=$(cat "$CPATTN_RC_DIR"/rc.* 2>/dev/null | sort -n | tr '\n' ' ' | sed 's/ $//')
+    local first=${codes%% *}
+    if [ "$mrc" -eq 124 ] || [ "$mrc" -eq 137 ]; then
+        rc=124
+    elif [ -n "$first" ] && [ "$codes" = "$(all_ranks "$np" "$first")" ]; then
+        rc=$first
+    else
+        rc=255
+    fi
+}
+
+# all_ranks P CODE : "CODE CODE ... " (P times), to compare with $codes.
+all_ranks() {
+    local s="" i
+    for ((i = 0; i < $1; ++i)); do s="$s $2"; done
+    echo "${s# }"
+}
+
+pass() {
+    passed=$((passed + 1))
+    echo "ok   $1"
+}
+
+# fail NAME WHY : record a failure and show what the last job printed.
+fail() {
+    failed=$((failed + 1))
+    echo "FAIL $1: $2"
+    echo "     --- stdout (tail) ---"
+    tail -n 8 "$OUT" | sed 's/^/     /'
+    echo "     --- stderr (tail) ---"
+    tail -n 8 "$ERR" | sed 's/^/     /'
+}
+
+# losses [FILE] : the losses of the log lines, one a line, as printed
+# (" iteration      3/     5 | loss 3.490935 | ...").
+losses() {
+    grep '^ iteration ' "${1:-$OUT}" | sed -n 's/.*| loss \([-+0-9.eEnaif]*\) |.*/\1/p'
+}
+
+# iter_numbers [FILE] : the iteration numbers of the log lines, one a line.
+iter_numbers() {
+    grep '^ iteration ' "${1:-$OUT}" | sed -n 's/^ iteration *\([0-9]*\)\/.*/\1/p'
+}
+
+# train_losses P N ARGS... : `cpattn train ARGS` on P ranks; on success (0 on
+# every rank and exactly N log lines, so only rank 0 printed) sets $got to
+# the N losses, space-separated, and returns 0; otherwise sets $why.
+train_losses() {
+    local np=$1 n=$2
+    shift 2
+    got=""
+    prun "$np" train "$@"
+    if [ "$rc" -ne 0 ]; then
+        why="rank exit codes '$codes' (rc $rc, 124: timed out) (mpiexec -n $np cpattn train $*)"
+        return 1
+    fi
+    got=$(losses | tr '\n' ' ' | sed 's/ $//')
+    local count
+    count=$(losses | wc -l)
+    if [ "$count" -ne "$n" ]; then
+        why="$count log lines, expected $n (only rank 0 prints) (mpiexec -n $np cpattn train $*)"
+        return 1
+    fi
+    return 0
+}
+
+# close "A..." "B..." : the two lists of losses have the same length and
+# agree elementwise within |a - b| <= 1e-4 * max(1, |a|).
+#
+# Why this tolerance: every configuration computes the same function of the
+# same data in fp32.  The CP attention is exact up to rounding (~1e-6
+# relative: the online softmax merges partial results in another order, and
+# gradients are summed over ranks in another order), so the losses differ
+# only by summation-order rounding.  Five AdamW steps amplify that little (a
+# normalised step of at most lr = 1e-2 per weight), leaving differences
+# orders of magnitude below 1e-4, while a wrong shard, mask or gradient
+# moves the loss by 1e-3 or more within a step or two.
+close() {
+    awk -v a="$1" -v b="$2" 'BEGIN {
+        na = split(a, x, " "); nb = split(b, y, " ")
+        if (na != nb || na == 0) exit 1
+        for (i = 1; i <= na; ++i) {
+            d = x[i] - y[i]; if (d < 0) d = -d
+            m = x[i] < 0 ? -x[i] : x[i]; if (m < 1) m = 1
+            if (!(d <= 1e-4 * m)) exit 1
+        }
+        exit 0
+    }'
+}
+
+# same_losses NAME REF P ARGS... : a P-rank run prints 5 losses close to REF.
+same_losses() {
+    local name=$1 ref=$2 np=$3
+    shift 3
+    if ! train_losses "$np" 5 "$@"; then
+        fail "$name" "$why"
+    elif ! close "$ref" "$got"; then
+        fail "$name" "losses '$got' differ from the reference '$ref' (tolerance 1e-4 relative)"
+    elif [ "$ref" = "$got" ]; then
+        pass "$name (identical to 6 decimals)"
+    else
+        pass "$name (within 1e-4: '$got' vs '$ref')"
+    fi
+}
+
+# expect_fail NAME P CODE ARGS... -- WORD... : `cpattn train ARGS` on P
+# ranks exits CODE on every rank within $USAGE_SECS, with exactly one
+# "cpattn train:" line on stderr (rank 0's) containing every WORD.
+expect_fail() {
+    local name=$1 np=$2 code=$3
+    shift 3
+    local args=() words=()
+    while [ $# -gt 0 ] && [ "$1" != "--" ]; do args+=("$1"); shift; done
+    [ $# -gt 0 ] && shift
+    words=("$@")
+    prun "$np" train "${args[@]}"
+    local msg w
+    msg=$(grep '^cpattn train:' "$ERR")
+    if [ "$rc" -ne "$code" ]; then
+        fail "$name" "rank exit codes '$codes' (rc $rc, 124: timed out), expected $code on \
+all $np ranks (cpattn train ${args[*]})"
+        return
+    elif [ "$secs" -gt "$USAGE_SECS" ]; then
+        fail "$name" "took ${secs}s (more than ${USAGE_SECS}s: a rank waited)"
+        return
+    elif [ "$(grep -c '^cpattn train:' "$ERR")" -ne 1 ]; then
+        fail "$name" "expected exactly one 'cpattn train:' line on stderr"
+        return
+    fi
+    for w in "${words[@]}"; do
+        if ! printf '%s\n' "$msg" | grep -Fq -- "$w"; then
+            fail "$name" "message '$msg' does not contain '$w'"
+            return
+        fi
+    done
+    pass "$name"
+}
+
+# flip_byte FILE OFFSET : invert every bit of one byte, in place.
+flip_byte() {
+    local b
+    b=$(od -An -tu1 -j "$2" -N1 "$1" | tr -d ' ')
+    printf "\\$(printf '%03o' $((b ^ 255)))" |
+        dd of="$1" bs=1 seek="$2" count=1 conv=notrunc status=none
+}
+
+T0=$(date +%s)
+
+# ---------------------------------------------------------------------------
+# 6. --help
+# ---------------------------------------------------------------------------
+
+# Every flag the tests use starts a line; defaults may wrap to the next line,
+# so they are looked for anywhere.
+prun 1 train --help
+missing=""
+for f in --num-layers --hidden-size --num-attention-heads --group-query-attention \
+    --num-query-groups --seq-length --micro-batch-size --global-batch-size --train-iters --lr \
+    --lr-warmup-iters --log-interval --eval-interval --save --load --save-interval \
+    --exit-interval --data-path --recompute-granularity --context-parallel-size \
+    --context-parallel-algo --ulysses-degree-in-cp --cp-window-size --use-cp-send-recv-overlap \
+    --megatron-cp-in-bnsd; do
+    grep -Eq -- "^  $f( |\$)" "$OUT" || missing="$missing $f"
+done
+for d in "(default: 256)" "(default: 100)" "(default: 1e-3)" "(default: 10)" "(default: 1234)" \
+    "(default: ulysses_cp_algo)" "(default: none)" "(default: causal)" "(default: off)"; do
+    grep -Fq -- "$d" "$OUT" || missing="$missing $d"
+done
+if [ "$rc" -eq 0 ] && grep -q '^usage: cpattn train' "$OUT" && [ -z "$missing" ]; then
+    pass "--help: exit 0, flags with defaults"
+else fail "--help: exit 0, flags with defaults" "exit $rc, missing:$missing"; fi
+
+prun 2 train --help
+if [ "$rc" -eq 0 ] && [ "$(grep -c '^usage: cpattn train' "$OUT")" -eq 1 ]; then
+    pass "--help on 2 ranks: printed once, exit 0 everywhere"
+else fail "--help on 2 ranks: printed once, exit 0 everywhere" "exit $rc, codes '$codes'"; fi
+
+# ---------------------------------------------------------------------------
+# 1. Equivalence with CP = 1 (first 5 iterations, causal)
+# ---------------------------------------------------------------------------
+
+BASE="$MODEL $SCHED --train-iters 5"
+if train_losses 1 5 $BASE; then
+    REF=$got
+    pass "reference CP=1: losses $REF"
+else
+    REF=""
+    fail "reference CP=1" "$why"
+fi
+
+same_losses "ring CP=2 == CP=1" "$REF" 2 $BASE --context-parallel-size 2 $RING
+same_losses "double ring CP=4 W=2 == CP=1" "$REF" 4 $BASE --context-parallel-size 4 $RING \
+    --cp-window-size 2
+same_losses "ring CP=2 send/recv overlap == CP=1" "$REF" 2 $BASE --context-parallel-size 2 $RING \
+    --use-cp-send-recv-overlap
+same_losses "ring CP=4 bnsd == CP=1" "$REF" 4 $BASE --context-parallel-size 4 $RING \
+    --megatron-cp-in-bnsd
+same_losses "ulysses CP=2 == CP=1" "$REF" 2 $BASE --context-parallel-size 2 $ULY
+same_losses "ulysses CP=4 == CP=1" "$REF" 4 $BASE --context-parallel-size 4 $ULY
+same_losses "hybrid CP=4 U=2 == CP=1" "$REF" 4 $BASE --context-parallel-size 4 $HYB \
+    --ulysses-degree-in-cp 2
+
+# Data parallel: the same global batch of 2 sequences, as 2 micro-steps on
+# one rank or one micro-step on each of 2 replicas.
+if train_losses 1 5 $BASE --global-batch-size 2 --micro-batch-size 1; then
+    REF_GB2=$got
+    pass "reference DP=1 GB=2 (2 accumulated micro-steps): losses $REF_GB2"
+else
+    REF_GB2=""
+    fail "reference DP=1 GB=2" "$why"
+fi
+same_losses "DP=2 x CP=2 ring GB=2 == DP=1 GB=2" "$REF_GB2" 4 $BASE --context-parallel-size 2 \
+    $RING --global-batch-size 2 --micro-batch-size 1
+same_losses "DP=2 x CP=2 ulysses GB=2 == DP=1 GB=2" "$REF_GB2" 4 $BASE --context-parallel-size 2 \
+    $ULY --global-batch-size 2 --micro-batch-size 1
+same_losses "DP=2 x CP=1 GB=2 == DP=1 GB=2" "$REF_GB2" 2 $BASE --global-batch-size 2 \
+    --micro-batch-size 1
+if train_losses 1 5 $BASE --global-batch-size 4 --micro-batch-size 1; then
+    same_losses "DP=2 x CP=2 GB=4 (2 micro-steps each) == DP=1 GB=4" "$got" 4 $BASE \
+        --context-parallel-size 2 $RING --global-batch-size 4 --micro-batch-size 1
+else fail "reference DP=1 GB=4" "$why"; fi
+
+# GQA: 4 query heads sharing 2 key/value heads.
+GQA="--group-query-attention --num-query-groups 2"
+if train_losses 1 5 $BASE $GQA; then
+    REF_GQA=$got
+    if [ "$REF_GQA" != "$REF" ]; then pass "reference GQA CP=1 (differs from MHA)"
+    else fail "reference GQA CP=1" "same losses as without GQA: the flag had no effect"; fi
+else
+    REF_GQA=""
+    fail "reference GQA CP=1" "$why"
+fi
+same_losses "GQA G=2 ring CP=2 == CP=1" "$REF_GQA" 2 $BASE $GQA --context-parallel-size 2 $RING
+same_losses "GQA G=2 ulysses CP=2 == CP=1" "$REF_GQA" 2 $BASE $GQA --context-parallel-size 2 $ULY
+
+# ---------------------------------------------------------------------------
+# 2. Full recomputation: the same function, the same losses
+# ---------------------------------------------------------------------------
+
+same_losses "recompute full CP=1 == plain CP=1" "$REF" 1 $BASE --recompute-granularity full
+if train_losses 2 5 $BASE --context-parallel-size 2 $RING; then
+    same_losses "recompute full ring CP=2 == plain ring CP=2" "$got" 2 $BASE \
+        --context-parallel-size 2 $RING --recompute-granularity full
+else fail "plain ring CP=2 (for recompute)" "$why"; fi
+
+# ---------------------------------------------------------------------------
+# 3. Resume at CP = 2 (ring): 8 iterations == 4 + --load + 4, bit for bit
+# ---------------------------------------------------------------------------
+
+# The schedule (warm-up, cosine decay to --train-iters) must be the same in
+# both runs, so the interrupted run keeps --train-iters 8 and stops through
+# --exit-interval.
+RES="$MODEL --lr 1e-2 --lr-warmup-iters 2 --log-interval 1 --eval-interval 0 --train-iters 8 \
+--context-parallel-size 2 $RING"
+prun 2 train $RES --save "$TMP/A" --save-interval 4
+cp "$OUT" "$TMP/logA"
+A_LOSSES=$(losses "$TMP/logA" | tr '\n' ' ')
+if [ "$rc" -eq 0 ] && [ "$(iter_numbers "$TMP/logA" | tr '\n' ' ')" = "1 2 3 4 5 6 7 8 " ] &&
+    [ "$(grep -c 'saved checkpoint at iteration 4 ' "$TMP/logA")" -eq 1 ] &&
+    [ "$(grep -c 'saved checkpoint at iteration 8 ' "$TMP/logA")" -eq 1 ] &&
+    [ -f "$TMP/A/checkpoint.bin" ]; then
+    pass "run A: 8 iterations, checkpoints at 4 and 8 (each written once)"
+else fail "run A: 8 iterations, checkpoints at 4 and 8 (each written once)" "exit $rc"; fi
+
+prun 2 train $RES --save "$TMP/B" --save-interval 4 --exit-interval 4
+cp "$OUT" "$TMP/logB1"
+if [ "$rc" -eq 0 ] && [ "$(iter_numbers "$TMP/logB1" | tr '\n' ' ')" = "1 2 3 4 " ] &&
+    grep -q '^ exiting at iteration 4 (--exit-interval 4)' "$TMP/logB1" &&
+    [ "$(grep -c 'saved checkpoint at iteration 4 ' "$TMP/logB1")" -eq 1 ] &&
+    ! grep -q 'eval at' "$TMP/logB1" && [ -f "$TMP/B/checkpoint.bin" ]; then
+    pass "run B1: --exit-interval 4 stops after iteration 4, saved once, no final eval"
+else fail "run B1: --exit-interval 4 stops after iteration 4, saved once, no final eval" "exit $rc"; fi
+B1_LOSSES=$(losses "$TMP/logB1" | tr '\n' ' ')
+if [ -n "$B1_LOSSES" ] && [ "$B1_LOSSES" = "$(echo "$A_LOSSES" | cut -d' ' -f1-4) " ]; then
+    pass "run B1: iterations 1..4 print A's losses"
+else fail "run B1: iterations 1..4 print A's losses" "'$B1_LOSSES' vs A '$A_LOSSES'"; fi
+
+prun 2 train $RES --load "$TMP/B" --save "$TMP/B" --save-interval 4
+cp "$OUT" "$TMP/logB2"
+B2_LOSSES=$(losses "$TMP/logB2" | tr '\n' ' ')
+A_TAIL="$(echo "$A_LOSSES" | cut -d' ' -f5-8) "
+if [ "$rc" -eq 0 ] && grep -q "^ resumed from $TMP/B at iteration 4$" "$TMP/logB2" &&
+    [ "$(iter_numbers "$TMP/logB2" | tr '\n' ' ')" = "5 6 7 8 " ]; then
+    pass "run B2: --load resumes at iteration 5"
+else fail "run B2: --load resumes at iteration 5" "exit $rc"; fi
+if [ -n "$B2_LOSSES" ] && [ "$B2_LOSSES" = "$A_TAIL" ]; then
+    pass "run B2: iterations 5..8 print exactly A's losses (${B2_LOSSES% })"
+else fail "run B2: iterations 5..8 print exactly A's losses" "B2 '$B2_LOSSES' vs A '$A_TAIL'"; fi
+if [ -n "$(grep '^ eval at iteration 8' "$TMP/logA")" ] &&
+    [ "$(grep '^ eval at iteration 8' "$TMP/logA")" = "$(grep '^ eval at iteration 8' "$TMP/logB2")" ]
+then pass "run B2: final evaluation equals A's"
+else fail "run B2: final evaluation equals A's" "eval lines differ"; fi
+if cmp -s "$TMP/A/checkpoint.bin" "$TMP/B/checkpoint.bin"; then
+    pass "run B2: final checkpoint byte-identical to A's (params and AdamW moments)"
+else fail "run B2: final checkpoint byte-identical to A's (params and AdamW moments)" "cmp differs"; fi
+
+# ---------------------------------------------------------------------------
+# 4. Errors: exit code on every rank, one clear message, nothing overwritten
+# ---------------------------------------------------------------------------
+
+SHORT="$MODEL --train-iters 2 --log-interval 1 --eval-interval 0"
+expect_fail "GB not a multiple of micro x DP" 4 2 $SHORT --context-parallel-size 2 \
+    --global-batch-size 3 -- "--global-batch-size 3" "data-parallel size 2"
+expect_fail "hidden not divisible by heads" 2 2 $SHORT --context-parallel-size 2 \
+    --hidden-size 30 -- "--hidden-size 30" "--num-attention-heads 4"
+expect_fail "CP does not divide the world" 3 2 $SHORT --context-parallel-size 2 -- \
+    "--context-parallel-size 2" "3 MPI ranks"
+expect_fail "unknown algorithm" 2 2 $SHORT --context-parallel-size 2 \
+    --context-parallel-algo ring_cp_algo -- "--context-parallel-algo ring_cp_algo"
+expect_fail "causal ring S % 2P (S=36, P=4)" 4 2 $SHORT --context-parallel-size 4 $RING \
+    --seq-length 36 -- "--seq-length 36"
+expect_fail "ulysses H % P (H=2, P=4)" 4 2 $SHORT --context-parallel-size 4 $ULY \
+    --num-attention-heads 2 -- "--num-attention-heads 2"
+expect_fail "hybrid without --ulysses-degree-in-cp" 4 2 $SHORT --context-parallel-size 4 $HYB \
+    -- "--ulysses-degree-in-cp"
+
+# A good checkpoint (A's, iteration 8, hidden 32) that failed runs --save to.
+GOOD=$TMP/A
+cp "$GOOD/checkpoint.bin" "$TMP/good.bin"
+untouched() {
+    if cmp -s "$GOOD/checkpoint.bin" "$TMP/good.bin" &&
+        [ "$(ls -A "$GOOD")" = "checkpoint.bin" ]; then
+        pass "$1: --save checkpoint untouched (cmp), no temporary left"
+    else fail "$1: --save checkpoint untouched (cmp), no temporary left" "$(ls -A "$GOOD")"; fi
+}
+
+expect_fail "--load of another --hidden-size" 2 2 $SHORT --hidden-size 64 \
+    --context-parallel-size 2 $RING --load "$GOOD" --save "$GOOD" -- \
+    "--load $GOOD" "hidden_size=32" "hidden_size=64"
+untouched "shape mismatch with --load = --save"
+
+mkdir -p "$TMP/bad"
+cp "$TMP/good.bin" "$TMP/bad/checkpoint.bin"
+flip_byte "$TMP/bad/checkpoint.bin" $(($(stat -c %s "$TMP/good.bin") / 2))
+cp "$TMP/bad/checkpoint.bin" "$TMP/bad.bin"
+if cmp -s "$TMP/good.bin" "$TMP/bad.bin"; then
+    fail "corrupt a checkpoint byte" "flip_byte changed nothing"
+fi
+expect_fail "--load of a corrupted checkpoint" 2 1 $SHORT --context-parallel-size 2 $RING \
+    --load "$TMP/bad" --save "$GOOD" -- "corrupted" "checksum" "$TMP/bad/checkpoint.bin"
+untouched "corrupted --load"
+if cmp -s "$TMP/bad/checkpoint.bin" "$TMP/bad.bin"; then pass "corrupted --load: file left as it was"
+else fail "corrupted --load: file left as it was" "the corrupted file changed"; fi
+
+expect_fail "--load of a missing folder" 2 1 $SHORT --context-parallel-size 2 $RING \
+    --load "$TMP/nowhere" --save "$GOOD" -- "--load $TMP/nowhere" "No such file"
+untouched "missing --load"
+expect_fail "usage error with --save" 4 2 $SHORT --context-parallel-size 2 \
+    --global-batch-size 3 --save "$GOOD" -- "--global-batch-size 3"
+untouched "usage error"
+
+expect_fail "--data-path of a missing file" 2 1 $SHORT --context-parallel-size 2 $RING \
+    --data-path "$TMP/no-such.txt" -- "--data-path" "$TMP/no-such.txt" "No such file"
+printf 'A stitch in time saves nine.\n' >"$TMP/small.txt"
+expect_fail "--data-path of a too-small file" 2 2 $SHORT --context-parallel-size 2 $RING \
+    --data-path "$TMP/small.txt" -- "--data-path" "$TMP/small.txt" "too small" "S+2 = 66"
+
+# ---------------------------------------------------------------------------
+# 5. Text data: byte-level LM on ~15 KB of English at CP = 2, the loss falls
+# ---------------------------------------------------------------------------
+
+for ((i = 0; i < 100; ++i)); do
+    printf 'The quick brown fox jumps over the lazy dog. A stitch in time saves nine.\n'
+    printf 'She sells sea shells by the sea shore, and the shells she sells are sea shells.\n'
+done >"$TMP/text.txt"
+if train_losses 2 30 $MODEL --lr 1e-2 --lr-warmup-iters 2 --log-interval 1 --eval-interval 0 \
+    --train-iters 30 --micro-batch-size 2 --context-parallel-size 2 $RING \
+    --data-path "$TMP/text.txt"; then
+    first=${got%% *}
+    last=${got##* }
+    # From ln(256) = 5.5 the loss must fall by a clear margin (to < 80%).
+    if awk -v f="$first" -v l="$last" 'BEGIN { exit !(l < 0.8 * f) }' &&
+        grep -q '^ eval at iteration 30: loss [0-9.]*$' "$OUT"; then
+        pass "--data-path text at CP=2: loss falls $first -> $last"
+    else fail "--data-path text at CP=2: loss falls" "first $first, last $last"; fi
+else fail "--data-path text at CP=2: loss falls" "$why"; fi
+
+echo "# $(($(date +%s) - T0)) s"
+echo "$passed passed, $failed failed"
+[ "$failed" -eq 0 ]
