@@ -52,11 +52,10 @@ printf "%-8s %-18s %2s %2s %2s %6s %2s | %9s %9s %7s | %8s %8s %8s | %9s %9s | %
   "sent_MiB" "imb_f" "imb_b" "mem_MiB"
 for S in $SEQS; do
   for G in $GS; do
-    read -r f1 b1 _ <<<"$(run 1 --seq-length "$S" --num-query-groups "$G" | summarise)"
+    read -r f1 b1 _ _ _ _ _ m1 <<<"$(run 1 --seq-length "$S" --num-query-groups "$G" | summarise)"
     t1=$(awk -v f="$f1" -v b="$b1" 'BEGIN { print f + b }')
     printf "%-8s %-18s %2s %2s %2s %6s %2s | %9s %9s %7s | %8s %8s %8s | %9s %9s | %7s\n" \
-      "$MASK" "single rank" 1 - - "$S" "$G" "$f1" "$b1" 100 - - - - - \
-      "$(run 1 --seq-length "$S" --num-query-groups "$G" --forward-only | awk '/^peak RSS/ {print $3}')"
+      "$MASK" "single rank" 1 - - "$S" "$G" "$f1" "$b1" 100 - - - - - "$m1"
     for P in $PS; do
       configs=("megatron_cp_algo 1 1" "ulysses_cp_algo 1 1")
       [ "$P" -ge 4 ] && configs+=("megatron_cp_algo 1 2" "hybrid_cp_algo 2 1")
