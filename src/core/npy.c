@@ -18,21 +18,20 @@
  *
  * Reading checks the data length against the file size before touching the
  * data, so a truncated file or one with trailing bytes fails up front instead
- * of half-way.  Saving is atomic: the bytes go to "<path>.tmp.<pid>.<n>" in the
- * same folder, are fsync'd and renamed over `path`; on any failure the
+ * of half-way.  Saving is atomic (atomic_file.h): the bytes go to
+ * "<dir>/.<name>.tmp.<pid>.<n>" in the folder of `path`, are fsync'd and
+ * renamed over `path`, and the folder is fsync'd; on any failure the
  * temporary is removed and an existing file at `path` is left as it was.
  */
+#include "atomic_file.h"
 #include "internal.h"
 
 #include <errno.h>
-#include <fcntl.h>
-#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <sys/types.h>
 #include <unistd.h>
 
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
@@ -55,14 +54,6 @@
 /* Small helpers                                                             */
 /* ------------------------------------------------------------------------ */
 
-/* strerror is not thread-safe; the XSI strerror_r is (no _GNU_SOURCE here). */
-static const char *errno_text(int err, char *buf, size_t cap)
-{
-    if (strerror_r(err, buf, cap) != 0)
-        snprintf(buf, cap, "error %d", err);
-    return buf;
-}
-
 /* "(2, 3)", "(5,)" or "()": Python's repr of the shape tuple, as numpy
  * writes it and as users will recognise it in messages. */
 static const char *shape_text(char *buf, size_t cap, int ndim, const int64_t *shape)
@@ -78,36 +69,15 @@ static const char *shape_text(char *buf, size_t cap, int ndim, const int64_t *sh
 
 #define SHAPE_TEXT_CAP 128
 
-/* Read up to `len` bytes; returns how many were read (fewer only at end of
- * file) or -1 with errno set. */
-static int64_t read_upto(int fd, void *buf, size_t len)
-{
-    size_t done = 0;
-    while (done < len) {
-        size_t want = len - done;
-        if (want > ((size_t)1 << 30)) /* Linux transfers < 2 GiB per call */
-            want = (size_t)1 << 30;
-        ssize_t n = read(fd, (char *)buf + done, want);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0)
-            return -1;
-        if (n == 0)
-            break;
-        done += (size_t)n;
-    }
-    return (int64_t)done;
-}
-
 /* Read exactly `len` data bytes or fail naming the file.  The size was
  * checked against fstat, so a short read means the file changed under us. */
 static cpa_status read_data(int fd, const char *path, void *buf, size_t len)
 {
-    int64_t got = read_upto(fd, buf, len);
+    int64_t got = cpa_read_full(fd, buf, len);
     if (got < 0) {
         char why[128];
         return cpa_error(CPA_ERR_IO, "%s: cannot read: %s", path,
-                         errno_text(errno, why, sizeof why));
+                         cpa_errno_text(errno, why, sizeof why));
     }
     if ((size_t)got < len)
         return cpa_error(CPA_ERR_FORMAT,
@@ -115,32 +85,6 @@ static cpa_status read_data(int fd, const char *path, void *buf, size_t len)
                          "(was it changed while being read?)",
                          path);
     return CPA_OK;
-}
-
-/* Write all `len` bytes, retrying short writes (errno set on failure). */
-static bool write_all(int fd, const void *buf, size_t len)
-{
-    size_t done = 0;
-    while (done < len) {
-        size_t want = len - done;
-        if (want > ((size_t)1 << 30))
-            want = (size_t)1 << 30;
-        ssize_t n = write(fd, (const char *)buf + done, want);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0)
-            return false;
-        done += (size_t)n;
-    }
-    return true;
-}
-
-/* cpa_malloc records a message without the file; re-record it with it. */
-static cpa_status nomem_for(const char *path)
-{
-    char why[512];
-    snprintf(why, sizeof why, "%s", cpa_last_error()); /* cpa_error reuses that buffer */
-    return cpa_error(CPA_ERR_NOMEM, "%s: %s", path, why);
 }
 
 /* Elements per streaming chunk for a tensor of `numel` elements (>= 1). */
@@ -564,11 +508,11 @@ static cpa_status read_header_text(int fd, const char *path, int64_t file_size, 
                                    size_t *text_len, int64_t *data_offset)
 {
     unsigned char pre[12]; /* magic, major, minor, 2- or 4-byte length */
-    int64_t got = read_upto(fd, pre, 8);
+    int64_t got = cpa_read_full(fd, pre, 8);
     char why[128];
     if (got < 0)
         return cpa_error(CPA_ERR_IO, "%s: cannot read: %s", path,
-                         errno_text(errno, why, sizeof why));
+                         cpa_errno_text(errno, why, sizeof why));
     if (got >= 4 && memcmp(pre, "PK\x03\x04", 4) == 0) /* np.savez writes zip archives */
         return cpa_error(CPA_ERR_FORMAT,
                          "%s: not a .npy file (bad magic): it is a .npz (zip) archive; save "
@@ -587,10 +531,10 @@ static cpa_status read_header_text(int fd, const char *path, int64_t file_size, 
                          path, major, minor);
     /* 1.0 stores the header length in 2 bytes; 2.0 and 3.0 in 4 (little-endian). */
     size_t len_bytes = major == 1 ? 2 : 4;
-    got = read_upto(fd, pre + 8, len_bytes);
+    got = cpa_read_full(fd, pre + 8, len_bytes);
     if (got < 0)
         return cpa_error(CPA_ERR_IO, "%s: cannot read: %s", path,
-                         errno_text(errno, why, sizeof why));
+                         cpa_errno_text(errno, why, sizeof why));
     if ((size_t)got < len_bytes)
         return cpa_error(CPA_ERR_FORMAT, "%s: truncated header: the file has only %lld bytes",
                          path, (long long)file_size);
@@ -607,7 +551,7 @@ static cpa_status read_header_text(int fd, const char *path, int64_t file_size, 
                          path, (unsigned long long)hlen, NPY_MAX_HEADER);
     char *buf = cpa_malloc(hlen ? hlen : 1, "npy header");
     if (!buf)
-        return nomem_for(path);
+        return cpa_nomem_for(path);
     cpa_status st = read_data(fd, path, buf, hlen);
     if (st != CPA_OK) {
         cpa_free(buf);
@@ -624,19 +568,11 @@ static cpa_status read_header_text(int fd, const char *path, int64_t file_size, 
  * header promises. */
 static cpa_status npy_open(const char *path, int *fd_out, npy_header *h)
 {
-    char why[128];
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return cpa_error(CPA_ERR_IO, "%s: cannot open for reading: %s", path,
-                         errno_text(errno, why, sizeof why));
+    int fd;
+    struct stat sb;
+    CPA_TRY(cpa_open_read(path, &fd, &sb));
     cpa_status st;
     char *text = NULL;
-    struct stat sb;
-    if (fstat(fd, &sb) != 0) {
-        st = cpa_error(CPA_ERR_IO, "%s: cannot stat: %s", path,
-                       errno_text(errno, why, sizeof why));
-        goto close_file;
-    }
     /* The size checks need a real size; a pipe or a folder has none. */
     if (!S_ISREG(sb.st_mode)) {
         st = cpa_error(CPA_ERR_IO, "%s: not a regular file", path);
@@ -715,7 +651,7 @@ cpa_status cpa_npy_load(const char *path, float **data, int *ndim, int64_t shape
     /* The array is wanted contiguous anyway, so read straight into it. */
     size_t bytes = (size_t)h.numel * sizeof(float);
     float *buf = cpa_malloc(bytes, "npy data");
-    cpa_status st = buf ? read_data(fd, path, buf, bytes) : nomem_for(path);
+    cpa_status st = buf ? read_data(fd, path, buf, bytes) : cpa_nomem_for(path);
     close(fd);
     if (st != CPA_OK) {
         cpa_free(buf);
@@ -752,7 +688,7 @@ cpa_status cpa_npy_load_into(const char *path, cpa_tensor dst)
     size_t chunk = chunk_elems(numel);
     float *buf = cpa_malloc(chunk * sizeof(float), "npy read buffer");
     if (!buf) {
-        st = nomem_for(path);
+        st = cpa_nomem_for(path);
         goto close_file;
     }
     view_cursor cur = {&dst, {0}};
@@ -801,54 +737,30 @@ static size_t build_header(const cpa_tensor *t, char *out, size_t cap)
     return total;
 }
 
-/* Create "<path>.tmp.<pid>.<n>" exclusively, so concurrent savers (threads or
- * processes) never share a temporary; fills `tmp`.  Returns the fd or -1 with
- * errno set.  Mode 0666 lets the umask decide, as for any new file. */
-static int create_temp(const char *path, char *tmp, size_t cap)
-{
-    static atomic_uint counter;
-    for (int attempt = 0; attempt < 100; ++attempt) {
-        unsigned n = atomic_fetch_add(&counter, 1u);
-        int len = snprintf(tmp, cap, "%s.tmp.%ld.%u", path, (long)getpid(), n);
-        if (len < 0 || (size_t)len >= cap) {
-            errno = ENAMETOOLONG;
-            return -1;
-        }
-        int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
-        if (fd >= 0 || errno != EEXIST)
-            return fd;
-    }
-    return -1; /* errno is EEXIST */
-}
-
-/* Stream header and data into the open temporary, then make it durable.
- * Any error here (ENOSPC included, which may only show at fsync or close)
- * is reported; the caller removes the temporary. */
+/* Stream header and data into the open temporary.  Any error here is
+ * reported; the caller removes the temporary (and cpa_temp_commit reports
+ * ENOSPC and the like that only show at fsync or close). */
 static cpa_status write_temp(int fd, const char *path, const char *tmp, const cpa_tensor *src,
                              int64_t numel, float *buf, size_t chunk)
 {
-    char header[256], why[128];
+    char header[256];
     size_t header_len = build_header(src, header, sizeof header);
     if (header_len == 0)
         return cpa_error(CPA_ERR_INTERNAL, "%s: .npy header does not fit its buffer", path);
-    if (!write_all(fd, header, header_len))
+    if (!cpa_write_full(fd, header, header_len))
         goto write_failed;
     view_cursor cur = {src, {0}};
     for (int64_t done = 0; done < numel;) {
         int64_t n = numel - done < (int64_t)chunk ? numel - done : (int64_t)chunk;
         view_copy(&cur, buf, n, false);
-        if (!write_all(fd, buf, (size_t)n * sizeof(float)))
+        if (!cpa_write_full(fd, buf, (size_t)n * sizeof(float)))
             goto write_failed;
         done += n;
     }
-    if (fsync(fd) != 0)
-        return cpa_error(CPA_ERR_IO, "%s: cannot sync temporary file %s: %s", path, tmp,
-                         errno_text(errno, why, sizeof why));
     return CPA_OK;
 
 write_failed:
-    return cpa_error(CPA_ERR_IO, "%s: cannot write temporary file %s: %s", path, tmp,
-                     errno_text(errno, why, sizeof why));
+    return cpa_temp_error(path, "write", "temporary file", tmp, errno);
 }
 
 cpa_status cpa_npy_save(const char *path, cpa_tensor src)
@@ -862,34 +774,21 @@ cpa_status cpa_npy_save(const char *path, cpa_tensor src)
     size_t chunk = chunk_elems(numel);
     float *buf = cpa_malloc(chunk * sizeof(float), "npy write buffer");
     if (!buf)
-        return nomem_for(path);
+        return cpa_nomem_for(path);
 
     char tmp[NPY_PATH_CAP], why[128];
     cpa_status st;
-    int fd = create_temp(path, tmp, sizeof tmp);
+    int fd = cpa_temp_create(path, tmp, sizeof tmp);
     if (fd < 0) {
         st = cpa_error(CPA_ERR_IO, "%s: cannot create a temporary file next to it: %s", path,
-                       errno_text(errno, why, sizeof why));
-        goto free_buf;
+                       cpa_errno_text(errno, why, sizeof why));
+    } else {
+        st = write_temp(fd, path, tmp, &src, numel, buf, chunk);
+        if (st == CPA_OK)
+            st = cpa_temp_commit(fd, tmp, path, "temporary file");
+        else
+            cpa_temp_discard(fd, tmp);
     }
-    st = write_temp(fd, path, tmp, &src, numel, buf, chunk);
-    if (close(fd) != 0 && st == CPA_OK)
-        st = cpa_error(CPA_ERR_IO, "%s: cannot close temporary file %s: %s", path, tmp,
-                       errno_text(errno, why, sizeof why));
-    if (st != CPA_OK)
-        goto remove_temp;
-    /* rename() replaces `path` atomically: readers see the old or new file. */
-    if (rename(tmp, path) != 0) {
-        st = cpa_error(CPA_ERR_IO, "%s: cannot rename temporary file %s into place: %s", path,
-                       tmp, errno_text(errno, why, sizeof why));
-        goto remove_temp;
-    }
-    cpa_free(buf);
-    return CPA_OK;
-
-remove_temp:
-    unlink(tmp);
-free_buf:
     cpa_free(buf);
     return st;
 }

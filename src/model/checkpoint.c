@@ -15,12 +15,13 @@
  *         count float32 values
  *     u64 checksum                    FNV-1a (64-bit) of every byte above
  *
- * Saving is atomic: the bytes go to DIR/.checkpoint.bin.tmp.<pid>.<n>
- * (created with O_EXCL; <n> counts saves in this process, so neither a
- * concurrent save nor a stale temporary left by a crashed process that had
- * the same pid can collide), are fsync'd and renamed over checkpoint.bin,
- * and the folder is fsync'd so the rename itself survives a crash.  On any
- * failure the temporary is removed and the previous checkpoint is untouched.
+ * Saving is atomic (atomic_file.h): the bytes go to
+ * DIR/.checkpoint.bin.tmp.<pid>.<n> (created with O_EXCL; <n> counts
+ * temporaries in this process, so neither a concurrent save nor a stale
+ * temporary left by a crashed process that had the same pid can collide),
+ * are fsync'd and renamed over checkpoint.bin, and the folder is fsync'd so
+ * the rename itself survives a crash.  On any failure the temporary is
+ * removed and the previous checkpoint is untouched.
  *
  * Loading reads the file twice through a bounded buffer, so a checkpoint of
  * hundreds of MB never needs a second copy in memory.  The first pass checks
@@ -37,11 +38,10 @@
  * format versions (refused with a message naming both versions).
  */
 #include "checkpoint.h"
+#include "atomic_file.h"
 #include "internal.h"
 
 #include <errno.h>
-#include <fcntl.h>
-#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <string.h>
@@ -81,14 +81,6 @@ static uint64_t fnv1a(uint64_t h, const void *data, size_t n)
     return h;
 }
 
-/* strerror is not thread-safe; the XSI strerror_r is (no _GNU_SOURCE here). */
-static const char *errno_text(int err, char *buf, size_t cap)
-{
-    if (strerror_r(err, buf, cap) != 0)
-        snprintf(buf, cap, "error %d", err);
-    return buf;
-}
-
 static void put_u32(unsigned char *p, uint32_t v)
 {
     for (int i = 0; i < 4; ++i)
@@ -117,14 +109,6 @@ static uint64_t get_u64(const unsigned char *p)
     return v;
 }
 
-/* cpa_malloc records a message without the file; re-record it with it. */
-static cpa_status nomem_for(const char *path)
-{
-    char why[512];
-    snprintf(why, sizeof why, "%s", cpa_last_error()); /* cpa_error reuses that buffer */
-    return cpa_error(CPA_ERR_NOMEM, "%s: %s", path, why);
-}
-
 static cpa_status file_path(const char *dir, char *buf, size_t cap)
 {
     int len = snprintf(buf, cap, "%s/%s", dir, CKPT_FILE);
@@ -150,19 +134,8 @@ typedef struct ckpt_writer {
 
 static void write_all(ckpt_writer *w, const void *data, size_t n)
 {
-    const char *p = data;
-    while (n > 0 && !w->err) {
-        size_t want = n > ((size_t)1 << 30) ? (size_t)1 << 30 : n;
-        ssize_t got = write(w->fd, p, want);
-        if (got < 0 && errno == EINTR)
-            continue;
-        if (got < 0) {
-            w->err = errno;
-            return;
-        }
-        p += got;
-        n -= (size_t)got;
-    }
+    if (!w->err && !cpa_write_full(w->fd, data, n))
+        w->err = errno;
 }
 
 static void writer_flush(ckpt_writer *w)
@@ -245,33 +218,17 @@ static cpa_status make_dir(const char *dir)
                          dir);
     }
     return cpa_error(CPA_ERR_IO, "cannot create checkpoint folder %s: %s", dir,
-                     errno_text(err, why, sizeof why));
+                     cpa_errno_text(err, why, sizeof why));
 }
 
-/* Create DIR/.checkpoint.bin.tmp.<pid>.<n> exclusively; fills `tmp`.
- * Returns the fd or -1 with errno set.  Mode 0666: the umask decides. */
-static int create_temp(const char *dir, char *tmp, size_t cap)
-{
-    static atomic_uint counter;
-    for (int attempt = 0; attempt < 100; ++attempt) {
-        unsigned n = atomic_fetch_add(&counter, 1u);
-        int len = snprintf(tmp, cap, "%s/.%s.tmp.%ld.%u", dir, CKPT_FILE, (long)getpid(), n);
-        if (len < 0 || (size_t)len >= cap) {
-            errno = ENAMETOOLONG;
-            return -1;
-        }
-        int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
-        if (fd >= 0 || errno != EEXIST)
-            return fd;
-    }
-    return -1; /* errno is EEXIST */
-}
+/* The temporary named in messages. */
+#define CKPT_TEMP_WHAT "checkpoint temporary"
 
-/* Everything the file holds, through the writer, then fsync. */
-static cpa_status write_contents(ckpt_writer *w, const char *tmp, const cpa_ckpt_meta *meta,
-                                 const cpa_ckpt_array *arrays, int narrays)
+/* Everything the file holds, through the writer (cpa_temp_commit syncs). */
+static cpa_status write_contents(ckpt_writer *w, const char *path, const char *tmp,
+                                 const cpa_ckpt_meta *meta, const cpa_ckpt_array *arrays,
+                                 int narrays)
 {
-    char why[128];
     writer_put(w, CKPT_MAGIC, CKPT_MAGIC_LEN);
     writer_put_u32(w, CKPT_VERSION);
     writer_put_u64(w, (uint64_t)meta->iteration);
@@ -293,24 +250,8 @@ static cpa_status write_contents(ckpt_writer *w, const char *tmp, const cpa_ckpt
     writer_put(w, sum, sizeof sum);
     writer_flush(w);
     if (w->err)
-        return cpa_error(CPA_ERR_IO, "cannot write checkpoint temporary %s: %s", tmp,
-                         errno_text(w->err, why, sizeof why));
-    /* ENOSPC and friends may only show here (or at close). */
-    if (fsync(w->fd) != 0)
-        return cpa_error(CPA_ERR_IO, "cannot sync checkpoint temporary %s: %s", tmp,
-                         errno_text(errno, why, sizeof why));
+        return cpa_temp_error(path, "write", CKPT_TEMP_WHAT, tmp, w->err);
     return CPA_OK;
-}
-
-/* Best effort: make the rename durable.  A failure here does not undo a
- * save that is already visible, so it is not reported. */
-static void sync_dir(const char *dir)
-{
-    int fd = open(dir, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return;
-    (void)fsync(fd);
-    close(fd);
 }
 
 cpa_status cpa_ckpt_save(const char *dir, const cpa_ckpt_meta *meta, const cpa_ckpt_array *arrays,
@@ -325,34 +266,20 @@ cpa_status cpa_ckpt_save(const char *dir, const cpa_ckpt_meta *meta, const cpa_c
     ckpt_writer w = {.fd = -1, .hash = FNV_OFFSET};
     w.buf = cpa_malloc(CKPT_CHUNK, "checkpoint write buffer");
     if (!w.buf)
-        return nomem_for(path);
+        return cpa_nomem_for(path);
 
     cpa_status st;
-    w.fd = create_temp(dir, tmp, sizeof tmp);
+    w.fd = cpa_temp_create(path, tmp, sizeof tmp);
     if (w.fd < 0) {
         st = cpa_error(CPA_ERR_IO, "cannot create a temporary file in %s to save %s: %s", dir,
-                       path, errno_text(errno, why, sizeof why));
-        goto free_buf;
+                       path, cpa_errno_text(errno, why, sizeof why));
+    } else {
+        st = write_contents(&w, path, tmp, meta, arrays, narrays);
+        if (st == CPA_OK)
+            st = cpa_temp_commit(w.fd, tmp, path, CKPT_TEMP_WHAT);
+        else
+            cpa_temp_discard(w.fd, tmp);
     }
-    st = write_contents(&w, tmp, meta, arrays, narrays);
-    if (close(w.fd) != 0 && st == CPA_OK)
-        st = cpa_error(CPA_ERR_IO, "cannot close checkpoint temporary %s: %s", tmp,
-                       errno_text(errno, why, sizeof why));
-    if (st != CPA_OK)
-        goto remove_temp;
-    /* rename() replaces the old file atomically: readers see old or new. */
-    if (rename(tmp, path) != 0) {
-        st = cpa_error(CPA_ERR_IO, "cannot rename checkpoint temporary %s to %s: %s", tmp, path,
-                       errno_text(errno, why, sizeof why));
-        goto remove_temp;
-    }
-    sync_dir(dir);
-    cpa_free(w.buf);
-    return CPA_OK;
-
-remove_temp:
-    unlink(tmp);
-free_buf:
     cpa_free(w.buf);
     return st;
 }
@@ -395,7 +322,7 @@ static cpa_status reader_fill(ckpt_reader *r, const char *what)
             continue;
         if (got < 0)
             return cpa_error(CPA_ERR_IO, "%s: cannot read: %s", r->path,
-                             errno_text(errno, why, sizeof why));
+                             cpa_errno_text(errno, why, sizeof why));
         if (got == 0)
             return truncated(r, what);
         r->end += (size_t)got;
@@ -683,7 +610,7 @@ static cpa_status copy_arrays(ckpt_reader *r, const ckpt_header *h, const cpa_ck
     char why[128];
     if (lseek(r->fd, (off_t)h->arrays_at, SEEK_SET) == (off_t)-1)
         return cpa_error(CPA_ERR_IO, "%s: cannot seek: %s", r->path,
-                         errno_text(errno, why, sizeof why));
+                         cpa_errno_text(errno, why, sizeof why));
     r->pos = h->arrays_at;
     r->start = r->end = 0;
     for (int i = 0; i < narrays; ++i) {
@@ -721,22 +648,14 @@ cpa_status cpa_ckpt_load(const char *dir, const char *expected_config, cpa_ckpt_
                          const cpa_ckpt_array *arrays, int narrays)
 {
     CPA_TRY(check_load_args(dir, arrays, narrays));
-    char path[CKPT_PATH_CAP], why[128];
+    char path[CKPT_PATH_CAP];
     CPA_TRY(file_path(dir, path, sizeof path));
 
     ckpt_reader r = {.fd = -1, .path = path, .hashing = true, .hash = FNV_OFFSET};
-    r.fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (r.fd < 0)
-        return cpa_error(CPA_ERR_IO, "%s: cannot open for reading: %s", path,
-                         errno_text(errno, why, sizeof why));
+    struct stat sb;
+    CPA_TRY(cpa_open_read(path, &r.fd, &sb));
     cpa_status st;
     ckpt_header *h = NULL;
-    struct stat sb;
-    if (fstat(r.fd, &sb) != 0) {
-        st = cpa_error(CPA_ERR_IO, "%s: cannot stat: %s", path,
-                       errno_text(errno, why, sizeof why));
-        goto close_file;
-    }
     if (!S_ISREG(sb.st_mode)) {
         st = cpa_error(CPA_ERR_IO, "%s: not a regular file", path);
         goto close_file;
@@ -745,7 +664,7 @@ cpa_status cpa_ckpt_load(const char *dir, const char *expected_config, cpa_ckpt_
     r.buf = cpa_malloc(CKPT_CHUNK, "checkpoint read buffer");
     h = cpa_malloc(sizeof *h, "checkpoint header");
     if (!r.buf || !h) {
-        st = nomem_for(path);
+        st = cpa_nomem_for(path);
         goto free_buffers;
     }
     st = scan_file(&r, arrays, narrays, h);

@@ -37,13 +37,11 @@
  * the key), so eval samples never repeat train samples of the copy task.
  */
 #include "data.h"
+#include "atomic_file.h"
 #include "internal.h"
 
 #include <errno.h>
-#include <fcntl.h>
 #include <math.h>
-#include <stdio.h>
-#include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -93,14 +91,6 @@ static uint64_t stream_value(uint64_t key, int64_t j)
     return mix64(key + (uint64_t)(j + 1) * GOLDEN_GAMMA);
 }
 
-/* strerror is not thread-safe; the XSI strerror_r is (no _GNU_SOURCE here). */
-static const char *errno_text(int err, char *buf, size_t cap)
-{
-    if (strerror_r(err, buf, cap) != 0)
-        snprintf(buf, cap, "error %d", err);
-    return buf;
-}
-
 /* ------------------------------------------------------------------------ */
 /* Creation                                                                  */
 /* ------------------------------------------------------------------------ */
@@ -133,21 +123,14 @@ cpa_status cpa_data_synthetic_create(int64_t S, int64_t V, uint64_t seed, cpa_da
 static cpa_status read_whole_file(const char *path, uint8_t **bytes_out, int64_t *n_out)
 {
     char why[128];
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return cpa_error(CPA_ERR_IO, "%s: cannot open for reading: %s", path,
-                         errno_text(errno, why, sizeof why));
+    int fd;
+    struct stat sb;
+    CPA_TRY(cpa_open_read(path, &fd, &sb));
     cpa_status st = CPA_OK;
     uint8_t *buf = NULL;
-    struct stat sb;
-    if (fstat(fd, &sb) != 0) {
-        st = cpa_error(CPA_ERR_IO, "%s: cannot stat: %s", path,
-                       errno_text(errno, why, sizeof why));
-        goto close_file;
-    }
     if (S_ISDIR(sb.st_mode)) {
         st = cpa_error(CPA_ERR_IO, "%s: cannot read: %s", path,
-                       errno_text(EISDIR, why, sizeof why));
+                       cpa_errno_text(EISDIR, why, sizeof why));
         goto close_file;
     }
     /* The size is needed up front; a pipe or a device has none. */
@@ -158,28 +141,19 @@ static cpa_status read_whole_file(const char *path, uint8_t **bytes_out, int64_t
     size_t n = (size_t)sb.st_size;
     buf = cpa_malloc(n ? n : 1, "text data");
     if (!buf) {
-        char msg[512];
-        snprintf(msg, sizeof msg, "%s", cpa_last_error()); /* cpa_error reuses that buffer */
-        st = cpa_error(CPA_ERR_NOMEM, "%s: %s", path, msg);
+        st = cpa_nomem_for(path);
         goto close_file;
     }
-    size_t done = 0;
-    while (done < n) {
-        size_t want = n - done > ((size_t)1 << 30) ? (size_t)1 << 30 : n - done;
-        ssize_t got = read(fd, buf + done, want);
-        if (got < 0 && errno == EINTR)
-            continue;
-        if (got < 0) {
-            st = cpa_error(CPA_ERR_IO, "%s: cannot read: %s", path,
-                           errno_text(errno, why, sizeof why));
-            goto free_buf;
-        }
-        if (got == 0) {
-            st = cpa_error(CPA_ERR_IO, "%s: the file shrank while being read (%zu of %zu bytes)",
-                           path, done, n);
-            goto free_buf;
-        }
-        done += (size_t)got;
+    int64_t got = cpa_read_full(fd, buf, n);
+    if (got < 0) {
+        st = cpa_error(CPA_ERR_IO, "%s: cannot read: %s", path,
+                       cpa_errno_text(errno, why, sizeof why));
+        goto free_buf;
+    }
+    if ((size_t)got < n) {
+        st = cpa_error(CPA_ERR_IO, "%s: the file shrank while being read (%zu of %zu bytes)",
+                       path, (size_t)got, n);
+        goto free_buf;
     }
     close(fd);
     *bytes_out = buf;

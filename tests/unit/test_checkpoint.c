@@ -19,6 +19,7 @@
 #include "cpattn.h"
 #include "internal.h"
 #include "test.h"
+#include "test_files.h"
 
 #include <dirent.h>
 #include <signal.h>
@@ -29,77 +30,10 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-static char tmp_dir[64];
-
-static const char *path_of(char *buf, size_t cap, const char *name)
-{
-    snprintf(buf, cap, "%s/%s", tmp_dir, name);
-    return buf;
-}
-
 /* The last error mentions `word`. */
 #define CHECK_ERR(word)                                                                  \
     CHECK_MSG(strstr(cpa_last_error(), (word)) != NULL, "message \"%s\" lacks \"%s\"", \
               cpa_last_error(), (word))
-
-static bool write_bytes(const char *path, const void *bytes, size_t n)
-{
-    FILE *f = fopen(path, "wb");
-    if (!f)
-        return false;
-    bool ok = fwrite(bytes, 1, n, f) == n;
-    return fclose(f) == 0 && ok;
-}
-
-/* The whole file in a malloc'd buffer (NULL if unreadable). */
-static unsigned char *read_bytes(const char *path, size_t *n)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return NULL;
-    fseek(f, 0, SEEK_END);
-    long len = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    unsigned char *buf = malloc(len > 0 ? (size_t)len : 1);
-    *n = fread(buf, 1, (size_t)len, f);
-    fclose(f);
-    return buf;
-}
-
-/* Entries of `dir` whose name marks a save's temporary. */
-static int count_temps(const char *dir)
-{
-    int n = 0;
-    DIR *d = opendir(dir);
-    if (!d)
-        return -1;
-    for (struct dirent *e; (e = readdir(d));)
-        n += strstr(e->d_name, ".tmp.") != NULL;
-    closedir(d);
-    return n;
-}
-
-static void remove_tree(const char *dir)
-{
-    DIR *d = opendir(dir);
-    if (!d)
-        return;
-    for (struct dirent *e; (e = readdir(d));) {
-        if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, ".."))
-            continue;
-        char p[512];
-        snprintf(p, sizeof p, "%s/%s", dir, e->d_name);
-        struct stat sb;
-        if (lstat(p, &sb) == 0 && S_ISDIR(sb.st_mode)) {
-            chmod(p, 0700);
-            remove_tree(p);
-        } else {
-            unlink(p);
-        }
-    }
-    closedir(d);
-    rmdir(dir);
-}
 
 /* Arbitrary 32-bit patterns (NaNs with payloads, denormals, -0), so only a
  * bit-exact copy passes. */
@@ -566,11 +500,8 @@ static void test_failed_save(void)
 
 int main(void)
 {
-    snprintf(tmp_dir, sizeof tmp_dir, "/tmp/cpattn_test_ckpt_XXXXXX");
-    if (!mkdtemp(tmp_dir)) {
-        perror("mkdtemp");
+    if (!tmp_dir_create("cpattn_test_ckpt"))
         return 1;
-    }
     RUN_TEST(test_roundtrip);
     RUN_TEST(test_overwrite);
     RUN_TEST(test_corruption);

@@ -14,29 +14,13 @@
 #include "cpattn.h"
 #include "data.h"
 #include "test.h"
+#include "test_files.h"
 
 #include <stdbool.h>
 #include <stdint.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
-
-static char tmp_dir[64];
-
-static const char *path_of(char *buf, size_t cap, const char *name)
-{
-    snprintf(buf, cap, "%s/%s", tmp_dir, name);
-    return buf;
-}
-
-static bool write_bytes(const char *path, const void *bytes, size_t n)
-{
-    FILE *f = fopen(path, "wb");
-    if (!f)
-        return false;
-    bool ok = fwrite(bytes, 1, n, f) == n;
-    return fclose(f) == 0 && ok;
-}
 
 /* The last error mentions `word`. */
 #define CHECK_ERR(word)                                                          \
@@ -398,17 +382,14 @@ static void test_text_errors(void)
 
 int main(void)
 {
-    snprintf(tmp_dir, sizeof tmp_dir, "/tmp/cpattn_test_data_XXXXXX");
-    if (!mkdtemp(tmp_dir)) {
-        perror("mkdtemp");
+    if (!tmp_dir_create("cpattn_test_data"))
         return 1;
-    }
     RUN_TEST(test_copy_determinism);
     RUN_TEST(test_copy_structure);
     RUN_TEST(test_copy_errors);
     RUN_TEST(test_text_splits);
     RUN_TEST(test_text_minimum);
     RUN_TEST(test_text_errors);
-    rmdir(tmp_dir);
+    remove_tree(tmp_dir);
     return TEST_SUMMARY();
 }

@@ -13,46 +13,13 @@
 #include "cpattn.h"
 #include "internal.h"
 #include "test.h"
+#include "test_files.h"
 
-#include <dirent.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
-
-static char tmp_dir[64];
-
-/* A path inside the test folder. */
-static const char *path_of(char *buf, size_t cap, const char *name)
-{
-    snprintf(buf, cap, "%s/%s", tmp_dir, name);
-    return buf;
-}
-
-static bool write_bytes(const char *path, const void *bytes, size_t n)
-{
-    FILE *f = fopen(path, "wb");
-    if (!f)
-        return false;
-    bool ok = fwrite(bytes, 1, n, f) == n;
-    return fclose(f) == 0 && ok;
-}
-
-/* The whole file in a malloc'd buffer (NULL if unreadable). */
-static unsigned char *read_bytes(const char *path, size_t *n)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return NULL;
-    fseek(f, 0, SEEK_END);
-    long len = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    unsigned char *buf = malloc(len > 0 ? (size_t)len : 1);
-    *n = fread(buf, 1, (size_t)len, f);
-    fclose(f);
-    return buf;
-}
 
 /* A .npy file written by hand: magic, version, a 2-byte (1.0) or 4-byte
  * (2.0, 3.0) length of `dict` as given, then `nbytes` of data. */
@@ -72,41 +39,6 @@ static bool write_npy(const char *path, int major, int minor, const char *dict, 
     bool ok = write_bytes(path, buf, pre + dlen + nbytes);
     free(buf);
     return ok;
-}
-
-/* Entries of the test folder whose name marks a save's temporary. */
-static int count_temps(void)
-{
-    int n = 0;
-    DIR *d = opendir(tmp_dir);
-    if (!d)
-        return -1;
-    for (struct dirent *e; (e = readdir(d));)
-        n += strstr(e->d_name, ".tmp.") != NULL;
-    closedir(d);
-    return n;
-}
-
-static void remove_tree(const char *dir)
-{
-    DIR *d = opendir(dir);
-    if (!d)
-        return;
-    for (struct dirent *e; (e = readdir(d));) {
-        if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, ".."))
-            continue;
-        char p[512];
-        snprintf(p, sizeof p, "%s/%s", dir, e->d_name);
-        struct stat sb;
-        if (lstat(p, &sb) == 0 && S_ISDIR(sb.st_mode)) {
-            chmod(p, 0700);
-            remove_tree(p);
-        } else {
-            unlink(p);
-        }
-    }
-    closedir(d);
-    rmdir(dir);
 }
 
 /* Arbitrary 32-bit patterns, NaNs with payloads and denormals included, so
@@ -188,7 +120,7 @@ static void test_roundtrip_contiguous(void)
         CHECK_OK(cpa_npy_load_into(path, cpa_tensor_make(back, nd, shapes[nd - 1])));
         CHECK(memcmp(src, back, (size_t)n * sizeof(float)) == 0);
     }
-    CHECK(count_temps() == 0);
+    CHECK(count_temps(tmp_dir) == 0);
 }
 
 /* The bytes numpy.save writes: the exact dict, space padding, '\n', data
@@ -287,7 +219,7 @@ static void test_roundtrip_strided(void)
     unsigned char *b = read_bytes(path, &n);
     CHECK(b && n == 128);
     free(b);
-    CHECK(count_temps() == 0);
+    CHECK(count_temps(tmp_dir) == 0);
 }
 
 /* More than one 4 MiB streaming chunk, strided both ways, with run
@@ -563,7 +495,7 @@ static void test_save_atomic(void)
     CHECK_OK(cpa_npy_save(path, cpa_tensor_make(new_x, 2, s43)));
     CHECK_OK(cpa_npy_save(path, cpa_tensor_make(old_x, 2, s23)));
     CHECK(still_old(path, old_x));
-    CHECK(count_temps() == 0);
+    CHECK(count_temps(tmp_dir) == 0);
 
     /* Failures before anything is written. */
     CHECK_STATUS(cpa_npy_save(path, cpa_tensor_make(NULL, 2, s43)), CPA_ERR_ARG);
@@ -581,7 +513,7 @@ static void test_save_atomic(void)
     cpa_debug_fail_alloc_after(0);
     CHECK_ERR(path, "injected");
     CHECK(still_old(path, old_x));
-    CHECK(count_temps() == 0);
+    CHECK(count_temps(tmp_dir) == 0);
 
     /* The rename fails after the temporary was written: `path` is a
      * non-empty folder.  The temporary must be removed. */
@@ -592,7 +524,7 @@ static void test_save_atomic(void)
     CHECK(write_bytes(inner, "k", 1));
     CHECK_STATUS(cpa_npy_save(dir, tr), CPA_ERR_IO);
     CHECK_ERR(dir, "rename");
-    CHECK(count_temps() == 0);
+    CHECK(count_temps(tmp_dir) == 0);
     struct stat sb;
     CHECK(stat(inner, &sb) == 0);
 
@@ -616,11 +548,8 @@ static void test_save_atomic(void)
 
 int main(void)
 {
-    snprintf(tmp_dir, sizeof tmp_dir, "/tmp/cpattn_test_npy_XXXXXX");
-    if (!mkdtemp(tmp_dir)) {
-        perror("mkdtemp");
+    if (!tmp_dir_create("cpattn_test_npy"))
         return 1;
-    }
     RUN_TEST(test_roundtrip_contiguous);
     RUN_TEST(test_header_bytes);
     RUN_TEST(test_roundtrip_strided);

@@ -1,0 +1,164 @@
+/*
+ * atomic_file.c — file helpers shared by npy.c, checkpoint.c and data.c:
+ * errno text, full reads and writes, opening for reading, and atomic
+ * replacement through an exclusive temporary.  See atomic_file.h.
+ */
+#include "atomic_file.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/types.h>
+#include <unistd.h>
+
+/* Linux transfers less than 2 GiB per read or write call. */
+#define IO_MAX_CALL ((size_t)1 << 30)
+/* Room for the folder of a final path; a longer one is not fsync'd. */
+#define FOLDER_CAP 4352
+
+/* No _GNU_SOURCE here, so this is the XSI strerror_r returning int. */
+const char *cpa_errno_text(int err, char *buf, size_t cap)
+{
+    if (strerror_r(err, buf, cap) != 0)
+        snprintf(buf, cap, "error %d", err);
+    return buf;
+}
+
+cpa_status cpa_nomem_for(const char *path)
+{
+    char why[512];
+    snprintf(why, sizeof why, "%s", cpa_last_error()); /* cpa_error reuses that buffer */
+    return cpa_error(CPA_ERR_NOMEM, "%s: %s", path, why);
+}
+
+int64_t cpa_read_full(int fd, void *buf, size_t len)
+{
+    size_t done = 0;
+    while (done < len) {
+        size_t want = len - done < IO_MAX_CALL ? len - done : IO_MAX_CALL;
+        ssize_t n = read(fd, (char *)buf + done, want);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0)
+            return -1;
+        if (n == 0)
+            break;
+        done += (size_t)n;
+    }
+    return (int64_t)done;
+}
+
+bool cpa_write_full(int fd, const void *buf, size_t len)
+{
+    size_t done = 0;
+    while (done < len) {
+        size_t want = len - done < IO_MAX_CALL ? len - done : IO_MAX_CALL;
+        ssize_t n = write(fd, (const char *)buf + done, want);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0)
+            return false;
+        done += (size_t)n;
+    }
+    return true;
+}
+
+cpa_status cpa_open_read(const char *path, int *fd_out, struct stat *sb)
+{
+    char why[128];
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return cpa_error(CPA_ERR_IO, "%s: cannot open for reading: %s", path,
+                         cpa_errno_text(errno, why, sizeof why));
+    if (fstat(fd, sb) != 0) {
+        cpa_status st = cpa_error(CPA_ERR_IO, "%s: cannot stat: %s", path,
+                                  cpa_errno_text(errno, why, sizeof why));
+        close(fd);
+        return st;
+    }
+    *fd_out = fd;
+    return CPA_OK;
+}
+
+int cpa_temp_create(const char *final_path, char *tmp, size_t cap)
+{
+    static atomic_uint counter;
+    const char *slash = strrchr(final_path, '/');
+    int dir_len = slash ? (int)(slash - final_path + 1) : 0; /* with the '/' */
+    const char *base = final_path + dir_len;
+    for (int attempt = 0; attempt < 100; ++attempt) {
+        unsigned n = atomic_fetch_add(&counter, 1u);
+        int len = snprintf(tmp, cap, "%.*s.%s.tmp.%ld.%u", dir_len, final_path, base,
+                           (long)getpid(), n);
+        if (len < 0 || (size_t)len >= cap) {
+            errno = ENAMETOOLONG;
+            return -1;
+        }
+        int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
+        if (fd >= 0 || errno != EEXIST)
+            return fd;
+    }
+    return -1; /* errno is EEXIST */
+}
+
+cpa_status cpa_temp_error(const char *final_path, const char *verb, const char *what,
+                          const char *tmp, int err)
+{
+    char why[128];
+    return cpa_error(CPA_ERR_IO, "%s: cannot %s %s %s: %s", final_path, verb, what, tmp,
+                     cpa_errno_text(err, why, sizeof why));
+}
+
+/* Best effort: make the rename durable by syncing the folder of
+ * `final_path`.  A failure does not undo a save that is already visible, so
+ * it is not reported. */
+static void sync_folder(const char *final_path)
+{
+    char dir[FOLDER_CAP];
+    const char *slash = strrchr(final_path, '/');
+    size_t len = slash ? (size_t)(slash - final_path) : 0;
+    if (slash && len == 0)
+        len = 1; /* "/name": the root */
+    if (len >= sizeof dir)
+        return;
+    if (slash) {
+        memcpy(dir, final_path, len);
+        dir[len] = '\0';
+    } else {
+        snprintf(dir, sizeof dir, ".");
+    }
+    int fd = open(dir, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return;
+    (void)fsync(fd);
+    close(fd);
+}
+
+cpa_status cpa_temp_commit(int fd, const char *tmp, const char *final_path, const char *what)
+{
+    char why[128];
+    cpa_status st = CPA_OK;
+    /* ENOSPC and friends may only show at fsync or close. */
+    if (fsync(fd) != 0)
+        st = cpa_temp_error(final_path, "sync", what, tmp, errno);
+    if (close(fd) != 0 && st == CPA_OK)
+        st = cpa_temp_error(final_path, "close", what, tmp, errno);
+    /* rename() replaces `final_path` atomically: readers see old or new. */
+    if (st == CPA_OK && rename(tmp, final_path) != 0)
+        st = cpa_error(CPA_ERR_IO, "%s: cannot rename %s %s into place: %s", final_path, what,
+                       tmp, cpa_errno_text(errno, why, sizeof why));
+    if (st != CPA_OK) {
+        unlink(tmp);
+        return st;
+    }
+    sync_folder(final_path);
+    return CPA_OK;
+}
+
+void cpa_temp_discard(int fd, const char *tmp)
+{
+    close(fd);
+    unlink(tmp);
+}
