@@ -16,53 +16,19 @@
 # printf where a test needs a hand-made one.
 
 set -u
+source "$(dirname "$0")/lib.sh"
 
 BIN=${1:?usage: test_cli.sh path/to/cpattn}
-if [ ! -x "$BIN" ]; then
-    echo "test_cli.sh: $BIN is not an executable (build it first: make)" >&2
-    echo "0 passed, 1 failed"
-    exit 1
-fi
-TIMEOUT=${CPATTN_TEST_TIMEOUT:-120}
-TMP=$(mktemp -d "${TMPDIR:-/tmp}/cpattn-cli.XXXXXX")
-trap 'rm -rf "$TMP"' EXIT
+cli_setup cpattn-cli "build it first: make"
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
-unset CPATTN_SEED CPATTN_THREADS
-
-passed=0
-failed=0
-OUT=$TMP/stdout
-ERR=$TMP/stderr
-
-# run ARGS... : run the binary; sets $rc, output in $OUT and $ERR.
-run() {
-    timeout "$TIMEOUT" "$BIN" "$@" >"$OUT" 2>"$ERR"
-    rc=$?
-}
-
-pass() {
-    passed=$((passed + 1))
-    echo "ok   $1"
-}
-
-# fail NAME WHY : record a failure and show what the program printed.
-fail() {
-    failed=$((failed + 1))
-    echo "FAIL $1: $2"
-    echo "     --- stdout (tail) ---"
-    tail -n 8 "$OUT" | sed 's/^/     /'
-    echo "     --- stderr ---"
-    tail -n 8 "$ERR" | sed 's/^/     /'
-}
+FAIL_STDERR_HEADING="--- stderr ---"
 
 # expect_ok NAME PATTERN ARGS... : exit 0 and stdout matches PATTERN (grep -E).
 expect_ok() {
     local name=$1 pattern=$2
     shift 2
-    run "$@"
-    if [ "$rc" -ne 0 ]; then
-        fail "$name" "exit $rc, expected 0 (cpattn $*)"
-    elif ! grep -Eq -- "$pattern" "$OUT"; then
+    expect_exit "$name" 0 "$@" || return
+    if ! grep -Eq -- "$pattern" "$OUT"; then
         fail "$name" "stdout lacks /$pattern/ (cpattn $*)"
     else
         pass "$name"
@@ -74,15 +40,11 @@ expect_ok() {
 expect_usage() {
     local name=$1 word=$2
     shift 2
-    run "$@"
-    if [ "$rc" -ne 2 ]; then
-        fail "$name" "exit $rc, expected 2 (cpattn $*)"
-    elif [ "$(wc -l <"$ERR")" -ne 1 ]; then
+    expect_exit "$name" 2 "$@" || return
+    if [ "$(wc -l <"$ERR")" -ne 1 ]; then
         fail "$name" "expected exactly one line on stderr (cpattn $*)"
-    elif ! grep -Fq -- "$word" "$ERR"; then
-        fail "$name" "message does not name '$word' (cpattn $*)"
     else
-        pass "$name"
+        expect_named "$name" "$word" "$ERR" "$@" && pass "$name"
     fi
 }
 
@@ -91,14 +53,7 @@ expect_usage() {
 expect_error() {
     local name=$1 word=$2
     shift 2
-    run "$@"
-    if [ "$rc" -ne 1 ] && [ "$rc" -ne 2 ]; then
-        fail "$name" "exit $rc, expected 1 or 2 (cpattn $*)"
-    elif ! grep -Fq -- "$word" "$ERR"; then
-        fail "$name" "message does not name '$word' (cpattn $*)"
-    else
-        pass "$name"
-    fi
+    expect_exit "$name" "1 2" "$@" && expect_named "$name" "$word" "$ERR" "$@" && pass "$name"
 }
 
 # digest ARGS... : the 'digest ...' line of an attn run ("" on failure).
@@ -324,5 +279,4 @@ if [ "$rc" -eq 0 ] && grep -q '^# sgemm 128x128x128' "$OUT" && grep -q '^threads
     [ "$rows" = 4 ]; then pass "bench kernel table and CSV"
 else fail "bench kernel table and CSV" "exit $rc, $rows CSV rows"; fi
 
-echo "$passed passed, $failed failed"
-[ "$failed" -eq 0 ]
+report

@@ -17,89 +17,17 @@
 # Every job runs under `timeout` (a hang fails instead of stalling) and as
 # `mpiexec -n P --oversubscribe` with Open MPI's run-as-root variables, one
 # OpenMP thread per rank.  Each rank's own exit code is recorded through a
-# small bash wrapper, so "exit 2 on every rank" is checked, not assumed.
+# small bash wrapper (prun in lib.sh), so "exit 2 on every rank" is checked,
+# not assumed.
 # Needs bash, coreutils and Open MPI's mpiexec (no Python).
 
 set -u
+source "$(dirname "$0")/lib.sh"
 
 BIN=${1:?usage: test_cli_mpi.sh path/to/cpattn}
-if [ ! -x "$BIN" ]; then
-    echo "test_cli_mpi.sh: $BIN is not an executable (build it first: make)" >&2
-    echo "0 passed, 1 failed"
-    exit 1
-fi
-MPIEXEC=${MPIEXEC:-mpiexec}
-if ! command -v "$MPIEXEC" >/dev/null 2>&1; then
-    echo "test_cli_mpi.sh: $MPIEXEC not found (apt-get install openmpi-bin)" >&2
-    echo "0 passed, 1 failed"
-    exit 1
-fi
-TIMEOUT=${CPATTN_TEST_TIMEOUT:-120}
-USAGE_SECS=${CPATTN_TEST_USAGE_SECS:-30} # a usage error must end the job this fast
-TMP=$(mktemp -d "${TMPDIR:-/tmp}/cpattn-cli-mpi.XXXXXX")
-trap 'rm -rf "$TMP"' EXIT
-export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_NUM_THREADS=1
-# Let every rank finish and record its own exit code (by default mpiexec kills
-# the job as soon as one rank exits non-zero, which would hide a rank that
-# hangs or exits with another code).
-export OMPI_MCA_orte_abort_on_non_zero_status=0
-export CPATTN_RC_DIR=$TMP/rc
-unset CPATTN_SEED CPATTN_THREADS
-mkdir -p "$CPATTN_RC_DIR"
-
-passed=0
-failed=0
-OUT=$TMP/stdout
-ERR=$TMP/stderr
+cli_setup cpattn-cli-mpi "build it first: make"
+mpi_setup
 RING="--context-parallel-algo megatron_cp_algo"
-
-# prun P ARGS... : run `cpattn ARGS` on P ranks.  Sets $codes (each rank's
-# exit code, sorted, e.g. "2 2 2 2"), $rc (the ranks' common exit code; 124
-# if the job timed out, 255 if the ranks disagree or one is missing) and
-# $secs; output in $OUT and $ERR.
-prun() {
-    local np=$1
-    shift
-    rm -f "$CPATTN_RC_DIR"/rc.*
-    local t0 mrc
-    t0=$(date +%s)
-    timeout "$TIMEOUT" "$MPIEXEC" -n "$np" --oversubscribe bash -c \
-        '"$@"; c=$?; echo "$c" >"$CPATTN_RC_DIR/rc.$OMPI_COMM_WORLD_RANK"; exit "$c"' \
-        cpattn-rank "$BIN" "$@" >"$OUT" 2>"$ERR"
-    mrc=$?
-    secs=$(($(date +%s) - t0))
-    codes=$(cat "$CPATTN_RC_DIR"/rc.* 2>/dev/null | sort -n | tr '\n' ' ' | sed 's/ $//')
-    local first=${codes%% *}
-    if [ "$mrc" -eq 124 ] || [ "$mrc" -eq 137 ]; then
-        rc=124
-    elif [ -n "$first" ] && [ "$codes" = "$(all_ranks "$np" "$first")" ]; then
-        rc=$first
-    else
-        rc=255
-    fi
-}
-
-# all_ranks P CODE : "CODE CODE ... " (P times), to compare with $codes.
-all_ranks() {
-    local s="" i
-    for ((i = 0; i < $1; ++i)); do s="$s $2"; done
-    echo "${s# }"
-}
-
-pass() {
-    passed=$((passed + 1))
-    echo "ok   $1"
-}
-
-# fail NAME WHY : record a failure and show what the job printed.
-fail() {
-    failed=$((failed + 1))
-    echo "FAIL $1: $2"
-    echo "     --- stdout (tail) ---"
-    tail -n 8 "$OUT" | sed 's/^/     /'
-    echo "     --- stderr (tail) ---"
-    tail -n 8 "$ERR" | sed 's/^/     /'
-}
 
 # expect_usage NAME P WORD ARGS... : exit 2 on every rank, within
 # $USAGE_SECS, one "cpattn attn:" line on stderr (rank 0 only) naming WORD,
@@ -107,13 +35,10 @@ fail() {
 expect_usage() {
     local name=$1 np=$2 word=$3
     shift 3
-    prun "$np" "$@"
+    expect_ranks "$name" "$np" 2 "$@" || return
     local lines
     lines=$(grep -c '^cpattn attn:' "$ERR")
-    if [ "$rc" -ne 2 ]; then
-        fail "$name" "rank exit codes '$codes' (rc $rc, 124: timed out), expected 2 on \
-all $np ranks (cpattn $*)"
-    elif [ "$secs" -gt "$USAGE_SECS" ]; then
+    if [ "$secs" -gt "$USAGE_SECS" ]; then
         fail "$name" "took ${secs}s (more than ${USAGE_SECS}s: a rank waited) (cpattn $*)"
     elif [ "$lines" -ne 1 ]; then
         fail "$name" "$lines 'cpattn attn:' lines on stderr, expected 1 (cpattn $*)"
@@ -131,16 +56,11 @@ all $np ranks (cpattn $*)"
 expect_error() {
     local name=$1 np=$2 code=$3 word=$4
     shift 4
-    prun "$np" "$@"
-    if [ "$rc" -ne "$code" ]; then
-        fail "$name" "rank exit codes '$codes' (rc $rc, 124: timed out), expected $code on \
-all $np ranks (cpattn $*)"
-    elif [ "$(grep -c '^cpattn attn:' "$ERR")" -ne 1 ]; then
+    expect_ranks "$name" "$np" "$code" "$@" || return
+    if [ "$(grep -c '^cpattn attn:' "$ERR")" -ne 1 ]; then
         fail "$name" "expected exactly one 'cpattn attn:' line on stderr (cpattn $*)"
-    elif ! grep -Fq -- "$word" "$ERR"; then
-        fail "$name" "message does not name '$word' (cpattn $*)"
     else
-        pass "$name"
+        expect_named "$name" "$word" "$ERR" "$@" && pass "$name"
     fi
 }
 
@@ -149,11 +69,8 @@ all $np ranks (cpattn $*)"
 expect_ok() {
     local name=$1 np=$2 pattern=$3
     shift 3
-    prun "$np" "$@"
-    if [ "$rc" -ne 0 ]; then
-        fail "$name" "rank exit codes '$codes' (rc $rc, 124: timed out), expected 0 on \
-all $np ranks (cpattn $*)"
-    elif ! grep -Eq -- "$pattern" "$OUT"; then
+    expect_ranks "$name" "$np" 0 "$@" || return
+    if ! grep -Eq -- "$pattern" "$OUT"; then
         fail "$name" "stdout lacks /$pattern/ (cpattn $*)"
     elif [ "$(grep -c '^peak RSS' "$OUT")" -gt 1 ] ||
         [ "$(grep -c 'configuration:$' "$OUT")" -gt 1 ]; then
@@ -337,8 +254,7 @@ if [ "$rc" -eq 0 ] && [ "$shape_ok" -eq 1 ] && grep -q "^saved to $TMP/p2/nested
     pass "P=2 --save writes whole tensors (B,S,N,D; lse B,H,S)"
 else fail "P=2 --save writes whole tensors (B,S,N,D; lse B,H,S)" "exit $rc or a shape is wrong"; fi
 
-timeout "$TIMEOUT" "$BIN" attn --load "$TMP/p2/nested" --check >"$OUT" 2>"$ERR"
-rc=$?
+run attn --load "$TMP/p2/nested" --check
 if [ "$rc" -eq 0 ] && grep -q '^check: PASS' "$OUT"; then pass "single-process --load --check of P=2 saved inputs"
 else fail "single-process --load --check of P=2 saved inputs" "exit $rc"; fi
 
@@ -385,5 +301,4 @@ else fail "--iters per-rank table, aggregate and imbalance lines" "exit $rc, $ro
 expect_ok "--iters forward only" 2 "^imbalance \(max/mean rank compute_s\) fwd [0-9.]+ bwd -$" \
     attn --context-parallel-size 2 $RING --seq-length 96 --iters 2 --forward-only
 
-echo "$passed passed, $failed failed"
-[ "$failed" -eq 0 ]
+report

@@ -26,41 +26,17 @@
 # Prints one line per case and "N passed, N failed"; exits 1 if any failed.
 # Every job runs under `timeout` as `mpiexec -n N --oversubscribe` with Open
 # MPI's run-as-root variables and one OpenMP thread per rank; each rank's
-# own exit code is recorded through a small bash wrapper (as in
-# test_cli_mpi.sh), so "exit 2 on every rank" is checked, not assumed.
+# own exit code is recorded through a small bash wrapper (prun in lib.sh),
+# so "exit 2 on every rank" is checked, not assumed.
 # Needs bash, coreutils, awk, cmp, od, dd and Open MPI's mpiexec.  About a
 # minute on two cores.
 
 set -u
+source "$(dirname "$0")/lib.sh"
 
 BIN=${1:?usage: test_train.sh path/to/cpattn}
-if [ ! -x "$BIN" ]; then
-    echo "test_train.sh: $BIN is not an executable (build it first)" >&2
-    echo "0 passed, 1 failed"
-    exit 1
-fi
-MPIEXEC=${MPIEXEC:-mpiexec}
-if ! command -v "$MPIEXEC" >/dev/null 2>&1; then
-    echo "test_train.sh: $MPIEXEC not found (apt-get install openmpi-bin)" >&2
-    echo "0 passed, 1 failed"
-    exit 1
-fi
-TIMEOUT=${CPATTN_TEST_TIMEOUT:-120}
-USAGE_SECS=${CPATTN_TEST_USAGE_SECS:-30} # an error must end the job this fast
-TMP=$(mktemp -d "${TMPDIR:-/tmp}/cpattn-train.XXXXXX")
-trap 'rm -rf "$TMP"' EXIT
-export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_NUM_THREADS=1
-# Let every rank finish and record its own exit code (by default mpiexec
-# kills the job as soon as one rank exits non-zero).
-export OMPI_MCA_orte_abort_on_non_zero_status=0
-export CPATTN_RC_DIR=$TMP/rc
-unset CPATTN_SEED CPATTN_THREADS
-mkdir -p "$CPATTN_RC_DIR"
-
-passed=0
-failed=0
-OUT=$TMP/stdout
-ERR=$TMP/stderr
+cli_setup cpattn-train "build it first"
+mpi_setup
 
 # The tiny model and a schedule that moves the weights in 5 steps (warm-up of
 # one iteration, then a 1e-2 peak), logging every iteration, no evaluation
@@ -74,54 +50,6 @@ HYB="--context-parallel-algo hybrid_cp_algo"
 # ---------------------------------------------------------------------------
 # Helpers
 # ---------------------------------------------------------------------------
-
-# prun P ARGS... : run `cpattn ARGS` on P ranks.  Sets $codes (each rank's
-# exit code, sorted, e.g. "2 2 2 2"), $rc (the ranks' common exit code; 124
-# if the job timed out, 255 if the ranks disagree or one is missing) and
-# $secs; output in $OUT and $ERR.
-prun() {
-    local np=$1
-    shift
-    rm -f "$CPATTN_RC_DIR"/rc.*
-    local t0 mrc
-    t0=$(date +%s)
-    timeout "$TIMEOUT" "$MPIEXEC" -n "$np" --oversubscribe bash -c \
-        '"$@"; c=$?; echo "$c" >"$CPATTN_RC_DIR/rc.$OMPI_COMM_WORLD_RANK"; exit "$c"' \
-        cpattn-rank "$BIN" "$@" >"$OUT" 2>"$ERR"
-    mrc=$?
-    secs=$(($(date +%s) - t0))
-    codes=$(cat "$CPATTN_RC_DIR"/rc.* 2>/dev/null | sort -n | tr '\n' ' ' | sed 's/ $//')
-    local first=${codes%% *}
-    if [ "$mrc" -eq 124 ] || [ "$mrc" -eq 137 ]; then
-        rc=124
-    elif [ -n "$first" ] && [ "$codes" = "$(all_ranks "$np" "$first")" ]; then
-        rc=$first
-    else
-        rc=255
-    fi
-}
-
-# all_ranks P CODE : "CODE CODE ... " (P times), to compare with $codes.
-all_ranks() {
-    local s="" i
-    for ((i = 0; i < $1; ++i)); do s="$s $2"; done
-    echo "${s# }"
-}
-
-pass() {
-    passed=$((passed + 1))
-    echo "ok   $1"
-}
-
-# fail NAME WHY : record a failure and show what the last job printed.
-fail() {
-    failed=$((failed + 1))
-    echo "FAIL $1: $2"
-    echo "     --- stdout (tail) ---"
-    tail -n 8 "$OUT" | sed 's/^/     /'
-    echo "     --- stderr (tail) ---"
-    tail -n 8 "$ERR" | sed 's/^/     /'
-}
 
 # losses [FILE] : the losses of the log lines, one a line, as printed
 # (" iteration      3/     5 | loss 3.490935 | ...").
@@ -205,14 +133,10 @@ expect_fail() {
     while [ $# -gt 0 ] && [ "$1" != "--" ]; do args+=("$1"); shift; done
     [ $# -gt 0 ] && shift
     words=("$@")
-    prun "$np" train "${args[@]}"
+    expect_ranks "$name" "$np" "$code" train "${args[@]}" || return
     local msg w
     msg=$(grep '^cpattn train:' "$ERR")
-    if [ "$rc" -ne "$code" ]; then
-        fail "$name" "rank exit codes '$codes' (rc $rc, 124: timed out), expected $code on \
-all $np ranks (cpattn train ${args[*]})"
-        return
-    elif [ "$secs" -gt "$USAGE_SECS" ]; then
+    if [ "$secs" -gt "$USAGE_SECS" ]; then
         fail "$name" "took ${secs}s (more than ${USAGE_SECS}s: a rank waited)"
         return
     elif [ "$(grep -c '^cpattn train:' "$ERR")" -ne 1 ]; then
@@ -468,5 +392,4 @@ if train_losses 2 30 $MODEL --lr 1e-2 --lr-warmup-iters 2 --log-interval 1 --eva
 else fail "--data-path text at CP=2: loss falls" "$why"; fi
 
 echo "# $(($(date +%s) - T0)) s"
-echo "$passed passed, $failed failed"
-[ "$failed" -eq 0 ]
+report
