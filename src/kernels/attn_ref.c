@@ -40,6 +40,17 @@ static cpa_status row_list_make(cpa_rows rows, int64_t nrows, row_list *out)
     return CPA_OK;
 }
 
+/* The query and the key rows of a descriptor. */
+static cpa_status row_lists_make(const cpa_attn_desc *d, row_list *qr, row_list *kr)
+{
+    CPA_TRY(row_list_make(d->q_rows, d->q.shape[1], qr));
+    if (row_list_make(d->kv_rows, d->k.shape[1], kr) != CPA_OK) {
+        cpa_free(qr->row);
+        return CPA_ERR_NOMEM;
+    }
+    return CPA_OK;
+}
+
 static int visible(cpa_mask m, int64_t qpos, int64_t kpos)
 {
     int64_t lo, hi;
@@ -61,11 +72,7 @@ cpa_status cpa_attn_forward_ref(const cpa_attn_desc *d, cpa_tensor out, cpa_tens
     const int64_t Dqk = d->q.shape[3], Dv = d->v.shape[3];
     const double scale = cpa_attn_scale(d);
     row_list qr, kr;
-    CPA_TRY(row_list_make(d->q_rows, d->q.shape[1], &qr));
-    if (row_list_make(d->kv_rows, d->k.shape[1], &kr) != CPA_OK) {
-        cpa_free(qr.row);
-        return CPA_ERR_NOMEM;
-    }
+    CPA_TRY(row_lists_make(d, &qr, &kr));
     int failed = 0;
 #pragma omp parallel
     {
@@ -130,11 +137,7 @@ cpa_status cpa_attn_backward_ref(const cpa_attn_desc *d, cpa_tensor out, cpa_ten
     const int64_t Dqk = d->q.shape[3], Dv = d->v.shape[3], hpg = H / G;
     const double scale = cpa_attn_scale(d);
     row_list qr, kr;
-    CPA_TRY(row_list_make(d->q_rows, d->q.shape[1], &qr));
-    if (row_list_make(d->kv_rows, d->k.shape[1], &kr) != CPA_OK) {
-        cpa_free(qr.row);
-        return CPA_ERR_NOMEM;
-    }
+    CPA_TRY(row_lists_make(d, &qr, &kr));
     int failed = 0;
 #pragma omp parallel
     {
