@@ -72,6 +72,15 @@ static void fwd_task(const fwd_job *job, int64_t b, int64_t h, cpa_tile qt, floa
         cpa_tile_class cls = cpa_tile_classify(d->mask, qt, kt);
         if (cls == CPA_TILE_SKIP)
             continue;
+        if (cls == CPA_TILE_PARTIAL) {
+            /* Keys past the last query row's window are masked for every row
+             * of the tile: leave them out of the GEMMs (on the causal diagonal
+             * a 256-key tile against 128 queries is then half as wide). */
+            int64_t lo, hi;
+            cpa_mask_range(d->mask, qt.pos + qt.len - 1, &lo, &hi);
+            if (hi != INT64_MAX && hi - kt.pos + 1 < kt.len)
+                kt.len = hi - kt.pos + 1;
+        }
         const float *kp = cpa_at4(&d->k, b, kt.row, g);
         const float *vp = cpa_at4(&d->v, b, kt.row, g);
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)qt.len, (int)kt.len, (int)Dqk,
