@@ -135,9 +135,8 @@ cpa_status cpa_attn_backward(cpa_attn_ctx *ctx, const cpa_attn_desc *d, cpa_tens
     const int64_t nq = cpa_tiling_count(&job.qt);
 #pragma omp parallel num_threads(use->num_threads)
     {
-        float *scratch = use->scratch + (size_t)omp_get_thread_num() * use->scratch_floats;
-        int progress = d->progress && omp_get_thread_num() == 0;
-        cpa_blas_single_thread();
+        int progress;
+        float *scratch = cpa_thread_begin(use, d, &progress);
 #pragma omp for schedule(dynamic, 1)
         for (int64_t t = 0; t < B * G; ++t) {
             const int64_t b = t / G, g = t % G;

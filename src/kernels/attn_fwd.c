@@ -154,9 +154,8 @@ cpa_status cpa_attn_forward(cpa_attn_ctx *ctx, const cpa_attn_desc *d, cpa_tenso
      * see the most keys, and starting them first balances the threads. */
 #pragma omp parallel num_threads(use->num_threads)
     {
-        float *scratch = use->scratch + (size_t)omp_get_thread_num() * use->scratch_floats;
-        int progress = d->progress && omp_get_thread_num() == 0;
-        cpa_blas_single_thread();
+        int progress;
+        float *scratch = cpa_thread_begin(use, d, &progress);
 #pragma omp for schedule(dynamic, 1)
         for (int64_t t = 0; t < ntasks; ++t) {
             int64_t qi = nq - 1 - t / (B * H);

@@ -115,6 +115,17 @@ static inline float *cpa_at3(const cpa_tensor *t, int64_t b, int64_t h, int64_t 
  * keeps every GEMM on the calling thread. */
 static inline void cpa_blas_single_thread(void) { omp_set_num_threads(1); }
 
+/* The start of a kernel's parallel region: pin BLAS to this thread, say
+ * whether this thread drives the progress callback (thread 0, the one MPI
+ * allows to call it), and return this thread's scratch block. */
+static inline float *cpa_thread_begin(const cpa_attn_ctx *ctx, const cpa_attn_desc *d,
+                                      int *progress)
+{
+    cpa_blas_single_thread();
+    *progress = d->progress && omp_get_thread_num() == 0;
+    return ctx->scratch + (size_t)omp_get_thread_num() * ctx->scratch_floats;
+}
+
 /* Scalar exp with the same polynomial as the vector path (for tails). */
 float cpa_expf(float x);
 
