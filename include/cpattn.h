@@ -166,14 +166,40 @@ typedef struct cpa_attn_ctx cpa_attn_ctx;
  * blocks need at most a handful). */
 #define CPA_MAX_PIECES 64
 
+/* Instruction sets of the fast kernels.  One binary carries every path
+ * compiled in and picks one at run time from the CPU (CPUID); a context can
+ * also be given one explicitly, for tests and comparisons. */
+typedef enum cpa_isa {
+    CPA_ISA_AUTO = 0,   /* $CPATTN_ISA if set, else the best the CPU supports */
+    CPA_ISA_SCALAR = 1, /* portable C, one lane */
+    CPA_ISA_AVX2 = 2,   /* AVX2 + FMA, 8 lanes */
+    CPA_ISA_AVX512 = 3  /* AVX-512 F/DQ/BW/VL, 16 lanes */
+} cpa_isa;
+
+/* "auto", "scalar", "avx2", "avx512"; and the reverse (CPA_ERR_ARG naming
+ * the choices). */
+const char *cpa_isa_name(cpa_isa isa);
+cpa_status cpa_isa_parse(const char *name, cpa_isa *out);
+/* 1 if `isa` is compiled in and this CPU (and OS) can run it. */
+int cpa_isa_supported(cpa_isa isa);
+/* The best supported instruction set. */
+cpa_isa cpa_isa_best(void);
+/* What CPA_ISA_AUTO means in this process: $CPATTN_ISA when set (an
+ * unknown or unsupported name is CPA_ERR_ARG, naming the variable), else
+ * cpa_isa_best(). */
+cpa_status cpa_isa_resolve(cpa_isa requested, cpa_isa *out);
+
 typedef struct cpa_attn_ctx_config {
     int64_t max_head_dim; /* largest Dqk or Dv the context will see */
     int num_threads;      /* OpenMP threads for a call; 0 means omp_get_max_threads() */
+    cpa_isa isa;          /* CPA_ISA_AUTO (0) unless forcing a path */
 } cpa_attn_ctx_config;
 
 cpa_status cpa_attn_ctx_create(const cpa_attn_ctx_config *config, cpa_attn_ctx **out);
 void cpa_attn_ctx_destroy(cpa_attn_ctx *ctx);
 int cpa_attn_ctx_threads(const cpa_attn_ctx *ctx);
+/* The instruction set the context's fast kernels run. */
+cpa_isa cpa_attn_ctx_isa(const cpa_attn_ctx *ctx);
 
 /* Forward.  `ctx` may be NULL: a temporary context is then made (and
  * allocated) for the call.  For each selected query row writes (overwrites)
@@ -286,6 +312,7 @@ typedef struct cpa_cp_config {
     int64_t v_head_dim;       /* Dv (0: = head_dim) */
     float softmax_scale;      /* 0: 1/sqrt(Dqk) */
     int num_threads;          /* kernel threads per rank, 0: omp_get_max_threads() */
+    cpa_isa isa;              /* kernel instruction set, CPA_ISA_AUTO (0) by default */
 } cpa_cp_config;
 
 typedef struct cpa_plan cpa_plan;

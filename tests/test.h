@@ -13,6 +13,7 @@
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <time.h>
 
 static int test_passed_, test_failed_;
 
@@ -54,11 +55,20 @@ static int test_passed_, test_failed_;
                   cpa_last_error());                                             \
     } while (0)
 
+static inline double test_now_(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+
 #define RUN_TEST(fn)                                                             \
     do {                                                                         \
         int f0_ = test_failed_;                                                  \
+        double t0_ = test_now_();                                                \
         fn();                                                                    \
-        fprintf(stderr, "%s %s\n", test_failed_ == f0_ ? "ok  " : "FAIL", #fn);  \
+        fprintf(stderr, "%s %s (%.1f s)\n", test_failed_ == f0_ ? "ok  " : "FAIL", \
+                #fn, test_now_() - t0_);                                         \
     } while (0)
 
 #define TEST_SUMMARY()                                                           \

@@ -364,7 +364,7 @@ cpa_status cpa_plan_create(MPI_Comm comm, const cpa_cp_config *config, cpa_plan 
     if (s == CPA_OK) {
         int64_t dmax = plan->cfg.head_dim > plan->cfg.v_head_dim ? plan->cfg.head_dim
                                                                   : plan->cfg.v_head_dim;
-        cpa_attn_ctx_config kc = {dmax, config->num_threads};
+        cpa_attn_ctx_config kc = {dmax, config->num_threads, config->isa};
         s = cpa_attn_ctx_create(&kc, &plan->ctx);
     }
     if (s == CPA_OK)

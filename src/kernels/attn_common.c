@@ -58,21 +58,47 @@ cpa_tile_class cpa_tile_classify(cpa_mask m, cpa_tile q, cpa_tile k)
     return CPA_TILE_PARTIAL;
 }
 
-void cpa_tile_row_visible(cpa_mask m, cpa_tile q, cpa_tile k, int64_t i, int64_t *j0,
-                          int64_t *j1)
+int64_t cpa_tile_visible_len(cpa_mask m, cpa_tile q, cpa_tile k)
 {
     int64_t lo, hi;
-    cpa_mask_range(m, q.pos + i, &lo, &hi);
-    int64_t a = lo == INT64_MIN ? 0 : lo - k.pos;
-    int64_t b = hi == INT64_MAX ? k.len : hi - k.pos + 1;
-    if (a < 0)
-        a = 0;
-    if (b > k.len)
-        b = k.len;
+    cpa_mask_range(m, q.pos + q.len - 1, &lo, &hi);
+    if (hi == INT64_MAX || hi - k.pos + 1 >= k.len)
+        return k.len;
+    return hi - k.pos + 1 > 0 ? hi - k.pos + 1 : 0;
+}
+
+/* [lo, hi] of the mask at query position qpos, as key indices of tile k
+ * clamped to [0, n-1] (empty: lo > hi). */
+static void key_index_range(cpa_mask m, int64_t qpos, cpa_tile k, int64_t n, int32_t *lo,
+                            int32_t *hi)
+{
+    int64_t a, b;
+    cpa_mask_range(m, qpos, &a, &b);
+    a = a == INT64_MIN || a < k.pos ? 0 : a - k.pos;
+    b = b == INT64_MAX || b - k.pos > n - 1 ? n - 1 : b - k.pos;
     if (b < a)
-        b = a;
-    *j0 = a;
-    *j1 = b;
+        a = 1, b = 0;
+    *lo = (int32_t)a;
+    *hi = (int32_t)b;
+}
+
+void cpa_tile_lane_ranges(cpa_mask m, cpa_tile q, cpa_tile k, int64_t klen, int lanes,
+                          int32_t *lo, int32_t *hi)
+{
+    for (int i = 0; i < lanes; ++i) {
+        if (i < q.len) {
+            key_index_range(m, q.pos + i, k, klen, &lo[i], &hi[i]);
+        } else {
+            lo[i] = 0;
+            hi[i] = (int32_t)klen - 1;
+        }
+    }
+}
+
+void cpa_tile_row_ranges(cpa_mask m, cpa_tile q, cpa_tile k, int32_t *lo, int32_t *hi)
+{
+    for (int64_t i = 0; i < q.len; ++i)
+        key_index_range(m, q.pos + i, k, k.len, &lo[i], &hi[i]);
 }
 
 double cpa_visible_pairs(cpa_mask m, cpa_piece q, cpa_piece k)
@@ -251,17 +277,15 @@ float cpa_attn_scale(const cpa_attn_desc *d)
 
 /* ---- context ----------------------------------------------------------- */
 
-/* Per-thread scratch: forward needs scores [TQ, TK], the output accumulator
- * [TQ, D], row max and row sum [TQ]; backward needs P and dP [TQ, TK] and two
- * row vectors [TQ]. */
-static size_t scratch_floats(int64_t max_head_dim)
+/* Query panels per forward task: as many as keep their state (Qᵀ, Oᵀ of
+ * fwd_rows rows each) within about half a megabyte, so that a K/V tile is
+ * read from cache by all of them; at most CPA_FWD_MAX_PANELS. */
+static int fwd_panels_for(const cpa_isa_kernels *k, int64_t max_head_dim)
 {
-    size_t tile = (size_t)CPA_TILE_Q * CPA_TILE_K;
-    size_t fwd = (size_t)CPA_FWD_TILE_Q * CPA_FWD_TILE_K +
-                 (size_t)CPA_FWD_TILE_Q * (size_t)max_head_dim + 2 * CPA_FWD_TILE_Q;
-    size_t bwd = 2 * tile + 2 * CPA_TILE_Q;
-    size_t n = fwd > bwd ? fwd : bwd;
-    return (n + 15) / 16 * 16; /* keep every thread's block 64-byte aligned */
+    const double budget = 512.0 * 1024.0;
+    double per_panel = (double)(2 * max_head_dim + 2) * k->fwd_rows * sizeof(float);
+    int n = (int)(budget / per_panel);
+    return n < 1 ? 1 : (n > CPA_FWD_MAX_PANELS ? CPA_FWD_MAX_PANELS : n);
 }
 
 cpa_status cpa_attn_ctx_create(const cpa_attn_ctx_config *config, cpa_attn_ctx **out)
@@ -274,12 +298,20 @@ cpa_status cpa_attn_ctx_create(const cpa_attn_ctx_config *config, cpa_attn_ctx *
     if (config->num_threads < 0 || config->num_threads > 4096)
         return cpa_error(CPA_ERR_ARG, "num_threads %d: must be 0 (all) or 1..4096",
                          config->num_threads);
+    cpa_isa isa;
+    CPA_TRY(cpa_isa_resolve(config->isa, &isa));
     cpa_attn_ctx *ctx = cpa_calloc(sizeof *ctx, "attention context");
     if (!ctx)
         return CPA_ERR_NOMEM;
     ctx->num_threads = config->num_threads ? config->num_threads : omp_get_max_threads();
     ctx->max_head_dim = config->max_head_dim;
-    ctx->scratch_floats = scratch_floats(config->max_head_dim);
+    ctx->isa = isa;
+    ctx->kern = cpa_isa_kernels_of(isa);
+    ctx->fwd_panels = fwd_panels_for(ctx->kern, config->max_head_dim);
+    size_t fwd = ctx->kern->fwd_scratch_floats(config->max_head_dim, ctx->fwd_panels);
+    size_t bwd = ctx->kern->bwd_scratch_floats(config->max_head_dim);
+    size_t n = fwd > bwd ? fwd : bwd;
+    ctx->scratch_floats = (n + 15) / 16 * 16; /* keep every thread's block 64-byte aligned */
     ctx->scratch = cpa_malloc(ctx->scratch_floats * sizeof(float) * (size_t)ctx->num_threads,
                               "attention scratch");
     if (!ctx->scratch) {
@@ -294,9 +326,25 @@ void cpa_attn_ctx_destroy(cpa_attn_ctx *ctx)
 {
     if (!ctx)
         return;
+    cpa_free(ctx->work);
     cpa_free(ctx->scratch);
     cpa_free(ctx);
 }
+
+cpa_status cpa_attn_ctx_reserve(cpa_attn_ctx *ctx, size_t bytes)
+{
+    if (bytes <= ctx->work_cap)
+        return CPA_OK;
+    void *w = cpa_malloc(bytes, "attention workspace");
+    if (!w)
+        return CPA_ERR_NOMEM;
+    cpa_free(ctx->work);
+    ctx->work = w;
+    ctx->work_cap = bytes;
+    return CPA_OK;
+}
+
+cpa_isa cpa_attn_ctx_isa(const cpa_attn_ctx *ctx) { return ctx ? ctx->isa : CPA_ISA_AUTO; }
 
 int cpa_attn_ctx_threads(const cpa_attn_ctx *ctx) { return ctx ? ctx->num_threads : 0; }
 
@@ -314,7 +362,7 @@ cpa_status cpa_attn_ctx_resolve(cpa_attn_ctx *ctx, const cpa_attn_desc *d, cpa_a
         *use = ctx;
         return CPA_OK;
     }
-    cpa_attn_ctx_config cfg = {dmax, 0};
+    cpa_attn_ctx_config cfg = {dmax, 0, CPA_ISA_AUTO};
     CPA_TRY(cpa_attn_ctx_create(&cfg, tmp));
     *use = *tmp;
     return CPA_OK;

@@ -1,8 +1,8 @@
 /*
  * kernel_internal.h — what the attention kernels share and nothing else:
- * tile sizes, the context layout, argument validation, the tiling of piece
- * lists, the mask's visible key range, and vectorised row primitives
- * (exp, max, sums).  Kernels never call MPI.
+ * tile sizes, the context and job layouts, the table of instruction sets,
+ * argument validation, the tiling of piece lists and the mask's visible key
+ * ranges.  Kernels never call MPI.
  */
 #ifndef CPATTN_KERNEL_INTERNAL_H
 #define CPATTN_KERNEL_INTERNAL_H
@@ -13,27 +13,13 @@
 #include <omp.h>
 #include <stdint.h>
 
-/* Tile sizes: a query tile of CPA_TILE_Q rows meets a key tile of
- * CPA_TILE_K rows.  128x128 keeps a tile's scores (64 KiB) plus the Q, K,
- * V tiles inside L2 and gives OpenBLAS shapes it runs near peak. */
-#define CPA_TILE_Q 128
-#define CPA_TILE_K 128
-/* The forward uses longer key tiles: it has one score buffer instead of two,
- * and fewer tiles mean fewer rescalings of the output accumulator
- * (measured: 128x256 runs ~5% faster than 128x128 at D=128). */
-#ifndef CPA_FWD_TILE_Q
-#define CPA_FWD_TILE_Q CPA_TILE_Q
-#endif
-#ifndef CPA_FWD_TILE_K
-#define CPA_FWD_TILE_K 256
-#endif
-
-struct cpa_attn_ctx {
-    int num_threads;
-    int64_t max_head_dim;
-    size_t scratch_floats; /* per thread */
-    float *scratch;        /* [num_threads, scratch_floats] */
-};
+/* Forward: keys per key tile (the score buffer holds CPA_FWD_KEYS x panel
+ * rows); at most CPA_FWD_MAX_PANELS query panels share each K/V tile while
+ * it is in cache.  Backward: query rows per unit (a unit is the work a key
+ * task does for one query tile of one head; dQ is added per unit). */
+#define CPA_FWD_KEYS 128
+#define CPA_FWD_MAX_PANELS 8
+#define CPA_BWD_ROWS 64
 
 /* One tile: `len` rows of a tensor starting at `row`, at global positions
  * starting at `pos`.  Tiles never straddle pieces, so positions inside a
@@ -54,6 +40,62 @@ void cpa_tiling_init(cpa_tiling *t, cpa_rows rows, int64_t nrows, int64_t tile);
 static inline int64_t cpa_tiling_count(const cpa_tiling *t) { return t->first_tile[t->count]; }
 cpa_tile cpa_tiling_get(const cpa_tiling *t, int64_t index);
 
+/* ---- instruction sets ------------------------------------------------- */
+
+typedef struct cpa_fwd_job cpa_fwd_job;
+typedef struct cpa_bwd_job cpa_bwd_job;
+
+/* One instruction set's kernels (attn_simd.c compiled for it): its panel
+ * sizes, scratch needs and task functions. */
+typedef struct cpa_isa_kernels {
+    int fwd_rows; /* query rows per forward panel (lanes) */
+    int bwd_keys; /* keys per backward task (lanes) */
+    size_t (*fwd_scratch_floats)(int64_t max_head_dim, int panels);
+    size_t (*bwd_scratch_floats)(int64_t max_head_dim);
+    void (*fwd_task)(const cpa_fwd_job *job, int64_t task, float *scratch, int progress);
+    void (*bwd_task)(const cpa_bwd_job *job, int64_t task, float *scratch, int progress);
+} cpa_isa_kernels;
+
+/* The kernels of `isa` (NULL if not compiled in); isa.c. */
+const cpa_isa_kernels *cpa_isa_kernels_of(cpa_isa isa);
+
+struct cpa_attn_ctx {
+    int num_threads;
+    cpa_isa isa;
+    const cpa_isa_kernels *kern;
+    int64_t max_head_dim;
+    int fwd_panels;        /* query panels per forward task */
+    size_t scratch_floats; /* per thread */
+    float *scratch;        /* [num_threads, scratch_floats] */
+    void *work;            /* per-call workspace (backward: task counters, Dr) */
+    size_t work_cap;       /* bytes; grows, never shrinks */
+};
+
+/* A forward call: tasks are (query block, b, g, head chunk); each runs
+ * `heads_per_task` x `tiles_per_task` panels against every key tile. */
+struct cpa_fwd_job {
+    const cpa_attn_desc *d;
+    cpa_tensor out, lse;
+    cpa_tiling qt, kt; /* query tiles of fwd_rows rows, key tiles of CPA_FWD_KEYS */
+    float qscale;      /* softmax scale · log2 e, folded into the packed Q */
+    int64_t hpg;       /* query heads per key/value head */
+    int64_t heads_per_task, tiles_per_task, nhchunks, nqblocks;
+};
+
+/* A backward call: task t = (b·G + g)·nk + j owns key tile j; its query
+ * units are (head in group, query tile) in a fixed order; chain[t] counts
+ * the units whose dQ this task and all earlier ones of its chain have
+ * added (INT64_MAX when done). */
+struct cpa_bwd_job {
+    const cpa_attn_desc *d;
+    cpa_tensor out, lse, dout, dq, dk, dv;
+    cpa_tiling qt, kt; /* query tiles of CPA_BWD_ROWS rows, key tiles of bwd_keys */
+    float scale, kscale; /* softmax scale, and scale · log2 e */
+    int64_t hpg, nq, nk;
+    int64_t *chain;   /* [B·G·nk] */
+    const float *dr;  /* [B, H, Sq] rowsum(dO ∘ O), computed once per call */
+};
+
 /* How a key tile relates to a query tile under the mask. */
 typedef enum { CPA_TILE_SKIP, CPA_TILE_FULL, CPA_TILE_PARTIAL } cpa_tile_class;
 
@@ -66,10 +108,19 @@ static inline void cpa_mask_range(cpa_mask m, int64_t qpos, int64_t *lo, int64_t
 
 cpa_tile_class cpa_tile_classify(cpa_mask m, cpa_tile q, cpa_tile k);
 
-/* For a partial tile: in query row i, key columns outside [*j0, *j1) are
- * masked (the visible columns form one contiguous run, possibly empty). */
-void cpa_tile_row_visible(cpa_mask m, cpa_tile q, cpa_tile k, int64_t i, int64_t *j0,
-                          int64_t *j1);
+/* Keys of tile k that some row of q can see are among its first
+ * cpa_tile_visible_len(...) keys. */
+int64_t cpa_tile_visible_len(cpa_mask m, cpa_tile q, cpa_tile k);
+
+/* Forward lanes: for query lane i (< lanes) of tile q, the visible keys of
+ * k are those with index j, lo[i] <= j <= hi[i], among the first klen;
+ * lanes past q.len see all of them (their results are discarded). */
+void cpa_tile_lane_ranges(cpa_mask m, cpa_tile q, cpa_tile k, int64_t klen, int lanes,
+                          int32_t *lo, int32_t *hi);
+
+/* Backward rows: for query row i (< q.len) of tile q, the visible keys of
+ * k are the lanes lo[i] <= j <= hi[i] (empty: lo > hi). */
+void cpa_tile_row_ranges(cpa_mask m, cpa_tile q, cpa_tile k, int32_t *lo, int32_t *hi);
 
 /* Number of visible (query, key) pairs between two pieces. */
 double cpa_visible_pairs(cpa_mask m, cpa_piece q, cpa_piece k);
@@ -87,15 +138,6 @@ float cpa_attn_scale(const cpa_attn_desc *d);
 cpa_status cpa_attn_ctx_resolve(cpa_attn_ctx *ctx, const cpa_attn_desc *d, cpa_attn_ctx **use,
                                 cpa_attn_ctx **tmp);
 
-/* Row primitives (vectorised with AVX2+FMA where available). */
-float cpa_row_max(const float *x, int64_t n);
-/* x[j] = exp(x[j] - shift) for j < n; returns the sum of the results.
- * Entries equal to -inf give exactly 0. */
-float cpa_row_exp_sum(float *x, int64_t n, float shift);
-/* x[j] = exp(x[j] - shift), no sum. */
-void cpa_row_exp(float *x, int64_t n, float shift);
-/* Returns sum_j a[j]*b[j]. */
-float cpa_row_dot(const float *a, const float *b, int64_t n);
 /* Element pointer of a 4-D view at (b, s, n, 0). */
 static inline float *cpa_at4(const cpa_tensor *t, int64_t b, int64_t s, int64_t n)
 {
@@ -106,28 +148,19 @@ static inline float *cpa_at3(const cpa_tensor *t, int64_t b, int64_t h, int64_t 
     return t->data + b * t->stride[0] + h * t->stride[1] + s * t->stride[2];
 }
 
-/* Call at the top of every parallel region that calls BLAS.  The OpenMP
- * build of OpenBLAS runs single-threaded inside an *active* parallel region,
- * but a team of one thread is not active, so with one thread OpenBLAS would
- * split its GEMMs over all cores — oversubscribing, and changing the
- * rounding (the results must not depend on the thread count).  Setting the
- * thread's own OpenMP thread limit to 1 (an ICV local to this region)
- * keeps every GEMM on the calling thread. */
-static inline void cpa_blas_single_thread(void) { omp_set_num_threads(1); }
-
-/* The start of a kernel's parallel region: pin BLAS to this thread, say
- * whether this thread drives the progress callback (thread 0, the one MPI
- * allows to call it), and return this thread's scratch block. */
+/* The start of a kernel's parallel region: whether this thread drives the
+ * progress callback (thread 0, the one MPI allows to call it), and this
+ * thread's scratch block. */
 static inline float *cpa_thread_begin(const cpa_attn_ctx *ctx, const cpa_attn_desc *d,
                                       int *progress)
 {
-    cpa_blas_single_thread();
     *progress = d->progress && omp_get_thread_num() == 0;
     return ctx->scratch + (size_t)omp_get_thread_num() * ctx->scratch_floats;
 }
 
-/* Scalar exp with the same polynomial as the vector path (for tails). */
-float cpa_expf(float x);
+/* Make ctx->work at least `bytes` long (grows, never shrinks; 64-byte
+ * aligned). */
+cpa_status cpa_attn_ctx_reserve(cpa_attn_ctx *ctx, size_t bytes);
 
 /* The reference implementations (attn_ref.c). */
 cpa_status cpa_attn_forward_ref(const cpa_attn_desc *d, cpa_tensor out, cpa_tensor lse);

@@ -62,7 +62,7 @@ static void test_layout_views(void)
 static void test_alloc_failure(void)
 {
     cpa_attn_ctx *ctx = NULL;
-    cpa_attn_ctx_config cfg = {64, 1};
+    cpa_attn_ctx_config cfg = {64, 1, CPA_ISA_AUTO};
     cpa_debug_fail_alloc_after(1);
     CHECK_STATUS(cpa_attn_ctx_create(&cfg, &ctx), CPA_ERR_NOMEM);
     cpa_debug_fail_alloc_after(2); /* the scratch buffer, after the context */

@@ -13,9 +13,14 @@
  *   out, lse (forward): 1e-5 relative (lse: 1e-5 absolute per unit of |lse|)
  *   dq, dk, dv:         5e-5 relative (two more GEMM chains and the Dr
  *                       subtraction, which cancels)
- * Measured worst cases over the grid (printed at the end): out 6e-7,
- * lse 5e-7, dq/dk 2-4e-6, dv 6e-7 (out 1.1e-6 with 256-row forward key tiles) — 10-20x below the bounds, so a real bug
- * (a wrong mask edge, a lost tile) fails while rounding never does.
+ * Measured worst cases over the grid (printed at the end, for every path):
+ * about 1e-6 (out, lse) and 4e-6 (dq, dk, dv) — 10x below the bounds, so a
+ * real bug (a wrong mask edge, a lost tile) fails while rounding never does.
+ *
+ * Instruction sets.  Every fast path compiled in (avx512, avx2, scalar) is
+ * forced in turn — through the context's `isa` and through $CPATTN_ISA —
+ * and pitted against the same reference; a path this CPU cannot run is
+ * skipped with a printed line.
  */
 #include "kernel_internal.h" /* tile sizes */
 #include "kernel_test_util.h"
@@ -29,6 +34,12 @@
 
 static int verbose;
 
+/* The fast paths this run tests: every one the CPU supports. */
+static cpa_isa isas[3];
+static int nisas;
+/* The path the single-path tests below run (through $CPATTN_ISA). */
+static cpa_isa cur_isa;
+
 typedef struct kcase {
     int64_t B, Sq, Sk, H, G, Dqk, Dv;
     cpa_mask_kind mask;
@@ -40,7 +51,20 @@ typedef struct kcase {
 
 typedef struct kresult {
     tu_err out, lse, dq, dk, dv;
+    int skipped;
 } kresult;
+
+/* Fresh gradient buffers filled with the same starting values (the
+ * backward accumulates into them). */
+static void grads_init(const kcase *c, tu_tensor *dq, tu_tensor *dk, tu_tensor *dv)
+{
+    *dq = tu_attn(c->layout, c->B, c->Sq, c->H, c->Dqk);
+    *dk = tu_attn(c->layout, c->B, c->Sk, c->G, c->Dqk);
+    *dv = tu_attn(c->layout, c->B, c->Sk, c->G, c->Dv);
+    tu_fill(dq->t, 5, 0.1f);
+    tu_fill(dk->t, 6, 0.1f);
+    tu_fill(dv->t, 7, 0.1f);
+}
 
 static void describe(const kcase *c, char *buf, size_t n)
 {
@@ -51,29 +75,33 @@ static void describe(const kcase *c, char *buf, size_t n)
              c->nk);
 }
 
-/* Fast fwd+bwd vs reference fwd+bwd on the same inputs.  The gradient
- * outputs start from the same random values so accumulation is tested. */
-static kresult run_case(const kcase *c, int threads)
+/* Under AddressSanitizer every scalar lane access is instrumented and the
+ * scalar path takes minutes on the largest cases; there it runs the cases
+ * up to 5e5 score entries (most of the grid), the vector paths run all.
+ * The scalar path shares every line of its driver with the vector ones. */
+static int skip_slow_path(const kcase *c, cpa_isa isa)
+{
+#if defined(__SANITIZE_ADDRESS__)
+    return isa == CPA_ISA_SCALAR && (double)c->B * c->H * c->Sq * c->Sk > 5e5;
+#else
+    (void)c, (void)isa;
+    return 0;
+#endif
+}
+
+/* Fast fwd+bwd of every tested path vs one reference fwd+bwd on the same
+ * inputs.  The gradient outputs start from the same random values so
+ * accumulation is tested.  r[i] is the result of isas[i]. */
+static void run_case(const kcase *c, int threads, kresult *r)
 {
     tu_tensor q = tu_attn(c->layout, c->B, c->Sq, c->H, c->Dqk);
     tu_tensor k = tu_attn(c->layout, c->B, c->Sk, c->G, c->Dqk);
     tu_tensor v = tu_attn(c->layout, c->B, c->Sk, c->G, c->Dv);
     tu_tensor dout = tu_attn(c->layout, c->B, c->Sq, c->H, c->Dv);
-    tu_tensor out[2], lse[2], dq[2], dk[2], dv[2];
     tu_fill(q.t, 1, 1.0f);
     tu_fill(k.t, 2, 1.0f);
     tu_fill(v.t, 3, 1.0f);
     tu_fill(dout.t, 4, 1.0f);
-    for (int i = 0; i < 2; ++i) {
-        out[i] = tu_attn(c->layout, c->B, c->Sq, c->H, c->Dv);
-        lse[i] = tu_lse(c->B, c->H, c->Sq);
-        dq[i] = tu_attn(c->layout, c->B, c->Sq, c->H, c->Dqk);
-        dk[i] = tu_attn(c->layout, c->B, c->Sk, c->G, c->Dqk);
-        dv[i] = tu_attn(c->layout, c->B, c->Sk, c->G, c->Dv);
-        tu_fill(dq[i].t, 5, 0.1f);
-        tu_fill(dk[i].t, 6, 0.1f);
-        tu_fill(dv[i].t, 7, 0.1f);
-    }
     cpa_attn_desc d;
     memset(&d, 0, sizeof d);
     d.q = q.t;
@@ -86,57 +114,71 @@ static kresult run_case(const kcase *c, int threads)
     d.mask.kind = c->mask;
     d.softmax_scale = c->scale;
 
-    cpa_attn_ctx *ctx = NULL;
-    cpa_attn_ctx_config cfg = {c->Dqk > c->Dv ? c->Dqk : c->Dv, threads};
-    CHECK_OK(cpa_attn_ctx_create(&cfg, &ctx));
-    for (int i = 0; i < 2; ++i) {
-        d.impl = i == 0 ? CPA_IMPL_FAST : CPA_IMPL_REFERENCE;
-        CHECK_OK(cpa_attn_forward(ctx, &d, out[i].t, lse[i].t));
-        CHECK_OK(cpa_attn_backward(ctx, &d, out[i].t, lse[i].t, dout.t, dq[i].t, dk[i].t, dv[i].t));
-    }
-    cpa_attn_ctx_destroy(ctx);
+    /* The reference, once. */
+    tu_tensor out0 = tu_attn(c->layout, c->B, c->Sq, c->H, c->Dv), lse0 = tu_lse(c->B, c->H, c->Sq);
+    tu_tensor dq0, dk0, dv0;
+    grads_init(c, &dq0, &dk0, &dv0);
+    d.impl = CPA_IMPL_REFERENCE;
+    CHECK_OK(cpa_attn_forward(NULL, &d, out0.t, lse0.t));
+    CHECK_OK(cpa_attn_backward(NULL, &d, out0.t, lse0.t, dout.t, dq0.t, dk0.t, dv0.t));
 
-    kresult r;
-    r.out = tu_compare(out[0].t, out[1].t);
-    r.lse = tu_compare(lse[0].t, lse[1].t);
-    r.dq = tu_compare(dq[0].t, dq[1].t);
-    r.dk = tu_compare(dk[0].t, dk[1].t);
-    r.dv = tu_compare(dv[0].t, dv[1].t);
-    free(q.buf);
-    free(k.buf);
-    free(v.buf);
-    free(dout.buf);
-    for (int i = 0; i < 2; ++i) {
-        free(out[i].buf);
-        free(lse[i].buf);
-        free(dq[i].buf);
-        free(dk[i].buf);
-        free(dv[i].buf);
+    d.impl = CPA_IMPL_FAST;
+    for (int i = 0; i < nisas; ++i) {
+        r[i].skipped = skip_slow_path(c, isas[i]);
+        if (r[i].skipped)
+            continue;
+        tu_tensor out = tu_attn(c->layout, c->B, c->Sq, c->H, c->Dv), lse = tu_lse(c->B, c->H, c->Sq);
+        tu_tensor dq, dk, dv;
+        grads_init(c, &dq, &dk, &dv);
+        cpa_attn_ctx *ctx = NULL;
+        cpa_attn_ctx_config cfg = {c->Dqk > c->Dv ? c->Dqk : c->Dv, threads, isas[i]};
+        CHECK_OK(cpa_attn_ctx_create(&cfg, &ctx));
+        CHECK(cpa_attn_ctx_isa(ctx) == isas[i]);
+        CHECK_OK(cpa_attn_forward(ctx, &d, out.t, lse.t));
+        CHECK_OK(cpa_attn_backward(ctx, &d, out.t, lse.t, dout.t, dq.t, dk.t, dv.t));
+        cpa_attn_ctx_destroy(ctx);
+        r[i].out = tu_compare(out.t, out0.t);
+        r[i].lse = tu_compare(lse.t, lse0.t);
+        r[i].dq = tu_compare(dq.t, dq0.t);
+        r[i].dk = tu_compare(dk.t, dk0.t);
+        r[i].dv = tu_compare(dv.t, dv0.t);
+        free(out.buf), free(lse.buf), free(dq.buf), free(dk.buf), free(dv.buf);
     }
-    return r;
+    free(q.buf), free(k.buf), free(v.buf), free(dout.buf);
+    free(out0.buf), free(lse0.buf), free(dq0.buf), free(dk0.buf), free(dv0.buf);
 }
 
 static double worst[5];
 
-static void check_case(const kcase *c)
+/* One path's result against the tolerances; tracks the worst errors. */
+static void check_result(const kcase *c, cpa_isa isa, const kresult *r)
 {
-    char desc[256];
+    char desc[300];
     describe(c, desc, sizeof desc);
-    kresult r = run_case(c, 0);
+    snprintf(desc + strlen(desc), sizeof desc - strlen(desc), " [%s]", cpa_isa_name(isa));
     /* lse is compared in absolute terms scaled by its magnitude (>= 1). */
-    double lse_tol = TOL_FWD * (r.lse.scale > 1.0 ? r.lse.scale : 1.0);
-    CHECK_MSG(r.out.rel <= TOL_FWD, "%s: out rel err %.3g > %.1g", desc, r.out.rel, TOL_FWD);
-    CHECK_MSG(r.lse.abs <= lse_tol, "%s: lse abs err %.3g > %.3g", desc, r.lse.abs, lse_tol);
-    CHECK_MSG(r.dq.rel <= TOL_BWD, "%s: dq rel err %.3g > %.1g", desc, r.dq.rel, TOL_BWD);
-    CHECK_MSG(r.dk.rel <= TOL_BWD, "%s: dk rel err %.3g > %.1g", desc, r.dk.rel, TOL_BWD);
-    CHECK_MSG(r.dv.rel <= TOL_BWD, "%s: dv rel err %.3g > %.1g", desc, r.dv.rel, TOL_BWD);
-    double e[5] = {r.out.rel, r.lse.abs, r.dq.rel, r.dk.rel, r.dv.rel};
+    double lse_tol = TOL_FWD * (r->lse.scale > 1.0 ? r->lse.scale : 1.0);
+    CHECK_MSG(r->out.rel <= TOL_FWD, "%s: out rel err %.3g > %.1g", desc, r->out.rel, TOL_FWD);
+    CHECK_MSG(r->lse.abs <= lse_tol, "%s: lse abs err %.3g > %.3g", desc, r->lse.abs, lse_tol);
+    CHECK_MSG(r->dq.rel <= TOL_BWD, "%s: dq rel err %.3g > %.1g", desc, r->dq.rel, TOL_BWD);
+    CHECK_MSG(r->dk.rel <= TOL_BWD, "%s: dk rel err %.3g > %.1g", desc, r->dk.rel, TOL_BWD);
+    CHECK_MSG(r->dv.rel <= TOL_BWD, "%s: dv rel err %.3g > %.1g", desc, r->dv.rel, TOL_BWD);
+    double e[5] = {r->out.rel, r->lse.abs, r->dq.rel, r->dk.rel, r->dv.rel};
     for (int i = 0; i < 5; ++i)
         if (e[i] > worst[i])
             worst[i] = e[i];
     if (verbose)
-        fprintf(stderr, "  %s: out %.2g lse %.2g dq %.2g dk %.2g dv %.2g\n", desc, r.out.rel,
-                r.lse.abs, r.dq.rel, r.dk.rel, r.dv.rel);
+        fprintf(stderr, "  %s: out %.2g lse %.2g dq %.2g dk %.2g dv %.2g\n", desc, r->out.rel,
+                r->lse.abs, r->dq.rel, r->dk.rel, r->dv.rel);
+}
+
+static void check_case(const kcase *c)
+{
+    kresult r[3];
+    run_case(c, 0, r);
+    for (int i = 0; i < nisas; ++i)
+        if (!r[i].skipped)
+            check_result(c, isas[i], &r[i]);
 }
 
 /* The grid of the issue: every S, D, (H, G), B, layout and mask appears,
@@ -165,6 +207,25 @@ static void test_grid(void)
                 check_case(&c);
                 ++n;
             }
+    /* MLA head dims (Dqk 192, Dv 128), head dims that are no multiple of
+     * any vector width (20, 33), and Sq != Sk with ragged edges for every
+     * panel and tile size (forward 32/16/4 query rows and 128 keys,
+     * backward 64 query rows and 128/64 keys). */
+    static const int64_t extra[][8] = {
+        /* B, Sq, Sk, H, G, Dqk, Dv, mask */
+        {1, 333, 333, 4, 2, 192, 128, 1}, {2, 129, 257, 2, 1, 192, 128, 0},
+        {1, 95, 161, 3, 3, 20, 33, 1},    {1, 65, 31, 2, 2, 33, 20, 0},
+        {2, 97, 300, 6, 2, 48, 48, 1},
+    };
+    for (int i = 0; i < 5; ++i) {
+        kcase c;
+        memset(&c, 0, sizeof c);
+        c.B = extra[i][0], c.Sq = extra[i][1], c.Sk = extra[i][2], c.H = extra[i][3];
+        c.G = extra[i][4], c.Dqk = extra[i][5], c.Dv = extra[i][6];
+        c.mask = extra[i][7] ? CPA_MASK_CAUSAL : CPA_MASK_NONE;
+        c.layout = (cpa_layout)(i % 3);
+        check_case(&c);
+    }
 }
 
 /* Pieces cut at ragged points with global positions, as context-parallel
@@ -471,7 +532,7 @@ static void test_thread_determinism(void)
         r[3] = tu_attn(CPA_LAYOUT_BSHD, 2, 517, 2, 64);
         r[4] = tu_attn(CPA_LAYOUT_BSHD, 2, 517, 2, 64);
         cpa_attn_ctx *ctx = NULL;
-        cpa_attn_ctx_config cfg = {64, threads[ti]};
+        cpa_attn_ctx_config cfg = {64, threads[ti], CPA_ISA_AUTO};
         CHECK_OK(cpa_attn_ctx_create(&cfg, &ctx));
         CHECK(cpa_attn_ctx_threads(ctx) == threads[ti]);
         CHECK_OK(cpa_attn_forward(ctx, &p.d, r[0].t, r[1].t));
@@ -492,34 +553,142 @@ static void test_thread_determinism(void)
 
 /* ---- progress callback -------------------------------------------------- */
 
-static void count_progress(void *arg) { ++*(int *)arg; }
+typedef struct progress_log {
+    int calls, off_thread; /* calls, and calls from a thread other than 0 */
+} progress_log;
 
+static void count_progress(void *arg)
+{
+    progress_log *log = arg;
+#pragma omp atomic
+    ++log->calls;
+    if (omp_get_thread_num() != 0) {
+#pragma omp atomic
+        ++log->off_thread;
+    }
+}
+
+/* The callback runs on thread 0 only, and at least once per key tile of
+ * the forward and once per (key task, query unit) of the backward that
+ * thread 0 ran — so a ring's MPI_Test is called every few hundred
+ * microseconds of work whatever the shape. */
 static void test_progress_callback(void)
 {
+    const int64_t S = 300, H = 4, G = 2;
     problem p;
-    problem_init(&p, 1, 300, 2, 2, 32, 32, CPA_MASK_NONE);
-    int calls = 0;
+    problem_init(&p, 1, S, H, G, 32, 32, CPA_MASK_NONE);
+    progress_log log = {0, 0};
     p.d.progress = count_progress;
-    p.d.progress_arg = &calls;
-    tu_tensor out = tu_attn(CPA_LAYOUT_BSHD, 1, 300, 2, 32), lse = tu_lse(1, 2, 300);
-    tu_tensor dq = tu_attn(CPA_LAYOUT_BSHD, 1, 300, 2, 32);
-    tu_tensor dk = tu_attn(CPA_LAYOUT_BSHD, 1, 300, 2, 32);
-    tu_tensor dv = tu_attn(CPA_LAYOUT_BSHD, 1, 300, 2, 32);
-    cpa_attn_ctx *ctx = NULL;
-    cpa_attn_ctx_config cfg = {32, 1};
-    CHECK_OK(cpa_attn_ctx_create(&cfg, &ctx));
-    CHECK_OK(cpa_attn_forward(ctx, &p.d, out.t, lse.t));
-    /* One call per (head, query tile, key tile). */
-    const int fwd_calls = 2 * ((300 + CPA_FWD_TILE_Q - 1) / CPA_FWD_TILE_Q) *
-                          ((300 + CPA_FWD_TILE_K - 1) / CPA_FWD_TILE_K);
-    const int bwd_calls = 2 * ((300 + CPA_TILE_Q - 1) / CPA_TILE_Q) *
-                          ((300 + CPA_TILE_K - 1) / CPA_TILE_K);
-    CHECK_MSG(calls == fwd_calls, "forward made %d progress calls, want %d", calls, fwd_calls);
-    calls = 0;
-    CHECK_OK(cpa_attn_backward(ctx, &p.d, out.t, lse.t, p.dout.t, dq.t, dk.t, dv.t));
-    CHECK_MSG(calls == bwd_calls, "backward made %d progress calls, want %d", calls, bwd_calls);
-    cpa_attn_ctx_destroy(ctx);
+    p.d.progress_arg = &log;
+    tu_tensor out = tu_attn(CPA_LAYOUT_BSHD, 1, S, H, 32), lse = tu_lse(1, H, S);
+    tu_tensor dq = tu_attn(CPA_LAYOUT_BSHD, 1, S, H, 32);
+    tu_tensor dk = tu_attn(CPA_LAYOUT_BSHD, 1, S, G, 32);
+    tu_tensor dv = tu_attn(CPA_LAYOUT_BSHD, 1, S, G, 32);
+    for (int threads = 1; threads <= 2; ++threads) {
+        cpa_attn_ctx *ctx = NULL;
+        cpa_attn_ctx_config cfg = {32, threads, CPA_ISA_AUTO};
+        CHECK_OK(cpa_attn_ctx_create(&cfg, &ctx));
+        const cpa_isa_kernels *kern = cpa_isa_kernels_of(cpa_attn_ctx_isa(ctx));
+        log.calls = log.off_thread = 0;
+        CHECK_OK(cpa_attn_forward(ctx, &p.d, out.t, lse.t));
+        const int64_t key_tiles = (S + CPA_FWD_KEYS - 1) / CPA_FWD_KEYS;
+        CHECK_MSG(log.off_thread == 0, "forward: %d progress calls off thread 0", log.off_thread);
+        if (threads == 1)
+            CHECK_MSG(log.calls >= G * key_tiles, "forward made %d progress calls, want >= %lld",
+                      log.calls, (long long)(G * key_tiles));
+        log.calls = log.off_thread = 0;
+        CHECK_OK(cpa_attn_backward(ctx, &p.d, out.t, lse.t, p.dout.t, dq.t, dk.t, dv.t));
+        const int64_t units = G * ((S + kern->bwd_keys - 1) / kern->bwd_keys) * (H / G) *
+                              ((S + CPA_BWD_ROWS - 1) / CPA_BWD_ROWS);
+        CHECK_MSG(log.off_thread == 0, "backward: %d progress calls off thread 0", log.off_thread);
+        if (threads == 1)
+            CHECK_MSG(log.calls >= units, "backward made %d progress calls, want >= %lld",
+                      log.calls, (long long)units);
+        cpa_attn_ctx_destroy(ctx);
+    }
     free(out.buf), free(lse.buf), free(dq.buf), free(dk.buf), free(dv.buf);
+    problem_free(&p);
+}
+
+/* ---- instruction-set selection ----------------------------------------- */
+
+static void test_isa_selection(void)
+{
+    cpa_isa isa;
+    CHECK_OK(cpa_isa_parse("avx2", &isa));
+    CHECK(isa == CPA_ISA_AVX2);
+    CHECK_STATUS(cpa_isa_parse("sse9", &isa), CPA_ERR_ARG);
+    CHECK(strstr(cpa_last_error(), "avx512") != NULL); /* names the choices */
+    CHECK(cpa_isa_supported(CPA_ISA_SCALAR));
+    CHECK(cpa_isa_supported(cpa_isa_best()));
+
+    const char *saved = getenv("CPATTN_ISA");
+    char keep[32] = "";
+    if (saved)
+        snprintf(keep, sizeof keep, "%s", saved);
+    cpa_attn_ctx *ctx = NULL;
+    cpa_attn_ctx_config cfg = {16, 1, CPA_ISA_AUTO};
+    setenv("CPATTN_ISA", "fastest", 1);
+    CHECK_STATUS(cpa_attn_ctx_create(&cfg, &ctx), CPA_ERR_ARG);
+    CHECK(strstr(cpa_last_error(), "CPATTN_ISA=fastest") != NULL);
+    setenv("CPATTN_ISA", "scalar", 1);
+    CHECK_OK(cpa_attn_ctx_create(&cfg, &ctx));
+    CHECK(cpa_attn_ctx_isa(ctx) == CPA_ISA_SCALAR);
+    cpa_attn_ctx_destroy(ctx);
+    /* An explicit choice wins over the variable. */
+    cfg.isa = cpa_isa_best();
+    CHECK_OK(cpa_attn_ctx_create(&cfg, &ctx));
+    CHECK(cpa_attn_ctx_isa(ctx) == cpa_isa_best());
+    cpa_attn_ctx_destroy(ctx);
+    /* A path the CPU lacks is refused, naming what it has. */
+    for (int i = CPA_ISA_SCALAR; i <= CPA_ISA_AVX512; ++i)
+        if (!cpa_isa_supported((cpa_isa)i)) {
+            cfg.isa = (cpa_isa)i;
+            CHECK_STATUS(cpa_attn_ctx_create(&cfg, &ctx), CPA_ERR_ARG);
+            CHECK(strstr(cpa_last_error(), "does not support") != NULL);
+        }
+    if (saved)
+        setenv("CPATTN_ISA", keep, 1);
+    else
+        unsetenv("CPATTN_ISA");
+}
+
+/* MQA at B=1 (every query head on one KV head): the backward's key tasks
+ * wait on each other to add dQ in order; the result must not depend on the
+ * thread count, and must match the reference. */
+static void test_mqa_chain(void)
+{
+    kcase c;
+    memset(&c, 0, sizeof c);
+    c.B = 1, c.Sq = c.Sk = 700, c.H = 8, c.G = 1, c.Dqk = c.Dv = 64;
+    c.mask = CPA_MASK_CAUSAL;
+    check_case(&c);
+    problem p;
+    problem_init(&p, 1, 700, 8, 1, 64, 64, CPA_MASK_NONE);
+    tu_tensor ref[3];
+    for (int threads = 1; threads <= 4; ++threads) {
+        tu_tensor out = tu_attn(CPA_LAYOUT_BSHD, 1, 700, 8, 64), lse = tu_lse(1, 8, 700);
+        tu_tensor g[3] = {tu_attn(CPA_LAYOUT_BSHD, 1, 700, 8, 64), tu_attn(CPA_LAYOUT_BSHD, 1, 700, 1, 64),
+                          tu_attn(CPA_LAYOUT_BSHD, 1, 700, 1, 64)};
+        cpa_attn_ctx *ctx = NULL;
+        cpa_attn_ctx_config cfg = {64, threads, CPA_ISA_AUTO};
+        CHECK_OK(cpa_attn_ctx_create(&cfg, &ctx));
+        CHECK_OK(cpa_attn_forward(ctx, &p.d, out.t, lse.t));
+        CHECK_OK(cpa_attn_backward(ctx, &p.d, out.t, lse.t, p.dout.t, g[0].t, g[1].t, g[2].t));
+        cpa_attn_ctx_destroy(ctx);
+        for (int i = 0; i < 3; ++i) {
+            if (threads == 1) {
+                ref[i] = g[i];
+                continue;
+            }
+            CHECK_MSG(tu_bitwise_equal(g[i].t, ref[i].t),
+                      "MQA gradient %d differs bitwise between 1 and %d threads", i, threads);
+            free(g[i].buf);
+        }
+        free(out.buf), free(lse.buf);
+    }
+    for (int i = 0; i < 3; ++i)
+        free(ref[i].buf);
     problem_free(&p);
 }
 
@@ -599,7 +768,7 @@ static void test_invalid_args(void)
 
     /* Contexts. */
     cpa_attn_ctx *ctx = NULL;
-    cpa_attn_ctx_config cfg = {0, 1};
+    cpa_attn_ctx_config cfg = {0, 1, CPA_ISA_AUTO};
     CHECK_STATUS(cpa_attn_ctx_create(&cfg, &ctx), CPA_ERR_ARG);
     cfg.max_head_dim = 4; /* smaller than D = 8 */
     CHECK_OK(cpa_attn_ctx_create(&cfg, &ctx));
@@ -617,14 +786,31 @@ static void test_invalid_args(void)
 int main(void)
 {
     verbose = getenv("TEST_VERBOSE") != NULL;
+    for (int i = CPA_ISA_SCALAR; i <= CPA_ISA_AVX512; ++i) {
+        if (cpa_isa_supported((cpa_isa)i))
+            isas[nisas++] = (cpa_isa)i;
+        else
+            fprintf(stderr, "skip: this CPU cannot run the %s kernels; they are not tested here\n",
+                    cpa_isa_name((cpa_isa)i));
+    }
+    RUN_TEST(test_isa_selection);
     RUN_TEST(test_grid);
     RUN_TEST(test_pieces);
-    RUN_TEST(test_split_merge);
+    RUN_TEST(test_mqa_chain);
+    /* The single-path tests, once per path through $CPATTN_ISA (what a
+     * user would set); NULL contexts resolve it too. */
+    for (int i = 0; i < nisas; ++i) {
+        cur_isa = isas[i];
+        setenv("CPATTN_ISA", cpa_isa_name(cur_isa), 1);
+        fprintf(stderr, "== %s\n", cpa_isa_name(cur_isa));
+        RUN_TEST(test_split_merge);
+        RUN_TEST(test_fully_masked);
+        RUN_TEST(test_finite_differences);
+        RUN_TEST(test_thread_determinism);
+        RUN_TEST(test_progress_callback);
+    }
+    unsetenv("CPATTN_ISA");
     RUN_TEST(test_merge_edges);
-    RUN_TEST(test_fully_masked);
-    RUN_TEST(test_finite_differences);
-    RUN_TEST(test_thread_determinism);
-    RUN_TEST(test_progress_callback);
     RUN_TEST(test_invalid_args);
     fprintf(stderr, "worst errors: out %.3g lse %.3g dq %.3g dk %.3g dv %.3g\n", worst[0], worst[1],
             worst[2], worst[3], worst[4]);
