@@ -54,6 +54,31 @@ const char *cpa_last_error(void);
 void cpa_clear_error(void);
 
 /* ------------------------------------------------------------------------ */
+/* The BLAS                                                                  */
+/* ------------------------------------------------------------------------ */
+
+/* What the BLAS cpattn links (OpenBLAS) runs, against what this CPU could
+ * run.  OpenBLAS chooses its kernel family when it loads, from the CPU
+ * model; on CPUs it does not recognise it runs its oldest (SSE) kernels,
+ * several times slower.  The environment variable OPENBLAS_CORETYPE, read
+ * at load time, overrides that choice: `message` says which value fits.
+ * The cpattn program applies it by itself (see docs/kernels.md); a program
+ * that links the library can call this to report the problem. */
+typedef struct cpa_blas_report {
+    char core[32];       /* the family in use: "Haswell", "SkylakeX", "Prescott", ... */
+    char cpu_family[32]; /* a family that fits this CPU's widest vectors ("" if none) */
+    int below_cpu;       /* 1: the kernels in use are a lower instruction set than the CPU's */
+    int user_set;        /* 1: OPENBLAS_CORETYPE is set in the environment */
+    char message[320];   /* one sentence in words, with the fix when there is one */
+} cpa_blas_report;
+
+void cpa_blas_inspect(cpa_blas_report *report);
+
+/* An sgemm of ragged shape against a plain loop in double: 1 if the BLAS
+ * as configured computes it correctly. */
+int cpa_blas_selftest(void);
+
+/* ------------------------------------------------------------------------ */
 /* Tensor views                                                              */
 /* ------------------------------------------------------------------------ */
 
@@ -188,6 +213,13 @@ cpa_isa cpa_isa_best(void);
  * unknown or unsupported name is CPA_ERR_ARG, naming the variable), else
  * cpa_isa_best(). */
 cpa_status cpa_isa_resolve(cpa_isa requested, cpa_isa *out);
+
+/* The fp32 FMA peak of `isa` (CPA_ISA_AUTO: what a context would use) on
+ * `threads` threads at once (0: omp_get_max_threads()), measured now in
+ * about 0.1 s: 12 independent FMA chains per thread, best of 5 runs,
+ * GFLOP/s summed over the threads.  The honest ceiling for the kernels:
+ * no kernel can beat it.  0 if `isa` cannot run here. */
+double cpa_fma_peak_gflops(cpa_isa isa, int threads);
 
 typedef struct cpa_attn_ctx_config {
     int64_t max_head_dim; /* largest Dqk or Dv the context will see */

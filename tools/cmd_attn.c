@@ -1000,6 +1000,7 @@ static void print_setup(const attn_run *r)
                  "the single-process kernel\n", tool_world_size());
         tool_say("# kernel threads %d, implementation %s\n", cpa_attn_ctx_threads(r->ctx),
                  c->reference ? "reference" : "fast");
+        tool_say_platform(cpa_attn_ctx_isa(r->ctx));
         return;
     }
     char algo[32], degree[48] = "", ring[80] = "";
@@ -1019,6 +1020,9 @@ static void print_setup(const attn_run *r)
     int threads = 1;
 #endif
     tool_say("# kernel threads %d per rank, implementation fast\n", threads);
+    cpa_isa isa = CPA_ISA_AUTO;
+    cpa_isa_resolve(CPA_ISA_AUTO, &isa); /* the plan has resolved it already */
+    tool_say_platform(isa);
 }
 
 static int setup(attn_run *r)

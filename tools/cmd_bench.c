@@ -1,9 +1,11 @@
 /*
  * cmd_bench.c — `cpattn bench kernel`: GFLOP/s of the local attention
- * kernel (forward and backward) over a grid of sequence lengths, head dims,
- * masks and thread counts, each next to OpenBLAS sgemm measured in the same
- * run at the same thread count, so the numbers are fractions of a ceiling
- * measured on this machine rather than of a datasheet.
+ * kernel (forward, backward, and both) over a grid of sequence lengths, head
+ * dims (MLA's Dqk != Dv included), KV head counts, masks and thread counts,
+ * each as a fraction of two ceilings measured in the same run at the same
+ * thread count (ceiling.c): the FMA peak of the instruction set the kernels
+ * run, and a square sgemm with the BLAS as configured — fractions of this
+ * machine, not of a datasheet.
  *
  * Flops come from cpa_attn_forward_flops() (visible pairs only, so a causal
  * run counts about half); the backward is counted as 2.5x the forward.
@@ -21,7 +23,6 @@
 
 #include "cpattn.h"
 
-#include <cblas.h>
 #include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -31,9 +32,14 @@
 /* Flags                                                                     */
 /* ------------------------------------------------------------------------ */
 
+#define MAX_DIMS CLI_LIST_MAX
+
 typedef struct bench_cfg {
-    cli_int_list seqs, dims, threads;
-    int64_t B, H, G;
+    cli_int_list seqs, threads, groups;
+    const char *dims_arg;
+    int ndims;
+    int64_t dqk[MAX_DIMS], dv[MAX_DIMS]; /* parsed --head-dims */
+    int64_t B, H;
     int mask; /* index in "both|causal|general" */
     int64_t reps, warmup, sgemm_n;
     double max_seconds;
@@ -48,8 +54,8 @@ enum { MASKS_BOTH = 0, MASKS_CAUSAL = 1, MASKS_GENERAL = 2 };
 static const cli_option bench_options[] = {
     {.flag = "--seq-lengths", .type = CLI_INT_LIST, .def = "1024,4096,16384", .min = 1,
      .max = INT64_MAX, .help = "Sequence lengths S.", .offset = BT(seqs)},
-    {.flag = "--head-dims", .type = CLI_INT_LIST, .def = "64,128", .min = 1, .max = 4096,
-     .help = "Head dims D (Dv = D).", .offset = BT(dims)},
+    {.flag = "--head-dims", .type = CLI_STRING, .def = "64,128,192/128", .metavar = "D,Dqk/Dv,...",
+     .help = "Head dims: D (Dv = D) or Dqk/Dv (MLA: 192/128).", .offset = BT(dims_arg)},
     {.flag = "--threads", .type = CLI_INT_LIST, .def = "1,2", .min = 1, .max = 4096,
      .help = "Thread counts, for the kernel (its context) and for sgemm (OpenMP).",
      .offset = BT(threads)},
@@ -57,8 +63,9 @@ static const cli_option bench_options[] = {
      .max = INT64_MAX, .help = "Batch size B.", .offset = BT(B)},
     {.flag = "--num-attention-heads", .type = CLI_INT, .def = "8", .metavar = "H", .min = 1,
      .max = INT64_MAX, .help = "Query heads H.", .offset = BT(H)},
-    {.flag = "--num-query-groups", .type = CLI_INT, .metavar = "G", .min = 1, .max = INT64_MAX,
-     .help = "Key/value heads G, H % G == 0. Default: H.", .offset = BT(G)},
+    {.flag = "--num-query-groups", .type = CLI_INT_LIST, .metavar = "G,G,...", .min = 1,
+     .max = INT64_MAX, .help = "Key/value head counts G, each dividing H. Default: H and 2 (MHA "
+     "and GQA).", .offset = BT(groups)},
     {.flag = "--masks", .type = CLI_CHOICE, .def = "both", .choices = "both|causal|general",
      .help = "Which --attention-mask-type values to run.", .offset = BT(mask)},
     {.flag = "--reps", .type = CLI_INT, .def = "3", .min = 1, .max = 100000,
@@ -76,7 +83,8 @@ static const cli_option bench_options[] = {
      .offset = BT(forward_only)},
     {.flag = "--quick", .type = CLI_FLAG,
      .help = "A fast subset: --seq-lengths 1024,4096 --head-dims 64 --threads 1 "
-             "--sgemm-size 2048 (flags given explicitly still win).", .offset = BT(quick)},
+             "--num-query-groups H --sgemm-size 2048 (flags given explicitly still win).",
+     .offset = BT(quick)},
     {.flag = "--csv", .type = CLI_STRING, .metavar = "FILE",
      .help = "Write the CSV block to FILE instead of stdout.", .offset = BT(csv)},
 };
@@ -85,11 +93,11 @@ static const cli_spec bench_spec = {
     .command = "cpattn bench kernel",
     .synopsis = "[flags]",
     .description =
-        "Forward and backward GFLOP/s of the local attention kernel for every combination of "
-        "--seq-lengths, --head-dims, masks and --threads, next to OpenBLAS sgemm GFLOP/s "
-        "measured in the same run: a square N^3 sgemm at the same thread count, and a hot-cache "
-        "128x128xD tile (the shape of one Q.K^T block) on 1 thread.  The ratio columns are "
-        "kernel / square sgemm.",
+        "Forward, backward and forward+backward GFLOP/s of the local attention kernel for every "
+        "combination of --seq-lengths, --head-dims, --num-query-groups, masks and --threads, "
+        "each divided by two ceilings measured in the same run at the same thread count: the "
+        "FMA peak of the instruction set the kernels use (/peak) and a square N^3 sgemm with "
+        "OpenBLAS as configured (/sgemm).",
     .options = bench_options,
     .count = (int)(sizeof bench_options / sizeof bench_options[0]),
     .epilog =
@@ -99,8 +107,10 @@ static const cli_spec bench_spec = {
         "has min and max.\n\n"
         "Time: the default sweep spends most of its time at S=16384, where one backward call\n"
         "takes tens of seconds on one core (several minutes in all); --quick takes seconds.\n\n"
-        "Output: a '# sgemm ...' line per thread count, one table row per case (printed as it\n"
-        "is measured), then '# CSV' and a CSV header + rows (or --csv FILE), then 'peak RSS'.\n",
+        "Output: a '# ceilings ...' line per thread count, one table row per case (printed as\n"
+        "it is measured), then '# CSV' and a CSV header + rows (or --csv FILE), then 'peak RSS'.\n"
+        "The FMA peak is a hard ceiling; a ratio above 1 would be a measuring error and is\n"
+        "flagged with '!'.\n",
 };
 
 /* ------------------------------------------------------------------------ */
@@ -166,77 +176,25 @@ static int runtime_error(cpa_status status)
 }
 
 /* ------------------------------------------------------------------------ */
-/* sgemm ceilings                                                            */
-/* ------------------------------------------------------------------------ */
-
-typedef struct gemm_case {
-    int m, n, k;
-    float *a; /* [m, k] */
-    float *b; /* [n, k]: used transposed, like K in Q.K^T */
-    float *c; /* [m, n] */
-    int inner; /* calls per timed run (hot-cache tiles are too short to time alone) */
-} gemm_case;
-
-static cpa_status gemm_run(void *state)
-{
-    gemm_case *g = state;
-    for (int i = 0; i < g->inner; ++i)
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, g->m, g->n, g->k, 1.0f, g->a, g->k,
-                    g->b, g->k, 0.0f, g->c, g->n);
-    return CPA_OK;
-}
-
-static void fill_simple(float *x, int64_t n)
-{
-    for (int64_t i = 0; i < n; ++i)
-        x[i] = (float)((i * 7919) % 2003) / 2003.0f - 0.5f;
-}
-
-/* GFLOP/s timing of an m x n x k sgemm, `inner` calls per run. */
-static int gemm_rate(int m, int n, int k, int inner, const bench_cfg *c, timing *t,
-                     double *gflops)
-{
-    gemm_case g = {m, n, k, tool_alloc_floats((int64_t)m * k), tool_alloc_floats((int64_t)n * k),
-                   tool_alloc_floats((int64_t)m * n), inner};
-    int rc = EXIT_OK;
-    if (!g.a || !g.b || !g.c) {
-        fprintf(stderr, "cpattn bench kernel: out of memory: sgemm %dx%dx%d\n", m, n, k);
-        rc = EXIT_RUNTIME;
-    } else {
-        fill_simple(g.a, (int64_t)m * k);
-        fill_simple(g.b, (int64_t)n * k);
-        rep_plan p = plan_for(c, 0.0);
-        p.warmup = p.warmup > 0 ? p.warmup : 1; /* OpenBLAS starts its threads on call 1 */
-        measure(NULL, gemm_run, &g, p, t);
-        *gflops = 2.0 * m * n * (double)k * inner / t->med / 1e9;
-    }
-    free(g.a);
-    free(g.b);
-    free(g.c);
-    return rc;
-}
-
-/* Hot-cache 128x128xD tile on one thread: enough calls per run for ~20 ms. */
-static int tile_rate(int64_t D, const bench_cfg *c, double *gflops)
-{
-    timing t;
-    double per_call = 2.0 * 128 * 128 * (double)D / 20e9; /* guess: 20 GFLOP/s */
-    int inner = (int)(0.02 / per_call) + 1;
-    omp_set_num_threads(1);
-    return gemm_rate(128, 128, (int)D, inner, c, &t, gflops);
-}
-
-/* ------------------------------------------------------------------------ */
 /* Kernel cases                                                              */
 /* ------------------------------------------------------------------------ */
 
+/* One table row / CSV row. */
+typedef struct bench_row {
+    int threads, causal;
+    int64_t S, G, Dqk, Dv;
+    timing fwd, bwd;
+    double fwd_gflops, bwd_gflops, fb_gflops;
+    tool_ceilings ceil;
+} bench_row;
+
 typedef struct kernel_case {
     cpa_attn_ctx *ctx;
-    cpa_attn_desc desc; /* q [B,S,H,D], k [B,S,G,D], v [B,S,G,D], all rows */
+    cpa_attn_desc desc; /* q [B,S,H,Dqk], k [B,S,G,Dqk], v [B,S,G,Dv], all rows */
     float *buf[9];      /* q, k, v, dout, out, lse, dq, dk, dv */
-    cpa_tensor out;     /* [B, S, H, D] */
+    cpa_tensor out;     /* [B, S, H, Dv] */
     cpa_tensor lse;     /* [B, H, S] */
-    cpa_tensor dout;    /* [B, S, H, D] */
+    cpa_tensor dout;    /* [B, S, H, Dv] */
     cpa_tensor dq, dk, dv;
 } kernel_case;
 
@@ -267,52 +225,43 @@ static void kernel_free(kernel_case *k)
         free(k->buf[i]);
 }
 
-/* Allocate and fill one case of shape [B, S, H|G, D]. */
-static int kernel_setup(kernel_case *k, const bench_cfg *c, int64_t S, int64_t D, int causal)
+/* Allocate and fill one case: q [B,S,H,Dqk], k [B,S,G,Dqk], v [B,S,G,Dv]. */
+static int kernel_setup(kernel_case *k, const bench_cfg *c, const bench_row *r)
 {
-    int64_t bs = c->B * S; /* products checked in validate() */
-    int64_t counts[9] = {bs * c->H * D, bs * c->G * D, bs * c->G * D, bs * c->H * D,
-                         bs * c->H * D, bs * c->H,     bs * c->H * D, bs * c->G * D,
-                         bs * c->G * D};
+    const int64_t B = c->B, S = r->S, H = c->H, G = r->G, Dk = r->Dqk, Dv = r->Dv;
+    const int64_t bs = B * S; /* products checked in validate() */
+    int64_t counts[9] = {bs * H * Dk, bs * G * Dk, bs * G * Dv, bs * H * Dv, bs * H * Dv,
+                         bs * H,      bs * H * Dk, bs * G * Dk, bs * G * Dv};
     for (int i = 0; i < 9; ++i) {
         if (!(k->buf[i] = tool_alloc_floats(counts[i]))) {
-            fprintf(stderr, "cpattn bench kernel: out of memory at S=%lld D=%lld\n",
-                    (long long)S, (long long)D);
+            fprintf(stderr, "cpattn bench kernel: out of memory at S=%lld D=%lld/%lld\n",
+                    (long long)S, (long long)Dk, (long long)Dv);
             return EXIT_RUNTIME;
         }
     }
-    int64_t lse_shape[3] = {c->B, c->H, S};
-    k->desc.q = cpa_tensor_attn(k->buf[0], CPA_LAYOUT_BSHD, c->B, S, c->H, D);
-    k->desc.k = cpa_tensor_attn(k->buf[1], CPA_LAYOUT_BSHD, c->B, S, c->G, D);
-    k->desc.v = cpa_tensor_attn(k->buf[2], CPA_LAYOUT_BSHD, c->B, S, c->G, D);
-    k->desc.mask.kind = causal ? CPA_MASK_CAUSAL : CPA_MASK_NONE;
+    int64_t lse_shape[3] = {B, H, S};
+    k->desc.q = cpa_tensor_attn(k->buf[0], CPA_LAYOUT_BSHD, B, S, H, Dk);
+    k->desc.k = cpa_tensor_attn(k->buf[1], CPA_LAYOUT_BSHD, B, S, G, Dk);
+    k->desc.v = cpa_tensor_attn(k->buf[2], CPA_LAYOUT_BSHD, B, S, G, Dv);
+    k->desc.mask.kind = r->causal ? CPA_MASK_CAUSAL : CPA_MASK_NONE;
     k->desc.impl = CPA_IMPL_FAST;
-    k->dout = cpa_tensor_attn(k->buf[3], CPA_LAYOUT_BSHD, c->B, S, c->H, D);
-    k->out = cpa_tensor_attn(k->buf[4], CPA_LAYOUT_BSHD, c->B, S, c->H, D);
+    k->dout = cpa_tensor_attn(k->buf[3], CPA_LAYOUT_BSHD, B, S, H, Dv);
+    k->out = cpa_tensor_attn(k->buf[4], CPA_LAYOUT_BSHD, B, S, H, Dv);
     k->lse = cpa_tensor_make(k->buf[5], 3, lse_shape);
-    k->dq = cpa_tensor_attn(k->buf[6], CPA_LAYOUT_BSHD, c->B, S, c->H, D);
-    k->dk = cpa_tensor_attn(k->buf[7], CPA_LAYOUT_BSHD, c->B, S, c->G, D);
-    k->dv = cpa_tensor_attn(k->buf[8], CPA_LAYOUT_BSHD, c->B, S, c->G, D);
+    k->dq = cpa_tensor_attn(k->buf[6], CPA_LAYOUT_BSHD, B, S, H, Dk);
+    k->dk = cpa_tensor_attn(k->buf[7], CPA_LAYOUT_BSHD, B, S, G, Dk);
+    k->dv = cpa_tensor_attn(k->buf[8], CPA_LAYOUT_BSHD, B, S, G, Dv);
     cpa_tensor in[4] = {k->desc.q, k->desc.k, k->desc.v, k->dout};
     for (int i = 0; i < 4; ++i)
         tool_fill_uniform(in[i], 1234, (uint64_t)i, S, 0);
     return EXIT_OK;
 }
 
-/* One table row / CSV row. */
-typedef struct bench_row {
-    int threads, causal;
-    int64_t S, D;
-    timing fwd, bwd;
-    double fwd_gflops, bwd_gflops;
-    double sgemm_gflops, tile_gflops;
-} bench_row;
-
 static void print_table_header(void)
 {
-    printf("%4s %-7s %6s %4s | %10s %2s %6s %8s %6s | %10s %2s %6s %8s %6s\n", "thr", "mask",
-           "S", "D", "fwd ms", "n", "spread", "GFLOP/s", "/sgemm", "bwd ms", "n", "spread",
-           "GFLOP/s", "/sgemm");
+    printf("%4s %-7s %6s %3s %7s | %10s %8s | %10s %8s | %8s %6s %6s | %s\n", "thr", "mask", "S",
+           "G", "Dqk/Dv", "fwd ms", "GFLOP/s", "bwd ms", "GFLOP/s", "f+b GF/s", "/peak",
+           "/sgemm", "spread f/b (n)");
 }
 
 static double spread_pct(const timing *t)
@@ -320,28 +269,37 @@ static double spread_pct(const timing *t)
     return t->med > 0 ? 100.0 * (t->max - t->min) / t->med : 0.0;
 }
 
+/* A ratio to the FMA peak, flagged when it claims more than the peak. */
+static const char *over(double ratio) { return ratio > 1.0 ? "!" : " "; }
+
 static void print_table_row(const bench_row *r, int forward_only)
 {
-    printf("%4d %-7s %6lld %4lld | %10.3f %2d %5.1f%% %8.1f %6.3f |", r->threads,
-           r->causal ? "causal" : "general", (long long)r->S, (long long)r->D, 1e3 * r->fwd.med,
-           r->fwd.n, spread_pct(&r->fwd), r->fwd_gflops, r->fwd_gflops / r->sgemm_gflops);
-    if (forward_only)
-        printf(" %10s %2s %6s %8s %6s\n", "-", "-", "-", "-", "-");
-    else
-        printf(" %10.3f %2d %5.1f%% %8.1f %6.3f\n", 1e3 * r->bwd.med, r->bwd.n,
-               spread_pct(&r->bwd), r->bwd_gflops, r->bwd_gflops / r->sgemm_gflops);
+    char dims[24];
+    snprintf(dims, sizeof dims, "%lld/%lld", (long long)r->Dqk, (long long)r->Dv);
+    printf("%4d %-7s %6lld %3lld %7s | %10.3f %8.1f |", r->threads,
+           r->causal ? "causal" : "general", (long long)r->S, (long long)r->G, dims,
+           1e3 * r->fwd.med, r->fwd_gflops);
+    if (forward_only) {
+        printf(" %10s %8s | %8.1f %5.3f%s %6.3f | %.1f%% (%d)\n", "-", "-", r->fwd_gflops,
+               r->fwd_gflops / r->ceil.fma_gflops, over(r->fwd_gflops / r->ceil.fma_gflops),
+               r->fwd_gflops / r->ceil.sgemm_gflops, spread_pct(&r->fwd), r->fwd.n);
+    } else {
+        const double p = r->fb_gflops / r->ceil.fma_gflops;
+        printf(" %10.3f %8.1f | %8.1f %5.3f%s %6.3f | %.1f%%/%.1f%% (%d/%d)\n", 1e3 * r->bwd.med,
+               r->bwd_gflops, r->fb_gflops, p, over(p), r->fb_gflops / r->ceil.sgemm_gflops,
+               spread_pct(&r->fwd), spread_pct(&r->bwd), r->fwd.n, r->bwd.n);
+    }
     fflush(stdout);
 }
 
-/* Time one (threads, S, D, mask) case into `row`.  `rate` is the forward
- * FLOP/s of the previous case (0: none yet), to predict how long calls take;
- * it is updated. */
+/* Time one case into `row`.  `rate` is the forward FLOP/s of the previous
+ * case (0: none yet), to predict how long calls take; it is updated. */
 static int run_case(cpa_attn_ctx *ctx, const bench_cfg *c, bench_row *row, double *rate)
 {
     kernel_case k;
     memset(&k, 0, sizeof k);
     k.ctx = ctx;
-    int rc = kernel_setup(&k, c, row->S, row->D, row->causal);
+    int rc = kernel_setup(&k, c, row);
     cpa_status st = CPA_OK;
     if (rc == EXIT_OK) {
         double flops = cpa_attn_forward_flops(&k.desc);
@@ -353,6 +311,7 @@ static int run_case(cpa_attn_ctx *ctx, const bench_cfg *c, bench_row *row, doubl
             rep_plan p = plan_for(c, *rate > 0 ? 2.5 * flops / *rate : 0);
             st = measure(kernel_zero_grads, kernel_backward, &k, p, &row->bwd);
             row->bwd_gflops = 2.5 * flops / row->bwd.med / 1e9;
+            row->fb_gflops = 3.5 * flops / (row->fwd.med + row->bwd.med) / 1e9;
         }
         if (st != CPA_OK)
             rc = runtime_error(st);
@@ -367,22 +326,29 @@ static int run_case(cpa_attn_ctx *ctx, const bench_cfg *c, bench_row *row, doubl
 
 static void write_csv(FILE *f, const bench_cfg *c, const bench_row *rows, int n)
 {
-    fprintf(f, "threads,mask,B,S,H,G,D,fwd_n,fwd_ms_median,fwd_ms_min,fwd_ms_max,fwd_gflops,"
-               "fwd_over_sgemm,bwd_n,bwd_ms_median,bwd_ms_min,bwd_ms_max,bwd_gflops,"
-               "bwd_over_sgemm,sgemm_n,sgemm_gflops,tile_gflops\n");
+    fprintf(f, "threads,mask,B,S,H,G,Dqk,Dv,isa,fwd_n,fwd_ms_median,fwd_ms_min,fwd_ms_max,"
+               "fwd_gflops,bwd_n,bwd_ms_median,bwd_ms_min,bwd_ms_max,bwd_gflops,fwdbwd_gflops,"
+               "fma_peak_gflops,sgemm_n,sgemm_gflops,fwd_over_peak,bwd_over_peak,"
+               "fwdbwd_over_peak,fwd_over_sgemm,bwd_over_sgemm,fwdbwd_over_sgemm\n");
     for (int i = 0; i < n; ++i) {
         const bench_row *r = &rows[i];
-        fprintf(f, "%d,%s,%lld,%lld,%lld,%lld,%lld,%d,%.4f,%.4f,%.4f,%.2f,%.4f,", r->threads,
+        const double pk = r->ceil.fma_gflops, sg = r->ceil.sgemm_gflops;
+        fprintf(f, "%d,%s,%lld,%lld,%lld,%lld,%lld,%lld,%s,%d,%.4f,%.4f,%.4f,%.2f,", r->threads,
                 r->causal ? "causal" : "general", (long long)c->B, (long long)r->S,
-                (long long)c->H, (long long)c->G, (long long)r->D, r->fwd.n,
-                1e3 * r->fwd.med, 1e3 * r->fwd.min, 1e3 * r->fwd.max, r->fwd_gflops,
-                r->fwd_gflops / r->sgemm_gflops);
+                (long long)c->H, (long long)r->G, (long long)r->Dqk, (long long)r->Dv,
+                cpa_isa_name(r->ceil.isa), r->fwd.n, 1e3 * r->fwd.med, 1e3 * r->fwd.min,
+                1e3 * r->fwd.max, r->fwd_gflops);
         if (c->forward_only)
             fprintf(f, ",,,,,,");
         else
-            fprintf(f, "%d,%.4f,%.4f,%.4f,%.2f,%.4f,", r->bwd.n, 1e3 * r->bwd.med, 1e3 * r->bwd.min,
-                    1e3 * r->bwd.max, r->bwd_gflops, r->bwd_gflops / r->sgemm_gflops);
-        fprintf(f, "%lld,%.2f,%.2f\n", (long long)c->sgemm_n, r->sgemm_gflops, r->tile_gflops);
+            fprintf(f, "%d,%.4f,%.4f,%.4f,%.2f,%.2f,", r->bwd.n, 1e3 * r->bwd.med,
+                    1e3 * r->bwd.min, 1e3 * r->bwd.max, r->bwd_gflops, r->fb_gflops);
+        fprintf(f, "%.2f,%d,%.2f,%.4f,", pk, r->ceil.sgemm_n, sg, r->fwd_gflops / pk);
+        if (c->forward_only)
+            fprintf(f, ",,%.4f,,\n", r->fwd_gflops / sg);
+        else
+            fprintf(f, "%.4f,%.4f,%.4f,%.4f,%.4f\n", r->bwd_gflops / pk, r->fb_gflops / pk,
+                    r->fwd_gflops / sg, r->bwd_gflops / sg, r->fb_gflops / sg);
     }
 }
 
@@ -424,55 +390,51 @@ static int64_t list_max(const cli_int_list *l)
     return m;
 }
 
-/* Square sgemm at `threads` threads; prints its '# sgemm' line. */
-static int sgemm_ceiling(const bench_cfg *c, int threads, double *gflops)
+static int64_t dims_max(const bench_cfg *c)
 {
-    timing t;
-    int n = (int)c->sgemm_n;
-    omp_set_num_threads(threads);
-    int rc = gemm_rate(n, n, n, 1, c, &t, gflops);
-    if (rc == EXIT_OK)
-        printf("# sgemm %dx%dx%d, %d thread(s): median %.1f GFLOP/s (min %.1f, max %.1f, "
-               "n=%d)\n",
-               n, n, n, threads, *gflops,
-               2.0 * n * n * (double)n / t.max / 1e9, 2.0 * n * n * (double)n / t.min / 1e9,
-               t.n);
-    return rc;
+    int64_t m = 0;
+    for (int i = 0; i < c->ndims; ++i) {
+        m = c->dqk[i] > m ? c->dqk[i] : m;
+        m = c->dv[i] > m ? c->dv[i] : m;
+    }
+    return m;
 }
 
 /* Every case at one thread count, appended to rows[*n]. */
-static int sweep_threads(const bench_cfg *c, int threads, const double *tile, bench_row *rows,
-                         int *n)
+static int sweep_threads(const bench_cfg *c, int threads, bench_row *rows, int *n)
 {
-    double sgemm;
-    int rc = sgemm_ceiling(c, threads, &sgemm);
+    tool_ceilings ceil;
+    int rc = tool_measure_ceilings(CPA_ISA_AUTO, threads, (int)c->sgemm_n, 3, &ceil);
     if (rc)
-        return rc;
+        return rc == EXIT_USAGE ? runtime_error(CPA_ERR_ARG) : rc;
+    tool_say_ceilings(&ceil);
     cpa_attn_ctx *ctx = NULL;
     double rate = 0.0;
-    cpa_attn_ctx_config cc = {.max_head_dim = list_max(&c->dims), .num_threads = threads};
+    cpa_attn_ctx_config cc = {.max_head_dim = dims_max(c), .num_threads = threads};
     cpa_status st = cpa_attn_ctx_create(&cc, &ctx);
     if (st != CPA_OK)
         return runtime_error(st);
     print_table_header();
-    for (int d = 0; d < c->dims.n && rc == EXIT_OK; ++d)
-        for (int m = 0; m < 2 && rc == EXIT_OK; ++m) {
-            int causal = m == 0;
-            if ((causal && c->mask == MASKS_GENERAL) || (!causal && c->mask == MASKS_CAUSAL))
-                continue;
-            for (int s = 0; s < c->seqs.n && rc == EXIT_OK; ++s) {
-                bench_row *r = &rows[(*n)++];
-                memset(r, 0, sizeof *r);
-                r->threads = threads;
-                r->causal = causal;
-                r->S = c->seqs.v[s];
-                r->D = c->dims.v[d];
-                r->sgemm_gflops = sgemm;
-                r->tile_gflops = tile[d];
-                if ((rc = run_case(ctx, c, r, &rate)) == EXIT_OK)
-                    print_table_row(r, c->forward_only);
+    for (int d = 0; d < c->ndims && rc == EXIT_OK; ++d)
+        for (int g = 0; g < c->groups.n && rc == EXIT_OK; ++g)
+            for (int m = 0; m < 2 && rc == EXIT_OK; ++m) {
+                int causal = m == 0;
+                if ((causal && c->mask == MASKS_GENERAL) || (!causal && c->mask == MASKS_CAUSAL))
+                    continue;
+                for (int s = 0; s < c->seqs.n && rc == EXIT_OK; ++s) {
+                    bench_row *r = &rows[(*n)++];
+                    memset(r, 0, sizeof *r);
+                    r->threads = threads;
+                    r->causal = causal;
+                    r->S = c->seqs.v[s];
+                    r->G = c->groups.v[g];
+                    r->Dqk = c->dqk[d];
+                    r->Dv = c->dv[d];
+                    r->ceil = ceil;
+                    if ((rc = run_case(ctx, c, r, &rate)) == EXIT_OK)
+                        print_table_row(r, c->forward_only);
+                }
             }
-        }
     cpa_attn_ctx_destroy(ctx);
     return rc;
 }
@@ -480,21 +442,14 @@ static int sweep_threads(const bench_cfg *c, int threads, const double *tile, be
 static int run_bench(const bench_cfg *c)
 {
     int masks = c->mask == MASKS_BOTH ? 2 : 1;
-    int cap = c->seqs.n * c->dims.n * c->threads.n * masks, n = 0, rc = EXIT_OK;
+    int cap = c->seqs.n * c->ndims * c->groups.n * c->threads.n * masks, n = 0, rc = EXIT_OK;
     bench_row *rows = calloc((size_t)cap, sizeof *rows);
-    double tile[CLI_LIST_MAX];
     if (!rows) {
         fprintf(stderr, "cpattn bench kernel: out of memory: result rows\n");
         return EXIT_RUNTIME;
     }
-    for (int d = 0; d < c->dims.n && rc == EXIT_OK; ++d) {
-        rc = tile_rate(c->dims.v[d], c, &tile[d]);
-        if (rc == EXIT_OK)
-            printf("# sgemm tile 128x128x%lld, 1 thread, hot cache: %.1f GFLOP/s\n",
-                   (long long)c->dims.v[d], tile[d]);
-    }
     for (int t = 0; t < c->threads.n && rc == EXIT_OK; ++t)
-        rc = sweep_threads(c, (int)c->threads.v[t], tile, rows, &n);
+        rc = sweep_threads(c, (int)c->threads.v[t], rows, &n);
     if (rc == EXIT_OK)
         rc = emit_csv(c, rows, n);
     free(rows);
@@ -507,7 +462,7 @@ static int run_bench(const bench_cfg *c)
 
 static void apply_quick(cli_args *args, bench_cfg *c)
 {
-    static const cli_int_list seqs = {2, {1024, 4096}}, dims = {1, {64}}, threads = {1, {1}};
+    static const cli_int_list seqs = {2, {1024, 4096}}, threads = {1, {1}};
     if (!c->quick)
         return;
     if (!cli_given(args, "--seq-lengths")) {
@@ -515,8 +470,13 @@ static void apply_quick(cli_args *args, bench_cfg *c)
         cli_mark_derived(args, "--seq-lengths", "--quick");
     }
     if (!cli_given(args, "--head-dims")) {
-        c->dims = dims;
+        c->dims_arg = "64";
         cli_mark_derived(args, "--head-dims", "--quick");
+    }
+    if (!cli_given(args, "--num-query-groups")) {
+        c->groups.n = 1;
+        c->groups.v[0] = c->H;
+        cli_mark_derived(args, "--num-query-groups", "--quick: = --num-attention-heads");
     }
     if (!cli_given(args, "--threads")) {
         c->threads = threads;
@@ -528,24 +488,60 @@ static void apply_quick(cli_args *args, bench_cfg *c)
     }
 }
 
+/* "64,128,192/128" -> Dqk and Dv lists. */
+static int parse_dims(bench_cfg *c)
+{
+    const char *p = c->dims_arg;
+    c->ndims = 0;
+    while (*p) {
+        char *end;
+        long long a = strtoll(p, &end, 10), b = a;
+        if (end == p || a < 1 || a > 4096)
+            goto bad;
+        if (*end == '/') {
+            p = end + 1;
+            b = strtoll(p, &end, 10);
+            if (end == p || b < 1 || b > 4096)
+                goto bad;
+        }
+        if (c->ndims == MAX_DIMS || (*end && *end != ','))
+            goto bad;
+        c->dqk[c->ndims] = a;
+        c->dv[c->ndims++] = b;
+        p = *end ? end + 1 : end;
+    }
+    if (c->ndims > 0)
+        return EXIT_OK;
+bad:
+    return cli_usage(&bench_spec, "--head-dims '%s': expected up to %d comma-separated entries, "
+                     "each D or Dqk/Dv with values in 1..4096 (e.g. 64,128,192/128)",
+                     c->dims_arg, MAX_DIMS);
+}
+
 static int validate(cli_args *args, bench_cfg *c)
 {
-    if (!c->G) {
-        c->G = c->H;
-        cli_mark_derived(args, "--num-query-groups", "= --num-attention-heads");
+    int rc = parse_dims(c);
+    if (rc)
+        return rc;
+    if (c->groups.n == 0) {
+        c->groups.v[c->groups.n++] = c->H;
+        if (c->H % 2 == 0 && c->H > 2)
+            c->groups.v[c->groups.n++] = 2;
+        cli_mark_derived(args, "--num-query-groups", "= --num-attention-heads, and 2 (GQA)");
     }
-    if (c->H % c->G != 0)
-        return cli_usage(&bench_spec,
-                         "--num-query-groups %lld: must divide --num-attention-heads %lld "
-                         "(H %% G == 0)", (long long)c->G, (long long)c->H);
+    for (int g = 0; g < c->groups.n; ++g)
+        if (c->H % c->groups.v[g] != 0)
+            return cli_usage(&bench_spec,
+                             "--num-query-groups %lld: must divide --num-attention-heads %lld "
+                             "(H %% G == 0)", (long long)c->groups.v[g], (long long)c->H);
     int64_t n;
     if (!tool_mul_ok(c->B, list_max(&c->seqs), &n) || !tool_mul_ok(n, c->H, &n) ||
-        !tool_mul_ok(n, list_max(&c->dims), &n) || !tool_mul_ok(n, 4 * 16, &n))
+        !tool_mul_ok(n, dims_max(c), &n) || !tool_mul_ok(n, 4 * 16, &n))
         return cli_usage(&bench_spec,
                          "--seq-lengths %lld --micro-batch-size %lld --num-attention-heads %lld "
                          "--head-dims %lld: tensor sizes overflow 64 bits (B*S*H*D*4 bytes "
                          "must fit)", (long long)list_max(&c->seqs), (long long)c->B,
-                         (long long)c->H, (long long)list_max(&c->dims));
+                         (long long)c->H, (long long)dims_max(c));
     double bytes = 4.0 * 9 * (double)n / 64, phys = tool_phys_mem_bytes();
     if (phys > 0 && bytes > phys) {
         fprintf(stderr, "cpattn bench kernel: out of memory: the largest case needs %.1f GiB "
@@ -559,7 +555,7 @@ static int validate(cli_args *args, bench_cfg *c)
 static void print_benchmarks(void)
 {
     printf("usage: cpattn bench <benchmark> [flags]\n\nbenchmarks:\n"
-           "  kernel   local attention kernel GFLOP/s vs same-run OpenBLAS sgemm\n\n"
+           "  kernel   local attention kernel GFLOP/s vs the same run's FMA peak and sgemm\n\n"
            "`cpattn bench kernel --help` lists its flags and defaults.\n");
 }
 
@@ -588,7 +584,13 @@ int cmd_bench(int argc, char **argv)
     int rc = validate(&args, &cfg);
     if (rc)
         return rc;
+    cpa_isa isa;
+    if (cpa_isa_resolve(CPA_ISA_AUTO, &isa) != CPA_OK) {
+        fprintf(stderr, "cpattn bench kernel: %s\n", cpa_last_error());
+        return EXIT_USAGE;
+    }
     cli_print_config(&args, stdout, "# ");
+    tool_say_platform(isa);
     rc = run_bench(&cfg);
     printf("peak RSS %.1f MiB\n", tool_peak_rss_mib());
     return rc;

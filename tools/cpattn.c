@@ -4,6 +4,7 @@
  * cmd_*.c file and is a thin layer over the library's public API.
  */
 #include "cmd.h"
+#include "util.h"
 
 #include "cpattn.h"
 
@@ -32,6 +33,8 @@ static void usage(FILE *f)
 
 int main(int argc, char **argv)
 {
+    /* Before anything loads work into OpenBLAS or MPI: may restart once. */
+    tool_blas_setup(argc, argv);
     if (argc < 2) {
         usage(stderr);
         return EXIT_USAGE;

@@ -260,10 +260,15 @@ int tool_mpi_init(const char *command)
     }
     MPI_Comm_rank(MPI_COMM_WORLD, &g_rank);
     MPI_Comm_size(MPI_COMM_WORLD, &g_size);
-    if (provided >= MPI_THREAD_FUNNELED)
-        return tool_agree(EXIT_OK);
-    return tool_agree(tool_fail(EXIT_RUNTIME, "MPI error: the MPI library gives thread level %d, "
-                                "below MPI_THREAD_FUNNELED", provided));
+    if (provided < MPI_THREAD_FUNNELED)
+        return tool_agree(tool_fail(EXIT_RUNTIME, "MPI error: the MPI library gives thread level "
+                                    "%d, below MPI_THREAD_FUNNELED", provided));
+    /* The environment's kernel choice is checked once, up front: a bad
+     * CPATTN_ISA is bad usage, on every rank, before any work. */
+    cpa_isa isa;
+    if (cpa_isa_resolve(CPA_ISA_AUTO, &isa) != CPA_OK)
+        return tool_agree(tool_fail(EXIT_USAGE, "%s", cpa_last_error()));
+    return tool_agree(EXIT_OK);
 }
 
 int tool_rank(void)

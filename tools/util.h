@@ -17,6 +17,28 @@
 /* Helpers shared by the subcommands                                         */
 /* ------------------------------------------------------------------------ */
 
+/* The BLAS start-up check (blas_setup.c): call first thing in main(),
+ * before MPI_Init; it may re-execute the program once (see there). */
+void tool_blas_setup(int argc, char **argv);
+/* What the check found or did, one line for the configuration block. */
+const char *tool_blas_note(void);
+/* Rank 0 prints "# kernels: ..." and "# blas: ..." for a run whose
+ * attention kernels use `isa`. */
+void tool_say_platform(cpa_isa isa);
+
+/* The ceilings of speed figures (ceiling.c): the FMA peak of the kernels'
+ * instruction set and an N x N x N sgemm (median of `reps`), both at
+ * `threads` threads, measured now. */
+typedef struct tool_ceilings {
+    cpa_isa isa; /* resolved */
+    int threads, sgemm_n;
+    double fma_gflops;
+    double sgemm_gflops, sgemm_min, sgemm_max;
+} tool_ceilings;
+int tool_measure_ceilings(cpa_isa isa, int threads, int sgemm_n, int reps, tool_ceilings *c);
+/* Rank 0 prints one '# ceilings ...' line. */
+void tool_say_ceilings(const tool_ceilings *c);
+
 /* a * b into *out, or 0 on int64 overflow (operands must be >= 0). */
 int tool_mul_ok(int64_t a, int64_t b, int64_t *out);
 

@@ -688,12 +688,41 @@ void FN(cpa_bwd_task)(const cpa_bwd_job *job, int64_t task, float *scratch, int 
     }
 }
 
+/* ---- the FMA ceiling ------------------------------------------------------ */
+
+/* `iters` rounds of 12 independent FMA chains (enough to cover the FMA
+ * latency of every core we know, so the loop runs at the FMA throughput).
+ * Returns a value that depends on every chain, so nothing is optimised
+ * away; the caller counts 24 · VL · iters flops. */
+float FN(cpa_fma_probe)(int64_t iters)
+{
+    vf a0 = vf_set1(0.0f), a1 = vf_set1(1.0f), a2 = vf_set1(2.0f), a3 = vf_set1(3.0f);
+    vf a4 = vf_set1(4.0f), a5 = vf_set1(5.0f), a6 = vf_set1(6.0f), a7 = vf_set1(7.0f);
+    vf a8 = vf_set1(8.0f), a9 = vf_set1(9.0f), a10 = vf_set1(10.0f), a11 = vf_set1(11.0f);
+    const vf x = vf_set1(0.999999f), y = vf_set1(1e-7f);
+    for (int64_t i = 0; i < iters; ++i) {
+        a0 = vf_fma(a0, x, y), a1 = vf_fma(a1, x, y), a2 = vf_fma(a2, x, y);
+        a3 = vf_fma(a3, x, y), a4 = vf_fma(a4, x, y), a5 = vf_fma(a5, x, y);
+        a6 = vf_fma(a6, x, y), a7 = vf_fma(a7, x, y), a8 = vf_fma(a8, x, y);
+        a9 = vf_fma(a9, x, y), a10 = vf_fma(a10, x, y), a11 = vf_fma(a11, x, y);
+    }
+    vf s = vf_add(vf_add(vf_add(a0, a1), vf_add(a2, a3)), vf_add(vf_add(a4, a5), vf_add(a6, a7)));
+    s = vf_add(s, vf_add(vf_add(a8, a9), vf_add(a10, a11)));
+    float lanes[VL], sum = 0.0f;
+    vf_store(lanes, s);
+    for (int i = 0; i < VL; ++i)
+        sum += lanes[i];
+    return sum;
+}
+
 /* The instruction set's table row (declared in kernel_internal.h). */
 const cpa_isa_kernels FN(cpa_kernels) = {
+    .lanes = VL,
     .fwd_rows = F_MR,
     .bwd_keys = B_KW,
     .fwd_scratch_floats = FN(cpa_fwd_scratch_floats),
     .bwd_scratch_floats = FN(cpa_bwd_scratch_floats),
     .fwd_task = FN(cpa_fwd_task),
     .bwd_task = FN(cpa_bwd_task),
+    .fma_probe = FN(cpa_fma_probe),
 };

@@ -10,8 +10,10 @@
  */
 #include "kernel_internal.h"
 
+#include <omp.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #if defined(__x86_64__) || defined(__i386__)
 #define CPA_HAVE_X86_KERNELS 1
@@ -106,4 +108,50 @@ const cpa_isa_kernels *cpa_isa_kernels_of(cpa_isa isa)
     default:
         return NULL;
     }
+}
+
+/* ---- the FMA ceiling ----------------------------------------------------- */
+
+static double now_s(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+
+double cpa_fma_peak_gflops(cpa_isa isa, int threads)
+{
+    if (cpa_isa_resolve(isa, &isa) != CPA_OK)
+        return 0.0;
+    const cpa_isa_kernels *k = cpa_isa_kernels_of(isa);
+    if (threads <= 0)
+        threads = omp_get_max_threads();
+    /* Calibrate on one thread to ~20 ms a run, then take the best of 5
+     * runs with every thread at once (about 0.1 s in all). */
+    int64_t iters = 1 << 16;
+    volatile float sink = 0.0f;
+    for (;;) {
+        double t0 = now_s();
+        sink += k->fma_probe(iters);
+        double t = now_s() - t0;
+        if (t > 0.005 || iters > ((int64_t)1 << 40)) {
+            iters = (int64_t)((double)iters * 0.02 / (t > 0 ? t : 1e-9)) + 1;
+            break;
+        }
+        iters *= 4;
+    }
+    double best = 0.0;
+    for (int run = 0; run < 5; ++run) {
+        double t0 = now_s();
+#pragma omp parallel num_threads(threads)
+        {
+            float r = k->fma_probe(iters);
+#pragma omp atomic
+            sink += r;
+        }
+        double gflops = 24.0 * k->lanes * (double)iters * threads / (now_s() - t0) / 1e9;
+        best = gflops > best ? gflops : best;
+    }
+    (void)sink;
+    return best;
 }

@@ -48,12 +48,14 @@ typedef struct cpa_bwd_job cpa_bwd_job;
 /* One instruction set's kernels (attn_simd.c compiled for it): its panel
  * sizes, scratch needs and task functions. */
 typedef struct cpa_isa_kernels {
+    int lanes;    /* floats per vector */
     int fwd_rows; /* query rows per forward panel (lanes) */
     int bwd_keys; /* keys per backward task (lanes) */
     size_t (*fwd_scratch_floats)(int64_t max_head_dim, int panels);
     size_t (*bwd_scratch_floats)(int64_t max_head_dim);
     void (*fwd_task)(const cpa_fwd_job *job, int64_t task, float *scratch, int progress);
     void (*bwd_task)(const cpa_bwd_job *job, int64_t task, float *scratch, int progress);
+    float (*fma_probe)(int64_t iters); /* 24 · lanes · iters flops */
 } cpa_isa_kernels;
 
 /* The kernels of `isa` (NULL if not compiled in); isa.c. */

@@ -62,7 +62,7 @@ struct cpa_gpt {
     uint8_t *longf;     /* (N) */
     int64_t *pos;       /* (T) global positions of the local rows */
     cpa_plan *plan;
-    double attn_flops;
+    double attn_fwd_flops; /* attention forward flops of this micro-batch (kernel count) */
 };
 
 /* ---- set-up ---------------------------------------------------------------- */
@@ -288,7 +288,9 @@ static slot slot_of(const cpa_gpt *m, int64_t s)
     return x;
 }
 
-static cpa_status block_forward(cpa_gpt *m, int64_t l, slot x)
+/* `count`: add the attention's flops to the model flops (not when the
+ * backward recomputes the block). */
+static cpa_status block_forward(cpa_gpt *m, int64_t l, slot x, int count)
 {
     const int64_t N = m->N, C = m->C, HD = m->H * m->D;
     const float *in = m->a.res + l * N * C;
@@ -300,9 +302,11 @@ static cpa_status block_forward(cpa_gpt *m, int64_t l, slot x)
     cpa_rope_apply(q, m->pos, m->cfg.rope_base, 0);
     cpa_rope_apply(k, m->pos, m->cfg.rope_base, 0);
     CPA_TRY(cpa_plan_forward(m->plan, q, k, v, rows_view(m, x.att, m->H, HD), lse_view(m, x.lse)));
-    cpa_plan_stats st;
-    cpa_plan_last_stats(m->plan, &st);
-    m->attn_flops += st.flops;
+    if (count) {
+        cpa_plan_stats st;
+        cpa_plan_last_stats(m->plan, &st);
+        m->attn_fwd_flops += st.flops;
+    }
     cpa_matmul_forward(m->a.tmp, x.att, m->p.projw + l * C * HD, N, HD, C);
     cpa_residual_forward(x.resmid, in, m->a.tmp, N * C);
     cpa_rmsnorm_forward(x.ln2, x.rstd2, x.resmid, m->p.ln2w + l * C, N, C, m->cfg.norm_eps);
@@ -340,9 +344,6 @@ static cpa_status block_backward(cpa_gpt *m, int64_t l, slot x)
     cpa_tensor dv = rows_view(m, a->dqkv + HD + m->G * m->D, m->G, m->W);
     CPA_TRY(cpa_plan_backward(m->plan, q, k, v, rows_view(m, x.att, m->H, HD), lse_view(m, x.lse),
                               rows_view(m, a->datt, m->H, HD), dq, dk, dv));
-    cpa_plan_stats st;
-    cpa_plan_last_stats(m->plan, &st);
-    m->attn_flops += st.flops;
     cpa_rope_apply(dq, m->pos, m->cfg.rope_base, 1);
     cpa_rope_apply(dk, m->pos, m->cfg.rope_base, 1);
     memset(a->dln, 0, sizeof(float) * (size_t)(N * C));
@@ -372,11 +373,11 @@ cpa_status cpa_gpt_step(cpa_gpt *m, const int32_t *sample, const uint8_t *long_r
 {
     const int64_t N = m->N, C = m->C, V = m->V;
     acts *a = &m->a;
-    m->attn_flops = 0.0;
+    m->attn_fwd_flops = 0.0;
     take_shard(m, sample, long_range);
     cpa_embedding_forward(a->res, m->tok, m->p.wte, N, C);
     for (int64_t l = 0; l < m->L; ++l)
-        CPA_TRY(block_forward(m, l, slot_of(m, m->cfg.recompute ? 0 : l)));
+        CPA_TRY(block_forward(m, l, slot_of(m, m->cfg.recompute ? 0 : l), 1));
     const float *last = a->res + m->L * N * C;
     cpa_rmsnorm_forward(a->lnf, a->rstdf, last, m->p.lnfw, N, C, m->cfg.norm_eps);
     cpa_matmul_forward(a->logits, a->lnf, m->p.wte, N, C, V);
@@ -401,7 +402,7 @@ cpa_status cpa_gpt_step(cpa_gpt *m, const int32_t *sample, const uint8_t *long_r
     cpa_rmsnorm_backward(a->dres, m->g.lnfw, a->dln, last, m->p.lnfw, a->rstdf, N, C);
     for (int64_t l = m->L - 1; l >= 0; --l) {
         if (m->cfg.recompute) /* rebuild this block's activations from its input */
-            CPA_TRY(block_forward(m, l, slot_of(m, 0)));
+            CPA_TRY(block_forward(m, l, slot_of(m, 0), 0));
         CPA_TRY(block_backward(m, l, slot_of(m, m->cfg.recompute ? 0 : l)));
     }
     cpa_embedding_backward(m->g.wte, a->dres, m->tok, N, C);
@@ -410,11 +411,15 @@ cpa_status cpa_gpt_step(cpa_gpt *m, const int32_t *sample, const uint8_t *long_r
 
 double cpa_gpt_step_flops(const cpa_gpt *m)
 {
-    /* Matmul flops of forward + backward (2 + 4 per weight per token), the
-     * LM head included; attention as counted by the kernels. */
+    /* Model flops (docs/train.md): 6 per matmul weight per token (forward
+     * 2, backward 4), the LM head included, plus 3x the attention
+     * forward's kernel count (2·(Dqk+Dv) per visible pair and head: QKᵀ
+     * and PV forward; dP, dV, dQ, dK backward).  Recomputed work — the
+     * scores the attention backward rebuilds, and --recompute-granularity
+     * — is hardware work, not model work, and is not counted. */
     const double per_token = 2.0 * (double)m->L *
                                  (double)(m->C * m->W + m->H * m->D * m->C + m->C * 2 * m->F +
                                           m->F * m->C) +
                              2.0 * (double)(m->C * m->V);
-    return 3.0 * per_token * (double)m->N + m->attn_flops;
+    return 3.0 * per_token * (double)m->N + 3.0 * m->attn_fwd_flops;
 }

@@ -75,8 +75,10 @@ cpa_status cpa_gpt_step(cpa_gpt *model, const int32_t *sample, const uint8_t *lo
                         float loss_scale, int backward, double *loss_sum, double *long_sum,
                         double *long_count);
 
-/* Model flops of one forward+backward of a micro-batch on this rank: the
- * 6·params·tokens of the matmuls plus the attention's (the kernel counts). */
+/* Model flops of the last forward+backward of a micro-batch on this rank:
+ * 6 per matmul weight per token, plus 3x the attention forward's flops over
+ * the visible (query, key) pairs; recomputation is not counted (the
+ * formula is in docs/train.md). */
 double cpa_gpt_step_flops(const cpa_gpt *model);
 
 /* The configuration lines that define the parameter shapes (for checkpoints). */

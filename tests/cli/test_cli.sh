@@ -272,11 +272,56 @@ expect_ok "missing dout.npy is fine with --forward-only" "^digest out=" attn --l
 # The kernel benchmark (a tiny grid: this checks the output, not the speed)
 # ---------------------------------------------------------------------------
 
-run bench kernel --seq-lengths 64,96 --head-dims 16 --threads 1 --reps 1 --warmup 0 \
+run bench kernel --seq-lengths 64,96 --head-dims 16,24/16 --threads 1 --reps 1 --warmup 0 \
     --sgemm-size 128 --csv "$TMP/bench.csv"
+# 2 S x 2 head dims x 2 KV head counts (8 and 2) x 2 masks
 rows=$(grep -c '^1,\(causal\|general\),' "$TMP/bench.csv" 2>/dev/null)
-if [ "$rc" -eq 0 ] && grep -q '^# sgemm 128x128x128' "$OUT" && grep -q '^threads,mask,' "$TMP/bench.csv" &&
-    [ "$rows" = 4 ]; then pass "bench kernel table and CSV"
+if [ "$rc" -eq 0 ] && grep -q '^# ceilings, 1 thread(s): FMA peak (.*) [0-9.]* GFLOP/s; sgemm 128x128x128' "$OUT" &&
+    grep -q '^threads,mask,B,S,H,G,Dqk,Dv,isa,.*fwdbwd_over_peak' "$TMP/bench.csv" && [ "$rows" = 16 ]; then
+    pass "bench kernel table and CSV"
 else fail "bench kernel table and CSV" "exit $rc, $rows CSV rows"; fi
+# No figure claims more than the FMA peak (column 26 = fwdbwd_over_peak).
+if awk -F, 'NR > 1 && ($24 > 1 || $25 > 1 || $26 > 1) { bad = 1 } END { exit bad }' "$TMP/bench.csv"; then
+    pass "bench kernel ratios to the FMA peak are at most 1"
+else fail "bench kernel ratios to the FMA peak are at most 1" "a row claims more than the peak"; fi
+expect_usage "bench kernel bad --head-dims" "--head-dims" bench kernel --head-dims 64,/
+expect_usage "bench kernel G not dividing H" "--num-query-groups" bench kernel --num-query-groups 3
+
+# ---------------------------------------------------------------------------
+# Kernel instruction set and the BLAS start-up check
+# ---------------------------------------------------------------------------
+
+expect_ok "configuration names the kernel instruction set" "^# kernels: (avx512|avx2|scalar) " attn --seq-length 64
+for isa in scalar avx2 avx512; do
+    CPATTN_ISA=$isa run attn --seq-length 96 --num-attention-heads 4 --num-query-groups 2 --check
+    if grep -q "^# kernels: $isa (chosen by CPATTN_ISA" "$OUT" && [ "$rc" -eq 0 ] && grep -q '^check: PASS' "$OUT"; then
+        pass "CPATTN_ISA=$isa runs and checks"
+    elif [ "$rc" -eq 2 ] && grep -q "does not support" "$ERR"; then
+        echo "skip: CPATTN_ISA=$isa: this CPU cannot run it (refused with exit 2, as it should)"
+        pass "CPATTN_ISA=$isa is refused on a CPU without it"
+    else fail "CPATTN_ISA=$isa runs and checks" "exit $rc"; fi
+done
+CPATTN_ISA=sse9 expect_usage "bad CPATTN_ISA" "CPATTN_ISA=sse9" attn --seq-length 64
+
+# The check runs before anything else.  CPATTN_BLAS_PRETEND_CORE makes it
+# believe OpenBLAS chose its oldest kernels by itself, as it does on CPUs it
+# does not recognise.
+CPATTN_BLAS_PRETEND_CORE=Prescott expect_ok "a BLAS below the CPU: one restart with OPENBLAS_CORETYPE" \
+    "^# blas: OpenBLAS chose Prescott for this CPU; restarted once with OPENBLAS_CORETYPE=[A-Za-z]+ \(self-test passed\)" \
+    attn --seq-length 64
+if grep -q "STILL below" "$OUT"; then fail "the restart fixes the kernels" "$(grep '^# blas' "$OUT")"
+else pass "the restart fixes the kernels"; fi
+# A process that was restarted never restarts again, even if the kernels
+# still look wrong (this is what bounds the restarts to one).
+CPATTN_BLAS_RESTARTED=Prescott CPATTN_BLAS_PRETEND_CORE=Prescott expect_ok "never a second restart" \
+    "^# blas: OpenBLAS chose Prescott for this CPU; restarted once .*STILL below the CPU" attn --seq-length 64
+OPENBLAS_CORETYPE=Haswell CPATTN_BLAS_PRETEND_CORE=Prescott expect_ok "a user-set OPENBLAS_CORETYPE is obeyed" \
+    "^# blas: OPENBLAS_CORETYPE=Haswell set by the user: obeyed \(Haswell kernels in use" attn --seq-length 64
+CPATTN_BLAS_FIX=0 CPATTN_BLAS_PRETEND_CORE=Prescott expect_ok "CPATTN_BLAS_FIX=0 only warns" \
+    "^# blas: WARNING: OpenBLAS runs its Prescott kernels .*CPATTN_BLAS_FIX=0: not corrected" attn --seq-length 64
+CPATTN_BLAS_SELFTEST_FAIL=1 CPATTN_BLAS_PRETEND_CORE=Prescott expect_ok "a failed self-test keeps the default" \
+    "^# blas: WARNING: .*failed its self-test here, so the slow kernels stay" attn --seq-length 64
+expect_ok "a BLAS that fits: nothing to do" "^# blas: OpenBLAS runs its [A-Za-z0-9]+ kernels .*which fit this CPU" \
+    attn --seq-length 64
 
 report
