@@ -109,6 +109,13 @@ cpa_tensor cpa_tensor_make(float *data, int ndim, const int64_t *shape);
 cpa_tensor cpa_tensor_attn(float *data, cpa_layout layout, int64_t B, int64_t S, int64_t N,
                            int64_t D);
 
+/* A buffer for `count` floats, as the library allocates its own: 64-byte
+ * aligned, and for large tensors (4 MiB and more) 2 MiB aligned with
+ * transparent huge pages requested (rows of a bshd tensor are kilobytes
+ * apart; with 4 KiB pages the kernels would miss the TLB on nearly every
+ * row).  NULL on failure or overflow; release with free(). */
+float *cpa_alloc_floats(int64_t count);
+
 /* Number of elements (product of the shape). */
 int64_t cpa_tensor_numel(const cpa_tensor *t);
 
@@ -216,7 +223,7 @@ cpa_status cpa_isa_resolve(cpa_isa requested, cpa_isa *out);
 
 /* The fp32 FMA peak of `isa` (CPA_ISA_AUTO: what a context would use) on
  * `threads` threads at once (0: omp_get_max_threads()), measured now in
- * about 0.1 s: 12 independent FMA chains per thread, best of 5 runs,
+ * about 0.25 s: 12 independent FMA chains per thread, best of 7 runs,
  * GFLOP/s summed over the threads.  The honest ceiling for the kernels:
  * no kernel can beat it.  0 if `isa` cannot run here. */
 double cpa_fma_peak_gflops(cpa_isa isa, int threads);

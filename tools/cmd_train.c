@@ -238,9 +238,23 @@ static int setup(train_run *r)
     r->opt.beta1 = 0.9f, r->opt.beta2 = 0.95f, r->opt.eps = 1e-8f;
     r->opt.weight_decay = (float)c->wd, r->opt.warmup_iters = c->warmup;
     r->opt.decay_iters = c->iters;
-    /* Every rank measures at once (as it will train: its cores are shared
-     * the same way); the slowest rank's figures are the ceiling. */
-    err = tool_measure_ceilings(CPA_ISA_AUTO, (int)c->threads, 2048, 3, &r->ceil);
+    /* The ceilings are what one rank's cores do undisturbed: the ranks of a
+     * host measure one after another (hosts at once), and the slowest
+     * rank's figures are the ceiling. */
+    MPI_Comm host;
+    err = 0;
+    if (MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, r->rank, MPI_INFO_NULL, &host) !=
+        MPI_SUCCESS)
+        return tool_agree(tool_fail(1, "MPI error: MPI_Comm_split_type (ranks per host)"));
+    int hrank = 0, hsize = 1;
+    MPI_Comm_rank(host, &hrank);
+    MPI_Comm_size(host, &hsize);
+    for (int turn = 0; turn < hsize; ++turn) {
+        if (turn == hrank)
+            err = tool_measure_ceilings(CPA_ISA_AUTO, (int)c->threads, 2048, 3, &r->ceil);
+        MPI_Barrier(host);
+    }
+    MPI_Comm_free(&host);
     if ((err = tool_agree(err ? tool_fail(err, "%s", cpa_last_error()) : 0)))
         return err;
     double ce[2] = {r->ceil.fma_gflops, r->ceil.sgemm_gflops};

@@ -64,13 +64,7 @@ void tool_stats(double *x, int n, double *median, double *min, double *max)
     *median = n % 2 ? x[n / 2] : 0.5 * (x[n / 2 - 1] + x[n / 2]);
 }
 
-float *tool_alloc_floats(int64_t count)
-{
-    if (count < 0 || (uint64_t)count > (SIZE_MAX - 64) / sizeof(float))
-        return NULL;
-    size_t bytes = ((size_t)count * sizeof(float) + 63) / 64 * 64;
-    return aligned_alloc(64, bytes ? bytes : 64);
-}
+float *tool_alloc_floats(int64_t count) { return cpa_alloc_floats(count); }
 
 /* splitmix64's output function: a bijective 64-bit mixer. */
 static uint64_t mix64(uint64_t z)

@@ -2,12 +2,14 @@
  * error.c — status names, the per-thread last-error message, and the
  * library's allocator (aligned, with a failure-injection hook for tests).
  */
+#define _DEFAULT_SOURCE 1 /* madvise, MADV_HUGEPAGE */
 #include "internal.h"
 
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 static _Thread_local char last_error[1024];
 
@@ -50,11 +52,31 @@ void *cpa_malloc(size_t bytes, const char *what)
                   what);
         return NULL;
     }
-    size_t rounded = (bytes + 63) / 64 * 64;
-    void *p = aligned_alloc(64, rounded ? rounded : 64);
+    void *p = cpa_alloc_big(bytes);
     if (!p)
         cpa_error(CPA_ERR_NOMEM, "cannot allocate %zu bytes for %s", bytes, what);
     return p;
+}
+
+void *cpa_alloc_big(size_t bytes)
+{
+    /* Large blocks start on a 2 MiB boundary and ask for transparent huge
+     * pages: tensors are walked with strides of kilobytes (one row per 4 KiB
+     * page in bshd), and with 4 KiB pages nearly every row access misses the
+     * TLB.  Debian's default THP mode, "madvise", grants them only on
+     * request.  Small blocks are 64-byte aligned. */
+    const size_t huge = (size_t)2 << 20;
+    if (bytes >= 2 * huge) {
+        size_t rounded = (bytes + huge - 1) / huge * huge;
+        void *p = aligned_alloc(huge, rounded);
+#ifdef MADV_HUGEPAGE
+        if (p)
+            madvise(p, rounded, MADV_HUGEPAGE); /* advice: failure changes nothing */
+#endif
+        return p;
+    }
+    size_t rounded = (bytes + 63) / 64 * 64;
+    return aligned_alloc(64, rounded ? rounded : 64);
 }
 
 void *cpa_calloc(size_t bytes, const char *what)
@@ -66,3 +88,10 @@ void *cpa_calloc(size_t bytes, const char *what)
 }
 
 void cpa_free(void *p) { free(p); }
+
+float *cpa_alloc_floats(int64_t count)
+{
+    if (count < 0 || (uint64_t)count > (SIZE_MAX - 64) / sizeof(float))
+        return NULL;
+    return cpa_alloc_big((size_t)count * sizeof(float));
+}

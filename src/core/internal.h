@@ -36,6 +36,10 @@ cpa_status cpa_error(cpa_status status, const char *fmt, ...) CPA_PRINTF(2, 3);
 void *cpa_malloc(size_t bytes, const char *what);
 void *cpa_calloc(size_t bytes, const char *what);
 void cpa_free(void *p);
+/* The allocation behind cpa_malloc, without error reporting or injected
+ * failures: 64-byte aligned; blocks of 4 MiB and more are 2 MiB aligned and
+ * advised to use transparent huge pages.  Free with free() / cpa_free. */
+void *cpa_alloc_big(size_t bytes);
 
 /* Test hook: make the n-th following cpa_malloc/cpa_calloc fail (n >= 1);
  * 0 disables.  Not thread-safe; for unit tests only. */

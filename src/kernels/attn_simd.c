@@ -57,8 +57,8 @@
 #define B_KP 2  /* lane panels per backward task: 128 keys */
 #define B_NR 6  /* query rows per S / dP micro-tile: 24 accumulators */
 #define B_NC 6  /* dKᵀ / dVᵀ columns per micro-tile */
-#define Q_NR 3  /* dQ rows per micro-tile */
-#define Q_NV 8  /* dQ vectors per micro-tile: 24 accumulators */
+#define Q_NR 6  /* dQ rows per micro-tile */
+#define Q_NV 4  /* dQ vectors per micro-tile: 24 accumulators */
 #define CASES_NR(M) CASES_12(M)
 #elif VL == 8
 #define F_MV 2
@@ -234,7 +234,7 @@ static void bwd_dq_block(const float *A, int64_t lda, int64_t nrows, int64_t R, 
     const int64_t nvec = Dp / VL;
     for (int64_t i0 = 0; i0 < nrows; i0 += Q_NR) {
         switch ((int)(nrows - i0 < Q_NR ? nrows - i0 : Q_NR)) {
-            CASES_4(ROWS_CASE_R)
+            CASES_6(ROWS_CASE_R)
         default:
             break;
         }
