@@ -19,6 +19,8 @@
 
 int tool_measure_ceilings(cpa_isa isa, int threads, int sgemm_n, int reps, tool_ceilings *c)
 {
+    if (threads <= 0)
+        threads = omp_get_max_threads();
     c->threads = threads;
     c->sgemm_n = sgemm_n;
     if (cpa_isa_resolve(isa, &c->isa) != CPA_OK)
