@@ -280,10 +280,19 @@ if [ "$rc" -eq 0 ] && grep -q '^# ceilings, 1 thread(s): FMA peak (.*) [0-9.]* G
     grep -q '^threads,mask,B,S,H,G,Dqk,Dv,isa,.*fwdbwd_over_peak' "$TMP/bench.csv" && [ "$rows" = 16 ]; then
     pass "bench kernel table and CSV"
 else fail "bench kernel table and CSV" "exit $rc, $rows CSV rows"; fi
-# No figure claims more than the FMA peak (column 26 = fwdbwd_over_peak).
-if awk -F, 'NR > 1 && ($24 > 1 || $25 > 1 || $26 > 1) { bad = 1 } END { exit bad }' "$TMP/bench.csv"; then
-    pass "bench kernel ratios to the FMA peak are at most 1"
-else fail "bench kernel ratios to the FMA peak are at most 1" "a row claims more than the peak"; fi
+# The ratios are the figures over the same run's ceilings (columns 20 fwd+bwd
+# GFLOP/s, 21 FMA peak, 23 sgemm, 26 and 29 the ratios), and a table row that
+# claims more than the FMA peak is flagged with '!'.  (Whether a ratio is
+# below 1 depends on how busy the machine is while the ceiling is probed, so
+# that is the benchmark's business, not a test's.)
+if awk -F, 'NR > 1 { d = $26 - $20 / $21; e = $29 - $20 / $23;
+                     if (d > 0.001 || d < -0.001 || e > 0.001 || e < -0.001) bad = 1 }
+            END { exit bad }' "$TMP/bench.csv" &&
+    awk '$2 ~ /causal|general/ && NF > 14 { split($0, f, "|"); split(f[4], r, " ");
+                                           if (r[2] + 0 > 1 && r[2] !~ /!/) bad = 1 }
+         END { exit bad }' "$OUT"; then
+    pass "bench kernel ratios are figure / same-run ceiling, and > 1 is flagged"
+else fail "bench kernel ratios are figure / same-run ceiling, and > 1 is flagged" "see the CSV and table"; fi
 expect_usage "bench kernel bad --head-dims" "--head-dims" bench kernel --head-dims 64,/
 expect_usage "bench kernel G not dividing H" "--num-query-groups" bench kernel --num-query-groups 3
 
