@@ -645,20 +645,44 @@ void FN(cpa_bwd_task)(const cpa_bwd_job *job, int64_t task, float *scratch, int 
             const int64_t nrows = rb - ra;
             pack_rows(Qc, cpa_at4(&d->q, b, qt.row + ra, h), ldq, nrows, Dqk);
             pack_rows(dOc, cpa_at4(&job->dout, b, qt.row + ra, h), lddo, nrows, Dv);
+            /* The rows each lane panel is visible to, [pr0, pr1): near a
+             * causal diagonal the last panel is hidden from the first rows. */
+            int64_t pr0[B_KP], pr1[B_KP];
+            for (int64_t p = 0; p < npanels; ++p) {
+                const int32_t a = (int32_t)(p * B_MK), z = a + B_MK - 1;
+                pr0[p] = rb, pr1[p] = ra;
+                for (int64_t i = ra; i < rb; ++i)
+                    if (lo[i] <= hi[i] && lo[i] <= z && hi[i] >= a) {
+                        pr0[p] = i < pr0[p] ? i : pr0[p];
+                        pr1[p] = i + 1;
+                    }
+            }
             for (int64_t i = ra; i < rb; i += B_NR) {
                 const float *qrows = Qc + (i - ra) * Dqk, *dorows = dOc + (i - ra) * Dv;
-                for (int64_t lane0 = 0; lane0 < npanels * B_MK; lane0 += B_MK)
-                    switch ((int)(rb - i < B_NR ? rb - i : B_NR)) {
+                const int64_t nr = rb - i < B_NR ? rb - i : B_NR;
+                for (int64_t p = 0, lane0 = 0; p < npanels; ++p, lane0 += B_MK) {
+                    if (i + nr <= pr0[p] || i >= pr1[p]) { /* hidden: dS = 0 (dQ reads it) */
+                        for (int64_t r = i; r < i + nr; ++r)
+                            memset(dS + r * B_KW + lane0, 0, sizeof(float) * B_MK);
+                        continue;
+                    }
+                    switch ((int)nr) {
                         CASES_NR(BWD_P_CASE)
                     default:
                         break;
                     }
+                }
             }
-            /* dVᵀ += Pᵀ-rows · dO ; dKᵀ += dSᵀ-rows · Q (scale applied at the end) */
-            for (int64_t lane0 = 0; lane0 < npanels * B_MK; lane0 += B_MK) {
-                bwd_axpy_sweep(P + ra * B_KW + lane0, B_KW, nrows, dOc, Dv, dVT + lane0, B_KW, Dv);
-                bwd_axpy_sweep(dS + ra * B_KW + lane0, B_KW, nrows, Qc, Dqk, dKT + lane0, B_KW,
-                               Dqk);
+            /* dVᵀ += Pᵀ-rows · dO ; dKᵀ += dSᵀ-rows · Q (scale applied at the end),
+             * over the rows each panel is visible to. */
+            for (int64_t p = 0, lane0 = 0; p < npanels; ++p, lane0 += B_MK) {
+                if (pr0[p] >= pr1[p])
+                    continue;
+                const int64_t r0 = pr0[p], n = pr1[p] - pr0[p];
+                bwd_axpy_sweep(P + r0 * B_KW + lane0, B_KW, n, dOc + (r0 - ra) * Dv, Dv,
+                               dVT + lane0, B_KW, Dv);
+                bwd_axpy_sweep(dS + r0 * B_KW + lane0, B_KW, n, Qc + (r0 - ra) * Dqk, Dqk,
+                               dKT + lane0, B_KW, Dqk);
             }
             /* dQ contribution of these keys, then added in chain order. */
             bwd_dq_block(dS + ra * B_KW, B_KW, nrows, kt.len, Kr, Dp, dQc, Dp, Dp);
