@@ -223,7 +223,8 @@ cpa_status cpa_isa_resolve(cpa_isa requested, cpa_isa *out);
 
 /* The fp32 FMA peak of `isa` (CPA_ISA_AUTO: what a context would use) on
  * `threads` threads at once (0: omp_get_max_threads()), measured now in
- * about 0.25 s: 12 independent FMA chains per thread, best of 7 runs,
+ * about 0.45 s: 12 independent FMA chains per thread after a 0.25 s
+ * warm-up of every thread, best of 7 runs,
  * GFLOP/s summed over the threads.  The honest ceiling for the kernels:
  * no kernel can beat it.  0 if `isa` cannot run here. */
 double cpa_fma_peak_gflops(cpa_isa isa, int threads);
