@@ -15,8 +15,10 @@
  * dK/dV are exclusive and K/V are read once.  The dQ contributions of the
  * key tasks of one (batch, KV head) are added in key order: each task
  * waits for its predecessor before adding to a query unit (tasks are handed
- * out in increasing order, so the earliest unfinished task never waits and
- * nothing can deadlock).  The sums therefore have one order for every
+ * out in increasing order and numbered key tile first, so a predecessor is
+ * always handed out before its successor: the earliest unfinished task
+ * never waits and nothing can deadlock; and neighbouring tasks belong to
+ * different chains, so with B·G >= threads they rarely wait at all).  The sums therefore have one order for every
  * thread count — bitwise identical results — while B·G·(Sk / key tile)
  * tasks keep every thread busy, MQA at B=1 included.
  */

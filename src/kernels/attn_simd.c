@@ -552,9 +552,10 @@ static void prefetch_rows(const float *p, int64_t ld, int64_t n, int64_t d, int 
  * below `unit` (or finished).  Thread 0 keeps MPI progressing meanwhile. */
 static void chain_wait(const cpa_bwd_job *job, int64_t task, int64_t unit, int progress)
 {
-    if (task % job->nk == 0)
+    const int64_t chains = job->d->q.shape[0] * job->d->k.shape[2];
+    if (task < chains)
         return; /* the first key task of a chain depends on nobody */
-    const int64_t *prev = &job->chain[task - 1];
+    const int64_t *prev = &job->chain[task - chains]; /* the same chain's previous key tile */
     unsigned spins = 0;
     while (__atomic_load_n(prev, __ATOMIC_ACQUIRE) <= unit) {
         if (++spins % 1024 == 0) {
@@ -573,8 +574,10 @@ void FN(cpa_bwd_task)(const cpa_bwd_job *job, int64_t task, float *scratch, int 
     const cpa_attn_desc *d = job->d;
     const int64_t Dqk = d->q.shape[3], Dv = d->v.shape[3], G = d->k.shape[2];
     const int64_t Dp = (Dqk + VL - 1) / VL * VL;
-    const int64_t bg = task / job->nk, b = bg / G, g = bg % G;
-    const cpa_tile kt = cpa_tiling_get(&job->kt, task % job->nk);
+    /* task = j·(B·G) + (b·G + g): key tile j of chain (b, g); consecutive
+     * tasks belong to different chains, so threads rarely wait. */
+    const int64_t chains = d->q.shape[0] * G, bg = task % chains, b = bg / G, g = bg % G;
+    const cpa_tile kt = cpa_tiling_get(&job->kt, task / chains);
     bwd_scratch s;
     bwd_carve(scratch, Dqk, Dv, Dp, &s);
     float *KT = s.KT, *VT = s.VT, *Kr = s.Kr, *dKT = s.dKT, *dVT = s.dVT;

@@ -84,7 +84,8 @@ struct cpa_fwd_job {
     int64_t heads_per_task, tiles_per_task, nhchunks, nqblocks;
 };
 
-/* A backward call: task t = (b·G + g)·nk + j owns key tile j; its query
+/* A backward call: task t = j·(B·G) + b·G + g owns key tile j of the chain
+ * (b, g), whose previous task is t - B·G; its query
  * units are (head in group, query tile) in a fixed order; chain[t] counts
  * the units whose dQ this task and all earlier ones of its chain have
  * added (INT64_MAX when done). */
