@@ -395,7 +395,7 @@ typedef struct cpa_plan_stats {
 void cpa_plan_last_stats(const cpa_plan *plan, cpa_plan_stats *stats);
 
 /* ------------------------------------------------------------------------ */
-/* NumPy .npy files (float32, C order, format versions 1.0 and 2.0)          */
+/* NumPy .npy files (float32, C order, format versions 1.0, 2.0 and 3.0)     */
 /* ------------------------------------------------------------------------ */
 
 /* Read the header of `path`: its shape (up to CPA_MAX_DIMS dims).  Fails with

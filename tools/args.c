@@ -322,7 +322,22 @@ static int unknown_flag(const cli_spec *spec, const char *arg, size_t len)
     return cli_usage(spec, "unknown flag %.*s; see --help", (int)len, arg);
 }
 
-static int apply_defaults_and_env(cli_args *args)
+/* 1 if option i of the spec appears among the command-line arguments. */
+static int on_command_line(const cli_spec *spec, int i, int argc, char **argv)
+{
+    for (int k = 1; k < argc; ++k) {
+        const char *eq = strchr(argv[k], '=');
+        size_t len = eq ? (size_t)(eq - argv[k]) : strlen(argv[k]);
+        if (strncmp(argv[k], "--", 2) == 0 && find_option(spec, argv[k], len) == i)
+            return 1;
+    }
+    return 0;
+}
+
+/* Defaults, then environment variables for the options the command line
+ * does not set (a flag overrides its variable, which is then not even
+ * parsed: a bad CPATTN_THREADS does not matter under --threads 1). */
+static int apply_defaults_and_env(cli_args *args, int argc, char **argv)
 {
     const cli_spec *spec = args->spec;
     for (int i = 0; i < spec->count; ++i) {
@@ -333,7 +348,7 @@ static int apply_defaults_and_env(cli_args *args)
             args->source[i] = CLI_SRC_DEFAULT;
         }
         const char *env = o->env ? getenv(o->env) : NULL;
-        if (env && *env) {
+        if (env && *env && !on_command_line(spec, i, argc, argv)) {
             if (set_value(args, i, env, o->env) != CLI_OK)
                 return CLI_USAGE;
             args->source[i] = CLI_SRC_ENV;
@@ -381,7 +396,7 @@ cli_result cli_parse(cli_args *args, const cli_spec *spec, void *cfg, int argc, 
             return CLI_HELP;
         }
     }
-    if (apply_defaults_and_env(args) != CLI_OK)
+    if (apply_defaults_and_env(args, argc, argv) != CLI_OK)
         return CLI_USAGE;
     for (int k = 1; k < argc; ++k) {
         if (strncmp(argv[k], "--", 2) != 0 || argv[k][2] == '\0') {

@@ -37,6 +37,7 @@
 
 #include <errno.h>
 #include <limits.h>
+#include <float.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdint.h>
@@ -55,7 +56,7 @@ typedef struct attn_cfg {
     int64_t B, S, H, G, D, Dv; /* problem shape (G, Dv: 0 until resolved) */
     int gqa;                   /* --group-query-attention */
     int mask;                  /* index in "causal|general" */
-    double scale;              /* 0: 1/sqrt(D) */
+    double scale;              /* --softmax-scale; unset: 1/sqrt(D) */
     int layout;                /* index in "bshd|sbhd|bnsd" */
     int bnsd;                  /* --megatron-cp-in-bnsd */
     int64_t cp, window, ulysses, tp; /* --context-parallel-size, --cp-window-size, ... */
@@ -99,8 +100,12 @@ static const cli_option attn_options[] = {
     {.flag = "--attention-mask-type", .type = CLI_CHOICE, .def = "causal", .choices = "causal|general",
      .help = "causal: query i sees keys <= i; general: every query sees every key.",
      .offset = AT(mask)},
-    {.flag = "--softmax-scale", .type = CLI_FLOAT, .def = "0", .fmin = 0, .fmax = INFINITY,
-     .help = "Scale of Q.K before the softmax; 0 means 1/sqrt(D).", .offset = AT(scale)},
+    /* No default value: "unset" is its own state (1/sqrt(D)), and a given
+     * value must be a normal float32, so nothing rounds silently to 0 (the
+     * library's "default") or to infinity. */
+    {.flag = "--softmax-scale", .type = CLI_FLOAT, .fmin = FLT_MIN, .fmax = FLT_MAX,
+     .help = "Scale of Q.K before the softmax, a normal float32 > 0. Default: 1/sqrt(D).",
+     .offset = AT(scale)},
     {.flag = "--layout", .type = CLI_CHOICE, .def = "bshd", .choices = "bshd|sbhd|bnsd",
      .help = "Memory order of q, k, v, dout, out and the gradients (the values do not depend "
              "on it).", .offset = AT(layout)},
@@ -1082,8 +1087,8 @@ static int attn_main(int argc, char **argv)
     if (rc)
         return rc;
     /* The library is given 0 for the default scale; show the value it means. */
-    run.scale_arg = (float)run.c.scale;
-    if (run.c.scale == 0) {
+    run.scale_arg = cli_given(&args, "--softmax-scale") ? (float)run.c.scale : 0.0f;
+    if (!cli_given(&args, "--softmax-scale")) {
         run.c.scale = 1.0 / sqrt((double)run.c.D);
         cli_mark_derived(&args, "--softmax-scale", "= 1/sqrt(--kv-channels)");
     }

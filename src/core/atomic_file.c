@@ -65,16 +65,42 @@ bool cpa_write_full(int fd, const void *buf, size_t len)
     return true;
 }
 
+/* What kind of file `mode` is, for messages. */
+static const char *file_kind(mode_t mode)
+{
+    if (S_ISDIR(mode))
+        return "a folder";
+    if (S_ISFIFO(mode))
+        return "a FIFO (named pipe)";
+    if (S_ISCHR(mode) || S_ISBLK(mode))
+        return "a device";
+    if (S_ISSOCK(mode))
+        return "a socket";
+    return "not a regular file";
+}
+
 cpa_status cpa_open_read(const char *path, int *fd_out, struct stat *sb)
 {
     char why[128];
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    /* O_NONBLOCK: opening a FIFO for reading would otherwise block until a
+     * writer appears (forever, for a forgotten `mkfifo`).  The type is
+     * checked on the open descriptor, then blocking reads are restored. */
+    int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
     if (fd < 0)
         return cpa_error(CPA_ERR_IO, "%s: cannot open for reading: %s", path,
                          cpa_errno_text(errno, why, sizeof why));
-    if (fstat(fd, sb) != 0) {
-        cpa_status st = cpa_error(CPA_ERR_IO, "%s: cannot stat: %s", path,
-                                  cpa_errno_text(errno, why, sizeof why));
+    cpa_status st = CPA_OK;
+    int flags;
+    if (fstat(fd, sb) != 0)
+        st = cpa_error(CPA_ERR_IO, "%s: cannot stat: %s", path,
+                       cpa_errno_text(errno, why, sizeof why));
+    else if (!S_ISREG(sb->st_mode))
+        st = cpa_error(CPA_ERR_IO, "%s: not a regular file (it is %s); cpattn reads regular "
+                       "files only", path, file_kind(sb->st_mode));
+    else if ((flags = fcntl(fd, F_GETFL)) < 0 || fcntl(fd, F_SETFL, flags & ~O_NONBLOCK) < 0)
+        st = cpa_error(CPA_ERR_IO, "%s: cannot set blocking reads: %s", path,
+                       cpa_errno_text(errno, why, sizeof why));
+    if (st != CPA_OK) {
         close(fd);
         return st;
     }

@@ -46,8 +46,10 @@ int64_t cpa_read_full(int fd, void *buf, size_t len);
 /* Write all `len` bytes; false with errno set on failure. */
 bool cpa_write_full(int fd, const void *buf, size_t len);
 
-/* Open `path` read-only and fstat it into *sb; on success *fd_out is open
- * and the caller closes it.  The file's type is not checked. */
+/* Open the regular file `path` read-only and fstat it into *sb; on success
+ * *fd_out is open (blocking) and the caller closes it.  Anything else — a
+ * folder, a FIFO, a device — is CPA_ERR_IO naming what it is, and never
+ * blocks: the open itself is non-blocking. */
 cpa_status cpa_open_read(const char *path, int *fd_out, struct stat *sb);
 
 /* Create "<dir>/.<base>.tmp.<pid>.<n>" exclusively in the folder of

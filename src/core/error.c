@@ -95,3 +95,30 @@ float *cpa_alloc_floats(int64_t count)
         return NULL;
     return cpa_alloc_big((size_t)count * sizeof(float));
 }
+
+const char *cpa_escape(char *buf, size_t cap, const char *s, size_t n)
+{
+    size_t o = 0;
+    if (cap == 0)
+        return buf;
+    for (size_t i = 0; i < n; ++i) {
+        unsigned char c = (unsigned char)s[i];
+        char one[5];
+        int len;
+        if (c >= 0x20 && c <= 0x7e && c != '\\') {
+            one[0] = (char)c;
+            len = 1;
+        } else {
+            len = snprintf(one, sizeof one, "\\x%02x", c);
+        }
+        if (o + (size_t)len + 4 >= cap) { /* room for "..." and the NUL */
+            memcpy(buf + o, "...", 3);
+            o += 3;
+            break;
+        }
+        memcpy(buf + o, one, (size_t)len);
+        o += (size_t)len;
+    }
+    buf[o] = '\0';
+    return buf;
+}

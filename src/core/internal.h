@@ -36,6 +36,13 @@ cpa_status cpa_error(cpa_status status, const char *fmt, ...) CPA_PRINTF(2, 3);
 void *cpa_malloc(size_t bytes, const char *what);
 void *cpa_calloc(size_t bytes, const char *what);
 void cpa_free(void *p);
+/* Bytes that came from a file, made safe to print: printable ASCII is
+ * kept, every other byte (control characters, escape sequences, UTF-8) and
+ * the backslash become \xNN; "..." ends a text cut to fit `cap`.  Returns
+ * `buf`.  Every message quoting file content goes through this, so a
+ * crafted file cannot drive the user's terminal. */
+const char *cpa_escape(char *buf, size_t cap, const char *s, size_t n);
+
 /* The allocation behind cpa_malloc, without error reporting or injected
  * failures: 64-byte aligned; blocks of 4 MiB and more are 2 MiB aligned and
  * advised to use transparent huge pages.  Free with free() / cpa_free. */

@@ -237,8 +237,9 @@ static cpa_status syntax_error(const npy_scan *s, const char *expected)
     if (left == 0)
         return cpa_error(CPA_ERR_FORMAT, "%s: malformed header: expected %s, found the end",
                          s->path, expected);
-    return cpa_error(CPA_ERR_FORMAT, "%s: malformed header: expected %s at \"%.*s\"", s->path,
-                     expected, left < 24 ? left : 24, s->p);
+    char shown[128];
+    return cpa_error(CPA_ERR_FORMAT, "%s: malformed header: expected %s at \"%s\"", s->path,
+                     expected, cpa_escape(shown, sizeof shown, s->p, left < 24 ? (size_t)left : 24));
 }
 
 /* A quoted string without escapes (no dtype string or key needs one). */
@@ -290,10 +291,11 @@ static cpa_status parse_dim(npy_scan *s, int64_t *out)
     while (s->p < s->end && is_digit(*s->p)) {
         int digit = *s->p - '0';
         if (v > (INT64_MAX - digit) / 10) {
-            int shown = s->end - start < 20 ? (int)(s->end - start) : 20;
+            size_t n = s->end - start < 20 ? (size_t)(s->end - start) : 20;
+            char shown[96];
             return cpa_error(CPA_ERR_FORMAT,
-                             "%s: shape value %s%.*s... does not fit in 64 bits", s->path,
-                             negative ? "-" : "", shown, start);
+                             "%s: shape value %s%s... does not fit in 64 bits", s->path,
+                             negative ? "-" : "", cpa_escape(shown, sizeof shown, start, n));
         }
         v = v * 10 + digit;
         ++s->p;
@@ -356,14 +358,15 @@ static cpa_status parse_item(npy_scan *s, npy_dict *d)
                  : key_is(key, len, "fortran_order") ? &d->has_fortran
                  : key_is(key, len, "shape")         ? &d->has_shape
                                                      : NULL;
+    char shown[192];
     if (!seen)
         return cpa_error(CPA_ERR_FORMAT,
-                         "%s: malformed header: unexpected key '%.*s' (a .npy header has "
+                         "%s: malformed header: unexpected key '%s' (a .npy header has "
                          "exactly 'descr', 'fortran_order' and 'shape')",
-                         s->path, len < 40 ? (int)len : 40, key);
+                         s->path, cpa_escape(shown, sizeof shown, key, len < 40 ? len : 40));
     if (*seen)
-        return cpa_error(CPA_ERR_FORMAT, "%s: malformed header: key '%.*s' appears twice",
-                         s->path, (int)len, key);
+        return cpa_error(CPA_ERR_FORMAT, "%s: malformed header: key '%s' appears twice",
+                         s->path, cpa_escape(shown, sizeof shown, key, len));
     *seen = true;
     if (seen == &d->has_shape)
         return parse_shape(s, d);
@@ -443,22 +446,23 @@ static cpa_status check_dict(const char *path, const char *text, size_t len, con
                           : !d->has_fortran ? "fortran_order"
                           : !d->has_shape   ? "shape"
                                             : NULL;
+    char shown[900];
     if (missing)
-        return cpa_error(CPA_ERR_FORMAT, "%s: malformed header: no '%s' key in %.*s", path,
-                         missing, len < 200 ? (int)len : 200, text);
+        return cpa_error(CPA_ERR_FORMAT, "%s: malformed header: no '%s' key in %s", path,
+                         missing, cpa_escape(shown, sizeof shown, text, len < 200 ? len : 200));
     if (!key_is(d->descr, d->descr_len, "<f4")) {
         char name[64];
-        int shown = d->descr_len < 32 ? (int)d->descr_len : 32;
+        cpa_escape(shown, 160, d->descr, d->descr_len < 32 ? d->descr_len : 32);
         describe_dtype(d->descr, d->descr_len, name, sizeof name);
         if (d->descr_len == 3 && d->descr[1] == 'f' && d->descr[2] == '4')
             return cpa_error(CPA_ERR_FORMAT,
-                             "%s: dtype is '%.*s' (%s); cpattn reads little-endian float32 "
+                             "%s: dtype is '%s' (%s); cpattn reads little-endian float32 "
                              "('<f4') only; convert with arr.astype('<f4')",
-                             path, shown, d->descr, name);
+                             path, shown, name);
         return cpa_error(CPA_ERR_FORMAT,
-                         "%s: dtype is '%.*s' (%s); cpattn reads float32 ('<f4') only; "
+                         "%s: dtype is '%s' (%s); cpattn reads float32 ('<f4') only; "
                          "convert with arr.astype(np.float32)",
-                         path, shown, d->descr, name);
+                         path, shown, name);
     }
     if (d->fortran_order)
         return cpa_error(CPA_ERR_FORMAT,
@@ -470,7 +474,8 @@ static cpa_status check_dict(const char *path, const char *text, size_t len, con
                          "%s: 0-d arrays (shape ()) are not supported; save arr.reshape(1)",
                          path);
     if (d->ndim > CPA_MAX_DIMS)
-        return cpa_error(CPA_ERR_FORMAT, "%s: shape has %d dims; cpattn supports at most %d",
+        /* A sound file of a rank cpattn does not take: a usage problem. */
+        return cpa_error(CPA_ERR_ARG, "%s: shape has %d dims; cpattn supports at most %d",
                          path, d->ndim, CPA_MAX_DIMS);
     /* The byte size must fit in int64 (and size_t).  A zero dim makes the
      * array empty whatever the others say, so it is checked first. */
@@ -573,11 +578,6 @@ static cpa_status npy_open(const char *path, int *fd_out, npy_header *h)
     CPA_TRY(cpa_open_read(path, &fd, &sb));
     cpa_status st;
     char *text = NULL;
-    /* The size checks need a real size; a pipe or a folder has none. */
-    if (!S_ISREG(sb.st_mode)) {
-        st = cpa_error(CPA_ERR_IO, "%s: not a regular file", path);
-        goto close_file;
-    }
     size_t text_len = 0;
     int64_t offset = 0;
     st = read_header_text(fd, path, (int64_t)sb.st_size, &text, &text_len, &offset);

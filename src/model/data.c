@@ -128,16 +128,6 @@ static cpa_status read_whole_file(const char *path, uint8_t **bytes_out, int64_t
     CPA_TRY(cpa_open_read(path, &fd, &sb));
     cpa_status st = CPA_OK;
     uint8_t *buf = NULL;
-    if (S_ISDIR(sb.st_mode)) {
-        st = cpa_error(CPA_ERR_IO, "%s: cannot read: %s", path,
-                       cpa_errno_text(EISDIR, why, sizeof why));
-        goto close_file;
-    }
-    /* The size is needed up front; a pipe or a device has none. */
-    if (!S_ISREG(sb.st_mode)) {
-        st = cpa_error(CPA_ERR_IO, "%s: not a regular file (text data must be a file)", path);
-        goto close_file;
-    }
     size_t n = (size_t)sb.st_size;
     buf = cpa_malloc(n ? n : 1, "text data");
     if (!buf) {
