@@ -13,6 +13,9 @@
 #include "cpattn.h"
 #include "internal.h"
 #include "test.h"
+
+/* The usual dict up to the shape value. */
+#define F4_SHAPE "{'descr': '<f4', 'fortran_order': False, 'shape': "
 #include "test_files.h"
 
 #include <stdbool.h>
@@ -320,7 +323,7 @@ static void test_malformed(void)
         const char *keyword;
     } cases[] = {
 /* The usual dict up to the shape value. */
-#define F4 "{'descr': '<f4', 'fortran_order': False, 'shape': "
+#define F4 F4_SHAPE
         {4, 0, F4 "(2, 3), }", 24, "version 4.0"},
         {1, 1, F4 "(2, 3), }", 24, "version 1.1"},
         {1, 0, F4 "(2, 3), }", 20,
@@ -355,7 +358,6 @@ static void test_malformed(void)
         {1, 0, F4 "(2, 3), 'x': 1}", 24, "unexpected key 'x'"},
         {1, 0, F4 "(2, 3), 'shape': (2, 3)}", 24, "twice"},
         {1, 0, F4 "(2, -3), }", 24, "negative dimension -3"},
-        {1, 0, F4 "(1, 1, 2, 1, 3), }", 24, "5 dims"},
         {1, 0, F4 "(), }", 4, "0-d"},
         {1, 0, F4 "(4611686018427387904, 2), }", 24, "overflows"},
         {1, 0, F4 "(3037000500, 3037000500), }", 24, "overflows"},
@@ -371,6 +373,36 @@ static void test_malformed(void)
         CHECK(write_npy(path, cases[c].major, cases[c].minor, cases[c].dict, zeros,
                         cases[c].data_bytes));
         expect_read_failure(path, CPA_ERR_FORMAT, cases[c].keyword);
+    }
+
+    /* A sound file of a rank cpattn does not take is a usage error, not a
+     * malformed file (like a 3-d q.npy where 4 dims are needed). */
+    {
+        char path[256];
+        path_of(path, sizeof path, "five_dims.npy");
+        CHECK(write_npy(path, 1, 0, F4_SHAPE "(1, 1, 2, 1, 3), }", zeros, 24));
+        expect_read_failure(path, CPA_ERR_ARG, "5 dims");
+    }
+
+    /* Bytes from the file are escaped in messages: a dtype made of terminal
+     * escape sequences (set the title, clear the screen) reaches the user as
+     * text, never as control characters. */
+    {
+        char path[256];
+        path_of(path, sizeof path, "escape.npy");
+        CHECK(write_npy(path, 1, 0,
+                        "{'descr': '\x1b]0;owned\x07\x1b[2J', 'fortran_order': False, "
+                        "'shape': (6,), }",
+                        zeros, 24));
+        int ndim;
+        int64_t shape[CPA_MAX_DIMS];
+        CHECK_STATUS(cpa_npy_shape(path, &ndim, shape), CPA_ERR_FORMAT);
+        const char *msg = cpa_last_error();
+        int raw = 0;
+        for (const char *p = msg; *p; ++p)
+            raw |= (unsigned char)*p < 0x20 || (unsigned char)*p == 0x7f;
+        CHECK_MSG(!raw, "the message carries raw control characters");
+        CHECK_MSG(strstr(msg, "\\x1b]0;owned\\x07") != NULL, "escaped dtype missing from: %s", msg);
     }
 
     /* Damage below the dict level, written byte by byte. */
