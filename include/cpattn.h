@@ -116,6 +116,14 @@ cpa_tensor cpa_tensor_attn(float *data, cpa_layout layout, int64_t B, int64_t S,
  * row).  NULL on failure or overflow; release with free(). */
 float *cpa_alloc_floats(int64_t count);
 
+/* CPA_OK if every element of `t` is finite; otherwise CPA_ERR_NUMERIC with
+ * a message naming `name`, the logical index of the first NaN or infinity
+ * (row-major order) and what it is, and that index in `index` (may be
+ * NULL).  The kernels propagate non-finite inputs the way a plain softmax
+ * attention does (docs/reliability.md); this is how a caller refuses them
+ * up front instead. */
+cpa_status cpa_tensor_check_finite(cpa_tensor t, const char *name, int64_t index[CPA_MAX_DIMS]);
+
 /* Number of elements (product of the shape). */
 int64_t cpa_tensor_numel(const cpa_tensor *t);
 

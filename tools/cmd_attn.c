@@ -64,7 +64,7 @@ typedef struct attn_cfg {
     int overlap;               /* --use-cp-send-recv-overlap */
     int64_t seed;
     const char *load, *save;
-    int save_inputs, forward_only, check, reference;
+    int save_inputs, forward_only, check, reference, allow_non_finite;
     double tol_fwd, tol_grad;
     int64_t iters, warmup, threads;
 } attn_cfg;
@@ -147,6 +147,9 @@ static const cli_option attn_options[] = {
              "--load can replay the run.", .offset = AT(save_inputs)},
     {.flag = "--forward-only", .type = CLI_FLAG, .help = "Skip the backward pass.",
      .offset = AT(forward_only)},
+    {.flag = "--allow-non-finite", .type = CLI_FLAG, .help = "Run --load inputs that hold NaN "
+     "or Inf (refused by default, naming the first one); they propagate as in a plain softmax "
+     "attention.", .offset = AT(allow_non_finite)},
     {.flag = "--check", .type = CLI_FLAG,
      .help = "Compare with the single-process reference implementation (double accumulation) "
              "on the whole sequence: per tensor max abs error, max|ref|, rel = max abs / "
@@ -655,6 +658,12 @@ static int load_inputs(attn_run *r)
         cpa_status st = cpa_npy_load_into(path, bt(r, &r->glob, i));
         if (st != CPA_OK)
             rc = npy_error(st, path);
+        /* NaN and Inf would propagate as in a plain softmax attention; a
+         * user almost never means that, so it is refused unless asked. */
+        else if (!c->allow_non_finite &&
+                 cpa_tensor_check_finite(bt(r, &r->glob, i), path, NULL) != CPA_OK)
+            rc = fail("%s; the inputs must be finite (--allow-non-finite runs anyway: NaN and "
+                      "Inf then propagate as in a plain softmax attention)", cpa_last_error());
     }
     rc = tool_agree(rc);
     for (int i = 0; i < n && !rc && r->P > 1; ++i)
@@ -795,6 +804,8 @@ static int report_check(const char *name, cpa_tensor a, cpa_tensor b, double tol
            s.max_ref, rel, tol);
     if (s.mismatch)
         printf("  non-finite mismatches %lld", (long long)s.mismatch);
+    if (s.nonfinite)
+        printf("  non-finite in both alike %lld", (long long)s.nonfinite);
     printf("  %s\n", pass ? "PASS" : "FAIL");
     return pass;
 }
@@ -1085,6 +1096,10 @@ static int attn_main(int argc, char **argv)
         return pr == CLI_HELP ? EXIT_OK : EXIT_USAGE;
     int rc = resolve(&args, &run.c);
     if (rc)
+        return rc;
+    /* Rank 0 writes --save: prove it can before computing anything. */
+    if (run.c.save &&
+        (rc = tool_agree(tool_rank() == 0 ? tool_check_output_dir("--save", run.c.save) : 0)))
         return rc;
     /* The library is given 0 for the default scale; show the value it means. */
     run.scale_arg = cli_given(&args, "--softmax-scale") ? (float)run.c.scale : 0.0f;

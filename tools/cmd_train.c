@@ -28,7 +28,7 @@
 typedef struct train_cfg {
     int64_t L, C, F, H, G, S, B, GB, iters, warmup, log_interval, eval_interval, eval_iters;
     int64_t save_interval, exit_interval, vocab, cp, tp, window, ulysses, threads, seed;
-    int gqa, overlap, bnsd, recompute, algo, mask;
+    int gqa, overlap, bnsd, recompute, algo, mask, overwrite_save;
     double lr, min_lr, wd, clip;
     const char *save, *load, *data_path;
 } train_cfg;
@@ -68,7 +68,10 @@ static const cli_option train_options[] = {
     INT_FLAG("--eval-interval", "50", "Iterations between evaluations (0: only at the end).",
              eval_interval, 0, 1LL << 40),
     INT_FLAG("--eval-iters", "4", "Batches per evaluation.", eval_iters, 1, 1 << 20),
-    {.flag = "--save", .type = CLI_STRING, .help = "Checkpoint folder to write.", .offset = AT(save)},
+    {.flag = "--save", .type = CLI_STRING, .help = "Checkpoint folder to write (checked for "
+     "writing before any work).", .offset = AT(save)},
+    {.flag = "--overwrite-save", .type = CLI_FLAG, .help = "Let a run that does not resume the "
+     "checkpoint in --save replace it (refused otherwise).", .offset = AT(overwrite_save)},
     {.flag = "--load", .type = CLI_STRING, .help = "Checkpoint folder to resume from.",
      .offset = AT(load)},
     INT_FLAG("--save-interval", "0", "Iterations between checkpoints (0: only at the end).",
@@ -311,9 +314,55 @@ static int load(train_run *r)
                                           cpa_last_error());
     if ((err = tool_agree(err)))
         return err;
+    /* The iteration is covered by the checksum, which is no signature:
+     * check what it means too.  Resuming below it would rewind the run
+     * (and, with --save on the same folder, relabel the checkpoint). */
+    if (meta.iteration < 0)
+        err = tool_fail(1, "--load %s: the checkpoint says iteration %lld; iterations are >= 0 "
+                        "(the file was damaged or edited)", r->c.load, (long long)meta.iteration);
+    else if (meta.iteration > r->c.iters)
+        err = tool_fail(2, "--train-iters %lld is below the iteration of the checkpoint in --load "
+                        "%s (%lld): resuming would rewind it; give --train-iters %lld or more",
+                        (long long)r->c.iters, r->c.load, (long long)meta.iteration,
+                        (long long)meta.iteration);
+    if ((err = tool_agree(err)))
+        return err;
     r->start_iter = meta.iteration;
     tool_say(" resumed from %s at iteration %lld\n", r->c.load, (long long)meta.iteration);
     return 0;
+}
+
+/* Before any work, on rank 0: a run that does not resume the checkpoint
+ * already in --save must not replace it unless told (--overwrite-save);
+ * and the temporaries of crashed saves there are removed. */
+static int guard_save(train_run *r)
+{
+    const train_cfg *c = &r->c;
+    int err = 0;
+    if (r->rank == 0 && c->save) {
+        int removed = cpa_ckpt_sweep(c->save);
+        if (removed)
+            tool_say(" removed %d temporar%s of interrupted saves in %s\n", removed,
+                     removed == 1 ? "y" : "ies", c->save);
+        const int resumes_it = c->load && !strcmp(c->load, c->save);
+        cpa_ckpt_meta old;
+        if (!resumes_it && cpa_ckpt_exists(c->save)) {
+            int peek = cpa_ckpt_peek(c->save, &old) == CPA_OK;
+            const char *other = peek && strcmp(old.config, r->shape) != 0 ? ", of a different "
+                                                                            "model shape" : "";
+            char it[48] = "";
+            if (peek)
+                snprintf(it, sizeof it, " (iteration %lld%s)", (long long)old.iteration, other);
+            if (!c->overwrite_save)
+                err = tool_fail(2, "--save %s already holds a checkpoint%s that this run does "
+                                "not resume: pass --load %s to resume it, another --save folder, "
+                                "or --overwrite-save to replace it", c->save, it, c->save);
+            else
+                tool_say(" --overwrite-save: this run will replace the checkpoint in %s%s\n",
+                         c->save, it);
+        }
+    }
+    return tool_agree(err);
 }
 
 /* One pass over the global batch of iteration `it` (split `split`): the
@@ -361,6 +410,12 @@ static int train(train_run *r)
     float *grads = cpa_gpt_grads_buffer(r->model), *params = cpa_gpt_params_buffer(r->model);
     double window_t = 0.0, window_flops = 0.0, total_t = 0.0, last_loss = NAN, last_long = NAN;
     int64_t window_n = 0, done = 0, saved_at = -1, exit_at = -1;
+    if (r->start_iter == c->iters) {
+        tool_say(" the checkpoint is already at --train-iters %lld: nothing to train (raise "
+                 "--train-iters to continue); the checkpoint is left as it is\n",
+                 (long long)c->iters);
+        return 0;
+    }
     for (int64_t it = r->start_iter; it < c->iters; ++it) {
         double t0 = MPI_Wtime();
         memset(grads, 0, sizeof(float) * (size_t)r->n);
@@ -372,6 +427,16 @@ static int train(train_run *r)
         if (rc != MPI_SUCCESS)
             return tool_agree(tool_fail_mpi(1, rc, "MPI_Allreduce (gradients)"));
         double norm = cpa_grad_norm(grads, r->n);
+        /* Megatron's guard: a NaN or Inf loss or gradient stops the run
+         * before the update, so neither the weights nor any checkpoint ever
+         * hold that state.  Every rank has the same sums and norm. */
+        if (!isfinite(sums[0]) || !isfinite(norm)) {
+            return tool_agree(tool_fail(1, "iteration %lld: the %s is %s; training stops before "
+                                        "the update (no checkpoint is written from this state%s)",
+                                        (long long)(it + 1), isfinite(sums[0]) ? "gradient norm" : "loss",
+                                        isnan(isfinite(sums[0]) ? norm : sums[0]) ? "NaN" : "infinite",
+                                        saved_at > 0 ? "; the last one saved is intact" : ""));
+        }
         float clip = (c->clip > 0 && norm > c->clip) ? (float)(c->clip / norm) : 1.0f;
         float lr = cpa_lr_at(&r->opt, it);
         cpa_adamw_update(&r->opt, params, grads, r->adam_m, r->adam_v, cpa_gpt_decay_mask(r->model),
@@ -452,6 +517,10 @@ static int train_main(int argc, char **argv)
     int rc = check_rules(&args, &r.c, r.world);
     if (rc)
         return rc;
+    /* An unwritable --save would otherwise be found at the first save:
+     * with --save-interval 0, after the whole run. */
+    if (r.c.save && (rc = tool_agree(r.rank == 0 ? tool_check_output_dir("--save", r.c.save) : 0)))
+        return rc;
     if (r.rank == 0) {
         cli_print_config(&args, stdout, "# ");
         printf("# world %d = CP %lld x DP %d\n", r.world, (long long)r.c.cp, r.world / (int)r.c.cp);
@@ -467,6 +536,8 @@ static int train_main(int argc, char **argv)
         if (r.c.load)
             rc = load(&r);
     }
+    if (!rc)
+        rc = guard_save(&r);
     if (!rc)
         rc = train(&r);
     teardown(&r);

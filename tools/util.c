@@ -6,6 +6,7 @@
 #include "cmd.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <math.h>
 #include <stdarg.h>
@@ -173,6 +174,37 @@ int tool_make_dirs(const char *dir)
     return (mkdir(path, 0777) == 0 || errno == EEXIST) && tool_is_dir(path);
 }
 
+int tool_check_output_dir(const char *flag, const char *dir)
+{
+    char why[128], probe[4200];
+    if (!dir || !*dir)
+        return tool_fail(EXIT_USAGE, "%s '': needs a folder name", flag);
+    if (!tool_make_dirs(dir)) {
+        int err = errno;
+        if (tool_file_exists(dir) && !tool_is_dir(dir))
+            return tool_fail(EXIT_USAGE, "%s %s: exists and is not a folder", flag, dir);
+        return tool_fail(EXIT_USAGE, "%s %s: cannot create the folder: %s", flag, dir,
+                         strerror_r(err, why, sizeof why) == 0 ? why : "error");
+    }
+    /* Creating a folder is not writing into it (a read-only or immutable
+     * folder, a full disk, a quota): prove a file can be created there. */
+    if (snprintf(probe, sizeof probe, "%s/.cpattn-write-probe.%ld", dir, (long)getpid()) >=
+        (int)sizeof probe)
+        return tool_fail(EXIT_USAGE, "%s %s: the folder name is too long", flag, dir);
+    int fd = open(probe, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    int ok = fd >= 0 && write(fd, "x", 1) == 1;
+    int err = errno;
+    if (fd >= 0) {
+        if (close(fd) != 0 && ok)
+            ok = 0, err = errno;
+        unlink(probe);
+    }
+    if (!ok)
+        return tool_fail(EXIT_USAGE, "%s %s: cannot write into the folder: %s", flag, dir,
+                         strerror_r(err, why, sizeof why) == 0 ? why : "error");
+    return EXIT_OK;
+}
+
 /* ------------------------------------------------------------------------ */
 /* Moving tensors between ranks                                              */
 /* ------------------------------------------------------------------------ */
@@ -214,14 +246,15 @@ static void compare_one(float a, float b, tool_diff *s)
         if (fabs((double)b) > s->max_ref)
             s->max_ref = fabs((double)b);
     } else if (!(a == b) && !(isnan(a) && isnan(b))) {
-        /* Two NaN at the same place agree: both propagated the same input. */
         s->mismatch++;
+    } else {
+        s->nonfinite++; /* the same NaN or infinity in both: the same input propagated */
     }
 }
 
 tool_diff tool_compare(cpa_tensor a, cpa_tensor b)
 {
-    tool_diff s = {0, 0, 0};
+    tool_diff s = {0, 0, 0, 0};
     int64_t sh[4] = {1, 1, 1, 1}, sa[4] = {0, 0, 0, 0}, sb[4] = {0, 0, 0, 0};
     for (int i = 0; i < a.ndim; ++i) {
         sh[4 - a.ndim + i] = a.shape[i];

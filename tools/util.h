@@ -17,6 +17,11 @@
 /* Helpers shared by the subcommands                                         */
 /* ------------------------------------------------------------------------ */
 
+/* Before any work: `dir` (the value of `flag`, e.g. "--save") exists or is
+ * created, is a folder, and a file can be created in it.  0, or a
+ * tool_fail(EXIT_USAGE) naming the flag; the caller agrees. */
+int tool_check_output_dir(const char *flag, const char *dir);
+
 /* The BLAS start-up check (blas_setup.c): call first thing in main(),
  * before MPI_Init; it may re-execute the program once (see there). */
 void tool_blas_setup(int argc, char **argv);
@@ -85,7 +90,8 @@ uint64_t tool_digest(cpa_tensor t);
 typedef struct tool_diff {
     double max_abs;
     double max_ref;
-    int64_t mismatch;
+    int64_t mismatch;  /* entries non-finite in one tensor and not the same in the other */
+    int64_t nonfinite; /* entries non-finite in both, identically (NaN and NaN agree) */
 } tool_diff;
 
 tool_diff tool_compare(cpa_tensor a, cpa_tensor ref);

@@ -5,7 +5,10 @@
  */
 #include "atomic_file.h"
 
+#include <dirent.h>
 #include <errno.h>
+#include <signal.h>
+#include <stdlib.h>
 #include <fcntl.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -187,4 +190,46 @@ void cpa_temp_discard(int fd, const char *tmp)
 {
     close(fd);
     unlink(tmp);
+}
+
+int cpa_temp_sweep(const char *final_path)
+{
+    char dir[FOLDER_CAP], prefix[FOLDER_CAP], path[FOLDER_CAP + 256];
+    const char *slash = strrchr(final_path, '/');
+    size_t dlen = slash ? (size_t)(slash - final_path) : 0;
+    if (dlen >= sizeof dir)
+        return 0;
+    if (slash && dlen == 0)
+        snprintf(dir, sizeof dir, "/");
+    else if (slash)
+        snprintf(dir, sizeof dir, "%.*s", (int)dlen, final_path);
+    else
+        snprintf(dir, sizeof dir, ".");
+    const char *base = slash ? slash + 1 : final_path;
+    if (snprintf(prefix, sizeof prefix, ".%s.tmp.", base) >= (int)sizeof prefix)
+        return 0;
+    DIR *d = opendir(dir);
+    if (!d)
+        return 0;
+    const size_t plen = strlen(prefix);
+    int removed = 0;
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL) {
+        if (strncmp(e->d_name, prefix, plen) != 0)
+            continue;
+        /* ".<base>.tmp.<pid>.<n>": a temporary of a process that is gone
+         * (or of this one, which has none open when it sweeps). */
+        char *end;
+        long pid = strtol(e->d_name + plen, &end, 10);
+        if (end == e->d_name + plen || *end != '.' || pid <= 0)
+            continue;
+        if (pid != (long)getpid() && !(kill((pid_t)pid, 0) != 0 && errno == ESRCH))
+            continue; /* alive: a concurrent save of another process */
+        if (snprintf(path, sizeof path, "%s/%s", dir, e->d_name) >= (int)sizeof path)
+            continue;
+        if (unlink(path) == 0)
+            ++removed;
+    }
+    closedir(d);
+    return removed;
 }

@@ -73,4 +73,11 @@ cpa_status cpa_temp_commit(int fd, const char *tmp, const char *final_path, cons
 /* Give up on a temporary: close `fd` and remove `tmp`. */
 void cpa_temp_discard(int fd, const char *tmp);
 
+/* Remove the temporaries of `final_path` that crashed saves left behind:
+ * files ".<base>.tmp.<pid>.<n>" in its folder whose process no longer
+ * exists (or is this one, which calls this only with none open).  Returns
+ * how many were removed; errors are ignored (a leftover is only wasted
+ * space).  Called after every successful save and at a trainer's start. */
+int cpa_temp_sweep(const char *final_path);
+
 #endif /* CPATTN_ATOMIC_FILE_H */

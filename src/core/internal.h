@@ -36,6 +36,17 @@ cpa_status cpa_error(cpa_status status, const char *fmt, ...) CPA_PRINTF(2, 3);
 void *cpa_malloc(size_t bytes, const char *what);
 void *cpa_calloc(size_t bytes, const char *what);
 void cpa_free(void *p);
+/* SHA-256 (sha256.c), streaming. */
+typedef struct cpa_sha256 {
+    uint32_t h[8];
+    uint64_t len; /* bytes so far */
+    unsigned char block[64];
+    size_t used;
+} cpa_sha256;
+void cpa_sha256_init(cpa_sha256 *s);
+void cpa_sha256_update(cpa_sha256 *s, const void *data, size_t n);
+void cpa_sha256_final(cpa_sha256 *s, unsigned char digest[32]);
+
 /* Bytes that came from a file, made safe to print: printable ASCII is
  * kept, every other byte (control characters, escape sequences, UTF-8) and
  * the backslash become \xNN; "..." ends a text cut to fit `cap`.  Returns

@@ -788,6 +788,8 @@ cpa_status cpa_npy_save(const char *path, cpa_tensor src)
             st = cpa_temp_commit(fd, tmp, path, "temporary file");
         else
             cpa_temp_discard(fd, tmp);
+        if (st == CPA_OK)
+            cpa_temp_sweep(path); /* what earlier crashed saves left behind */
     }
     cpa_free(buf);
     return st;

@@ -4,6 +4,10 @@
  */
 #include "internal.h"
 
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
 #include <string.h>
 
 cpa_tensor cpa_tensor_make(float *data, int ndim, const int64_t *shape)
@@ -81,4 +85,37 @@ cpa_status cpa_layout_parse(const char *name, cpa_layout *out)
     }
     return cpa_error(CPA_ERR_ARG, "unknown layout '%s' (expected bshd, sbhd or bnsd)",
                      name ? name : "(null)");
+}
+
+cpa_status cpa_tensor_check_finite(cpa_tensor t, const char *name, int64_t index[CPA_MAX_DIMS])
+{
+    if (t.ndim < 1 || t.ndim > CPA_MAX_DIMS || !t.data)
+        return cpa_error(CPA_ERR_ARG, "%s: not a 1- to %d-d view with data", name ? name : "tensor",
+                         CPA_MAX_DIMS);
+    int64_t sh[CPA_MAX_DIMS] = {1, 1, 1, 1}, st[CPA_MAX_DIMS] = {0, 0, 0, 0};
+    const int off = CPA_MAX_DIMS - t.ndim;
+    for (int i = 0; i < t.ndim; ++i)
+        sh[off + i] = t.shape[i], st[off + i] = t.stride[i];
+    for (int64_t a = 0; a < sh[0]; ++a)
+        for (int64_t b = 0; b < sh[1]; ++b)
+            for (int64_t c = 0; c < sh[2]; ++c)
+                for (int64_t d = 0; d < sh[3]; ++d) {
+                    const float x = t.data[a * st[0] + b * st[1] + c * st[2] + d * st[3]];
+                    if (isfinite(x))
+                        continue;
+                    int64_t at[CPA_MAX_DIMS] = {a, b, c, d}, idx[CPA_MAX_DIMS] = {0, 0, 0, 0};
+                    char where[160] = "";
+                    size_t used = 0;
+                    for (int i = 0; i < t.ndim; ++i) {
+                        idx[i] = at[off + i];
+                        used += (size_t)snprintf(where + used, sizeof where - used, "%s%lld",
+                                                 i ? ", " : "", (long long)idx[i]);
+                    }
+                    if (index)
+                        memcpy(index, idx, sizeof idx);
+                    return cpa_error(CPA_ERR_NUMERIC, "%s: element [%s] is %s (the first "
+                                     "non-finite value)", name ? name : "tensor", where,
+                                     isnan(x) ? "NaN" : x > 0 ? "+inf" : "-inf");
+                }
+    return CPA_OK;
 }

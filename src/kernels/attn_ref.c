@@ -89,25 +89,38 @@ cpa_status cpa_attn_forward_ref(const cpa_attn_desc *d, cpa_tensor out, cpa_tens
             const int64_t b = t / H, h = t % H, g = h / (H / G);
             for (int64_t qi = 0; qi < qr.n; ++qi) {
                 const float *q = cpa_at4(&d->q, b, qr.row[qi], h);
+                /* The maximum over the visible scores; a NaN score makes it
+                 * NaN and keeps it so (NaN in, NaN out: a NaN must never
+                 * look like a masked key). */
                 double m = -INFINITY;
+                int64_t nvis = 0;
                 for (int64_t ki = 0; ki < kr.n; ++ki) {
-                    s[ki] = visible(d->mask, qr.pos[qi], kr.pos[ki])
-                                ? scale * dot_d(q, cpa_at4(&d->k, b, kr.row[ki], g), Dqk)
-                                : -INFINITY;
-                    if (s[ki] > m)
+                    if (!visible(d->mask, qr.pos[qi], kr.pos[ki])) {
+                        s[ki] = NAN; /* marks "masked" below; never read as a score */
+                        continue;
+                    }
+                    s[ki] = scale * dot_d(q, cpa_at4(&d->k, b, kr.row[ki], g), Dqk);
+                    ++nvis;
+                    if (!isnan(m) && (isnan(s[ki]) || s[ki] > m))
                         m = s[ki];
                 }
                 float *o = cpa_at4(&out, b, qr.row[qi], h);
                 float *l = cpa_at3(&lse, b, h, qr.row[qi]);
-                if (m == -INFINITY) {
+                if (nvis == 0) { /* sees no key */
                     memset(o, 0, sizeof(float) * (size_t)Dv);
                     *l = -INFINITY;
+                    continue;
+                }
+                if (m == -INFINITY) { /* every visible score is -inf: 0/0 in a softmax */
+                    for (int64_t c = 0; c < Dv; ++c)
+                        o[c] = NAN;
+                    *l = NAN;
                     continue;
                 }
                 double sum = 0.0;
                 memset(acc, 0, sizeof(double) * (size_t)Dv);
                 for (int64_t ki = 0; ki < kr.n; ++ki) {
-                    if (s[ki] == -INFINITY)
+                    if (!visible(d->mask, qr.pos[qi], kr.pos[ki]))
                         continue;
                     double p = exp(s[ki] - m);
                     sum += p;

@@ -316,10 +316,11 @@ static void fwd_softmax(float *S, int64_t klen, const vf *mx, float *m, float *l
         vf_store(l + v * VL, vf_add(vf_mul(vf_load(l + v * VL), alpha[v]), lsum[v]));
 }
 
-/* Per-panel state in the scratch: Qᵀ [Dqk][F_MR], Oᵀ [Dv][F_MR], m, l [F_MR]. */
+/* Per-panel state in the scratch: Qᵀ [Dqk][F_MR], Oᵀ [Dv][F_MR], m, l,
+ * seen [F_MR] (seen: the row has a visible key). */
 static size_t fwd_panel_floats(int64_t Dqk, int64_t Dv)
 {
-    return (size_t)(Dqk + Dv + 2) * F_MR;
+    return (size_t)(Dqk + Dv + 3) * F_MR;
 }
 
 size_t FN(cpa_fwd_scratch_floats)(int64_t Dmax, int panels)
@@ -339,6 +340,38 @@ static void pack_rows(float *restrict dst, const float *restrict src, int64_t ld
 {
     for (int64_t i = 0; i < n; ++i)
         memcpy(dst + i * d, src + i * ld, sizeof(float) * (size_t)d);
+}
+
+/* 1 if the n floats at p are all finite (x·0 is NaN exactly for ±inf and
+ * NaN). */
+static int all_finite(const float *p, int64_t n)
+{
+    vf acc = vf_zero();
+    int64_t i = 0;
+    for (; i + VL <= n; i += VL)
+        acc = vf_fma(vf_load(p + i), vf_zero(), acc);
+    float lanes[VL], sum = 0.0f;
+    vf_store(lanes, acc);
+    for (int k = 0; k < VL; ++k)
+        sum += lanes[k];
+    for (; i < n; ++i)
+        sum += p[i] * 0.0f;
+    return sum == 0.0f;
+}
+
+/* Oᵀ += Pᵀ·V of a masked tile one visible pair at a time.  The vector
+ * product multiplies masked entries (P = 0) too, and 0·NaN is NaN: when V
+ * holds a non-finite value, only this keeps it out of the rows that cannot
+ * see its key — as a plain softmax attention would. */
+static void fwd_pv_exact(const float *P, const float *V, int64_t Dv, const int32_t *lo,
+                         const int32_t *hi, int64_t rows, float *OT)
+{
+    for (int64_t i = 0; i < rows; ++i)
+        for (int64_t j = lo[i]; j <= hi[i]; ++j) {
+            const float p = P[j * F_MR + i];
+            for (int64_t c = 0; c < Dv; ++c)
+                OT[c * F_MR + i] += p * V[j * Dv + c];
+        }
 }
 
 void FN(cpa_fwd_task)(const cpa_fwd_job *job, int64_t task, float *scratch, int progress)
@@ -375,13 +408,14 @@ void FN(cpa_fwd_task)(const cpa_fwd_job *job, int64_t task, float *scratch, int 
         const cpa_tile qt = tiles[p % nt];
         const int64_t h = h0 + p / nt;
         float *QT = panel0 + (size_t)p * pstride, *OT = QT + Dqk * F_MR;
-        float *m = OT + Dv * F_MR, *l = m + F_MR;
+        float *m = OT + Dv * F_MR, *l = m + F_MR, *seen = l + F_MR;
         for (int64_t i = 0; i < F_MR; ++i) {
             const float *qrow = i < qt.len ? cpa_at4(&d->q, b, qt.row + i, h) : NULL;
             for (int64_t c = 0; c < Dqk; ++c)
                 QT[c * F_MR + i] = qrow ? qrow[c] * job->qscale : 0.0f;
             m[i] = -INFINITY;
             l[i] = 0.0f;
+            seen[i] = 0.0f;
         }
         memset(OT, 0, sizeof(float) * (size_t)(Dv * F_MR));
     }
@@ -389,7 +423,7 @@ void FN(cpa_fwd_task)(const cpa_fwd_job *job, int64_t task, float *scratch, int 
     const int64_t nk = cpa_tiling_count(&job->kt);
     for (int64_t j = 0; j < nk; ++j) {
         const cpa_tile kt = cpa_tiling_get(&job->kt, j);
-        int any = 0;
+        int any = 0, v_finite = 1;
         for (int64_t p = 0; p < npanels; ++p) {
             const cpa_tile qt = tiles[p % nt];
             const cpa_tile_class cls = cpa_tile_classify(d->mask, qt, kt);
@@ -398,10 +432,11 @@ void FN(cpa_fwd_task)(const cpa_fwd_job *job, int64_t task, float *scratch, int 
             if (!any) {
                 pack_rows(Kc, cpa_at4(&d->k, b, kt.row, g), d->k.stride[1], kt.len, Dqk);
                 pack_rows(Vc, cpa_at4(&d->v, b, kt.row, g), d->v.stride[1], kt.len, Dv);
+                v_finite = all_finite(Vc, kt.len * Dv);
                 any = 1;
             }
             float *QT = panel0 + (size_t)p * pstride, *OT = QT + Dqk * F_MR;
-            float *m = OT + Dv * F_MR, *l = m + F_MR;
+            float *m = OT + Dv * F_MR, *l = m + F_MR, *seen = l + F_MR;
             int64_t klen = kt.len;
             const int masked = cls == CPA_TILE_PARTIAL;
             if (masked) {
@@ -410,27 +445,38 @@ void FN(cpa_fwd_task)(const cpa_fwd_job *job, int64_t task, float *scratch, int 
                 klen = cpa_tile_visible_len(d->mask, qt, kt);
                 cpa_tile_lane_ranges(d->mask, qt, kt, klen, F_MR, lo, hi);
             }
+            for (int64_t i = 0; i < qt.len; ++i)
+                if (!masked || lo[i] <= hi[i])
+                    seen[i] = 1.0f;
             vf mx[F_MV];
             fwd_scores(QT, Dqk, Kc, Dqk, klen, masked, lo, hi, S, mx);
             fwd_softmax(S, klen, mx, m, l, OT, Dv);
-            fwd_pv_sweep(S, F_MR, klen, Vc, Dv, OT, F_MR, Dv);
+            if (masked && !v_finite)
+                fwd_pv_exact(S, Vc, Dv, lo, hi, qt.len, OT);
+            else
+                fwd_pv_sweep(S, F_MR, klen, Vc, Dv, OT, F_MR, Dv);
         }
         if (any && progress)
             d->progress(d->progress_arg);
     }
 
-    /* O = Oᵀ / l, LSE = ln 2 · (m + log2 l); rows that saw no key: 0, -inf. */
+    /* O = Oᵀ / l, LSE = ln 2 · (m + log2 l).  Rows that saw no key: 0 and
+     * -inf.  A row that saw keys but whose every visible score was -inf
+     * (only -inf inputs do that) has l = 0 too; a plain softmax gives 0/0
+     * there: NaN, never a silent 0. */
     for (int64_t p = 0; p < npanels; ++p) {
         const cpa_tile qt = tiles[p % nt];
         const int64_t h = h0 + p / nt;
         const float *OT = panel0 + (size_t)p * pstride + Dqk * F_MR;
-        const float *m = OT + Dv * F_MR, *l = m + F_MR;
+        const float *m = OT + Dv * F_MR, *l = m + F_MR, *seen = l + F_MR;
         for (int64_t i = 0; i < qt.len; ++i) {
             float *o = cpa_at4(&job->out, b, qt.row + i, h);
             float *lse = cpa_at3(&job->lse, b, h, qt.row + i);
             if (l[i] == 0.0f) {
-                memset(o, 0, sizeof(float) * (size_t)Dv);
-                *lse = -INFINITY;
+                const float fill = seen[i] != 0.0f ? NAN : 0.0f;
+                for (int64_t c = 0; c < Dv; ++c)
+                    o[c] = fill;
+                *lse = seen[i] != 0.0f ? NAN : -INFINITY;
                 continue;
             }
             const float inv = 1.0f / l[i];
@@ -464,17 +510,24 @@ CPA_ALWAYS_INLINE void bwd_p(const int nr, const float *KT, int64_t D, const flo
     }
 }
 
-/* dS = P ∘ (dO·Vᵀ - Dr) for nr query rows, stored over dP. */
+/* dS = P ∘ (dO·Vᵀ - Dr) for nr query rows, stored over dP; exactly 0
+ * outside [lo, hi] when `masked` (P is 0 there, but a NaN Dr would make
+ * 0·NaN). */
 CPA_ALWAYS_INLINE void bwd_ds(const int nr, const float *VT, int64_t Dv, const float *dO,
-                              int64_t lddo, const float *dr, const float *P, float *dS)
+                              int64_t lddo, const float *dr, const float *P, int masked,
+                              const int32_t *lo, const int32_t *hi, int32_t lane0, float *dS)
 {
     vf acc[N_MAX][MV_MAX];
     mk_dot(B_MV, nr, acc, VT, B_KW, dO, lddo, Dv);
     for (int n = 0; n < nr; ++n) {
         const vf drn = vf_set1(dr[n]);
-        for (int v = 0; v < B_MV; ++v)
-            vf_store(dS + n * B_KW + v * VL,
-                     vf_mul(vf_load(P + n * B_KW + v * VL), vf_sub(acc[n][v], drn)));
+        for (int v = 0; v < B_MV; ++v) {
+            vf ds = vf_mul(vf_load(P + n * B_KW + v * VL), vf_sub(acc[n][v], drn));
+            if (masked)
+                ds = vf_select(vm_in_range(vi_set1(lo[n]), vi_iota(lane0 + v * VL), vi_set1(hi[n])),
+                               ds, vf_zero());
+            vf_store(dS + n * B_KW + v * VL, ds);
+        }
     }
 }
 
@@ -482,8 +535,8 @@ CPA_ALWAYS_INLINE void bwd_ds(const int nr, const float *VT, int64_t Dv, const f
     case k:                                                                                   \
         bwd_p(k, KT + lane0, Dqk, qrows, Dqk, lse2 + i, masked, lo + i, hi + i, (int32_t)lane0, \
               P + i * B_KW + lane0);                                                          \
-        bwd_ds(k, VT + lane0, Dv, dorows, Dv, dr + i, P + i * B_KW + lane0,                   \
-               dS + i * B_KW + lane0);                                                        \
+        bwd_ds(k, VT + lane0, Dv, dorows, Dv, dr + i, P + i * B_KW + lane0, masked, lo + i,     \
+               hi + i, (int32_t)lane0, dS + i * B_KW + lane0);                                 \
         break;
 
 /* Scratch of a backward task, carved from one block (offsets in floats). */
@@ -532,6 +585,38 @@ size_t FN(cpa_bwd_scratch_floats)(int64_t Dmax)
 {
     bwd_scratch s;
     return bwd_carve(NULL, Dmax, Dmax, (Dmax + VL - 1) / VL * VL, &s);
+}
+
+/* A masked unit's contributions one visible pair at a time, from the
+ * packed copies (rows [ra, rb) of the unit; Qc, dOc start at row ra).  The
+ * vector products multiply masked entries by 0 too, and 0·NaN is NaN: when
+ * Q, dO, K or V hold a non-finite value, only this keeps it out of the keys
+ * and rows a pair cannot see — as a plain softmax attention would. */
+static void bwd_unit_exact(const float *KT, const float *VT, const float *Kr, int64_t Dqk,
+                           int64_t Dv, int64_t Dp, const float *Qc, const float *dOc,
+                           const float *lse2, const float *dr, const int32_t *lo,
+                           const int32_t *hi, int64_t ra, int64_t rb, float *dKT, float *dVT,
+                           float *dQc)
+{
+    for (int64_t i = ra; i < rb; ++i) {
+        const float *q = Qc + (i - ra) * Dqk, *dO = dOc + (i - ra) * Dv;
+        float *dq = dQc + (i - ra) * Dp;
+        memset(dq, 0, sizeof(float) * (size_t)Dp);
+        for (int64_t j = lo[i]; j <= hi[i]; ++j) {
+            float s = 0.0f, dp = 0.0f;
+            for (int64_t c = 0; c < Dqk; ++c)
+                s += KT[c * B_KW + j] * q[c];
+            for (int64_t c = 0; c < Dv; ++c)
+                dp += VT[c * B_KW + j] * dO[c];
+            const float p = exp2f(s - lse2[i]), ds = p * (dp - dr[i]);
+            for (int64_t c = 0; c < Dv; ++c)
+                dVT[c * B_KW + j] += p * dO[c];
+            for (int64_t c = 0; c < Dqk; ++c) {
+                dKT[c * B_KW + j] += ds * q[c];
+                dq[c] += ds * Kr[j * Dp + c];
+            }
+        }
+    }
 }
 
 /* Ask for n rows of d floats (row stride ld) to be brought into cache (L2)
@@ -598,6 +683,7 @@ void FN(cpa_bwd_task)(const cpa_bwd_job *job, int64_t task, float *scratch, int 
     }
     memset(dKT, 0, sizeof(float) * (size_t)(Dqk * B_KW));
     memset(dVT, 0, sizeof(float) * (size_t)(Dv * B_KW));
+    const int kv_finite = all_finite(KT, Dqk * B_KW) && all_finite(VT, Dv * B_KW);
     const int64_t npanels = (kt.len + B_MK - 1) / B_MK; /* lane panels holding keys */
 
     const int64_t ldq = d->q.stride[1], lddo = job->dout.stride[1], lddq = job->dq.stride[1];
@@ -648,6 +734,12 @@ void FN(cpa_bwd_task)(const cpa_bwd_job *job, int64_t task, float *scratch, int 
             const int64_t nrows = rb - ra;
             pack_rows(Qc, cpa_at4(&d->q, b, qt.row + ra, h), ldq, nrows, Dqk);
             pack_rows(dOc, cpa_at4(&job->dout, b, qt.row + ra, h), lddo, nrows, Dv);
+            if (masked && !(kv_finite && all_finite(Qc, nrows * Dqk) &&
+                            all_finite(dOc, nrows * Dv))) {
+                bwd_unit_exact(KT, VT, Kr, Dqk, Dv, Dp, Qc, dOc, lse2, dr, lo, hi, ra, rb, dKT,
+                               dVT, dQc);
+                goto add_dq;
+            }
             /* The rows each lane panel is visible to, [pr0, pr1): near a
              * causal diagonal the last panel is hidden from the first rows. */
             int64_t pr0[B_KP], pr1[B_KP];
@@ -689,6 +781,7 @@ void FN(cpa_bwd_task)(const cpa_bwd_job *job, int64_t task, float *scratch, int 
             }
             /* dQ contribution of these keys, then added in chain order. */
             bwd_dq_block(dS + ra * B_KW, B_KW, nrows, kt.len, Kr, Dp, dQc, Dp, Dp);
+        add_dq:
             chain_wait(job, task, unit, progress);
             float *dq0 = cpa_at4(&job->dq, b, qt.row, h);
             for (int64_t i = 0; i < nrows; ++i) {

@@ -4,7 +4,7 @@
  * The file DIR/checkpoint.bin, all integers little-endian:
  *
  *     "CPATTNCK"                      8 bytes, the magic
- *     u32 version                     CKPT_VERSION (1)
+ *     u32 version                     CKPT_VERSION (2; 1 is still read)
  *     i64 iteration
  *     u64 rng_state
  *     u32 config_len, config bytes    "key=value\n" lines, no terminating NUL
@@ -13,7 +13,15 @@
  *         u32 name_len, name bytes
  *         i64 count
  *         count float32 values
- *     u64 checksum                    FNV-1a (64-bit) of every byte above
+ *     checksum                        version 2: SHA-256 (32 bytes) of every byte above;
+ *                                     version 1: FNV-1a (u64)
+ *
+ * The checksum detects damage (a flipped bit, truncation, a partial copy)
+ * and casual edits: changing the iteration or a value with a hex editor
+ * needs a SHA-256 recomputed by hand.  It is not a signature — whoever
+ * knows the format can recompute it — so the loader also checks what the
+ * values mean (the iteration is >= 0; the trainer refuses one beyond
+ * --train-iters).  See docs/reliability.md.
  *
  * Saving is atomic (atomic_file.h): the bytes go to
  * DIR/.checkpoint.bin.tmp.<pid>.<n> (created with O_EXCL; <n> counts
@@ -55,7 +63,9 @@
 
 #define CKPT_MAGIC "CPATTNCK"
 #define CKPT_MAGIC_LEN 8
-#define CKPT_VERSION 1u
+#define CKPT_VERSION 2u
+#define CKPT_SUM_LEN 32 /* SHA-256 */
+#define CKPT_SUM_LEN_V1 8 /* FNV-1a */
 #define CKPT_FILE "checkpoint.bin"
 /* Array names are short labels ("params", "adam_m"); a longer length field
  * means the file is damaged, so refuse it before reading that many bytes. */
@@ -128,7 +138,7 @@ typedef struct ckpt_writer {
     int fd;
     unsigned char *buf;
     size_t used;
-    uint64_t hash;
+    cpa_sha256 hash;
     int err;
 } ckpt_writer;
 
@@ -148,7 +158,7 @@ static void writer_put(ckpt_writer *w, const void *data, size_t n)
 {
     if (w->err)
         return;
-    w->hash = fnv1a(w->hash, data, n);
+    cpa_sha256_update(&w->hash, data, n);
     if (w->used + n <= CKPT_CHUNK) {
         memcpy(w->buf + w->used, data, n);
         w->used += n;
@@ -245,9 +255,9 @@ static cpa_status write_contents(ckpt_writer *w, const char *path, const char *t
         if (arrays[i].count > 0)
             writer_put(w, arrays[i].data, (size_t)arrays[i].count * sizeof(float));
     }
-    unsigned char sum[8];
-    put_u64(sum, w->hash);
-    writer_put(w, sum, sizeof sum);
+    unsigned char sum[CKPT_SUM_LEN];
+    cpa_sha256_final(&w->hash, sum);
+    writer_put(w, sum, sizeof sum); /* (hashing it too is harmless: the state is final) */
     writer_flush(w);
     if (w->err)
         return cpa_temp_error(path, "write", CKPT_TEMP_WHAT, tmp, w->err);
@@ -263,7 +273,8 @@ cpa_status cpa_ckpt_save(const char *dir, const cpa_ckpt_meta *meta, const cpa_c
     CPA_TRY(make_dir(dir));
     /* Allocate before creating anything, so running out of memory leaves no
      * trace on disk. */
-    ckpt_writer w = {.fd = -1, .hash = FNV_OFFSET};
+    ckpt_writer w = {.fd = -1};
+    cpa_sha256_init(&w.hash);
     w.buf = cpa_malloc(CKPT_CHUNK, "checkpoint write buffer");
     if (!w.buf)
         return cpa_nomem_for(path);
@@ -279,6 +290,8 @@ cpa_status cpa_ckpt_save(const char *dir, const cpa_ckpt_meta *meta, const cpa_c
             st = cpa_temp_commit(w.fd, tmp, path, CKPT_TEMP_WHAT);
         else
             cpa_temp_discard(w.fd, tmp);
+        if (st == CPA_OK)
+            cpa_temp_sweep(path); /* what earlier crashed saves left behind */
     }
     cpa_free(w.buf);
     return st;
@@ -298,7 +311,10 @@ typedef struct ckpt_reader {
     size_t start, end; /* unread bytes are buf[start, end) */
     int64_t pos;
     bool hashing;
-    uint64_t hash;
+    uint32_t version;  /* decides the checksum */
+    int sum_len;       /* bytes of the checksum at the end of the file */
+    uint64_t fnv;      /* version 1 */
+    cpa_sha256 sha;    /* version 2 */
 } ckpt_reader;
 
 static cpa_status truncated(const ckpt_reader *r, const char *what)
@@ -338,8 +354,12 @@ static cpa_status reader_get(ckpt_reader *r, void *dst, size_t n, const char *wh
         if (r->start == r->end)
             CPA_TRY(reader_fill(r, what));
         size_t take = r->end - r->start < n ? r->end - r->start : n;
-        if (r->hashing)
-            r->hash = fnv1a(r->hash, r->buf + r->start, take);
+        if (r->hashing) {
+            if (r->version == 1)
+                r->fnv = fnv1a(r->fnv, r->buf + r->start, take);
+            else
+                cpa_sha256_update(&r->sha, r->buf + r->start, take);
+        }
         if (out) {
             memcpy(out, r->buf + r->start, take);
             out += take;
@@ -368,7 +388,7 @@ static cpa_status reader_u64(ckpt_reader *r, uint64_t *v, const char *what)
 }
 
 /* Bytes left after the current position, not counting the checksum. */
-static int64_t body_left(const ckpt_reader *r) { return r->size - 8 - r->pos; }
+static int64_t body_left(const ckpt_reader *r) { return r->size - r->sum_len - r->pos; }
 
 /* What the first pass learnt. */
 typedef struct ckpt_header {
@@ -413,12 +433,21 @@ static cpa_status scan_file(ckpt_reader *r, const cpa_ckpt_array *arrays, int na
     if (have < CKPT_MAGIC_LEN)
         return truncated(r, "the magic");
 
+    /* The magic and version are hashed by both checksums; the FNV state
+     * starts over here once the version says which one applies. */
     uint32_t version;
-    CPA_TRY(reader_u32(r, &version, "the format version"));
-    if (version != CKPT_VERSION)
+    unsigned char vb[4];
+    CPA_TRY(reader_get(r, vb, sizeof vb, "the format version"));
+    version = get_u32(vb);
+    if (version != 1 && version != CKPT_VERSION)
         return cpa_error(CPA_ERR_FORMAT,
-                         "%s: checkpoint format version %u; this build of cpattn reads version %u",
-                         r->path, version, CKPT_VERSION);
+                         "%s: checkpoint format version %u; this build of cpattn reads versions "
+                         "1 and %u", r->path, version, CKPT_VERSION);
+    r->version = version;
+    r->sum_len = version == 1 ? CKPT_SUM_LEN_V1 : CKPT_SUM_LEN;
+    if (version == 1) {
+        r->fnv = fnv1a(fnv1a(FNV_OFFSET, CKPT_MAGIC, CKPT_MAGIC_LEN), vb, sizeof vb);
+    }
     CPA_TRY(reader_u64(r, &h->iteration, "the iteration"));
     CPA_TRY(reader_u64(r, &h->rng_state, "the RNG state"));
 
@@ -491,13 +520,21 @@ static cpa_status scan_file(ckpt_reader *r, const cpa_ckpt_array *arrays, int na
                          "%s: corrupted: %lld unexpected bytes after the arrays (the file has "
                          "%lld bytes)",
                          r->path, (long long)body_left(r), (long long)r->size);
-    uint64_t computed = r->hash, stored;
     r->hashing = false;
-    CPA_TRY(reader_u64(r, &stored, "the checksum"));
-    if (stored != computed)
-        return cpa_error(CPA_ERR_FORMAT,
-                         "%s: corrupted (checksum mismatch: stored %016llx, computed %016llx)",
-                         r->path, (unsigned long long)stored, (unsigned long long)computed);
+    if (version == 1) {
+        uint64_t stored;
+        CPA_TRY(reader_u64(r, &stored, "the checksum"));
+        if (stored != r->fnv)
+            return cpa_error(CPA_ERR_FORMAT,
+                             "%s: corrupted (checksum mismatch: stored %016llx, computed %016llx)",
+                             r->path, (unsigned long long)stored, (unsigned long long)r->fnv);
+        return CPA_OK;
+    }
+    unsigned char stored[CKPT_SUM_LEN], computed[CKPT_SUM_LEN];
+    CPA_TRY(reader_get(r, stored, sizeof stored, "the checksum"));
+    cpa_sha256_final(&r->sha, computed);
+    if (memcmp(stored, computed, sizeof stored) != 0)
+        return cpa_error(CPA_ERR_FORMAT, "%s: corrupted (SHA-256 checksum mismatch)", r->path);
     return CPA_OK;
 }
 
@@ -653,7 +690,9 @@ cpa_status cpa_ckpt_load(const char *dir, const char *expected_config, cpa_ckpt_
     char path[CKPT_PATH_CAP];
     CPA_TRY(file_path(dir, path, sizeof path));
 
-    ckpt_reader r = {.fd = -1, .path = path, .hashing = true, .hash = FNV_OFFSET};
+    ckpt_reader r = {.fd = -1, .path = path, .hashing = true, .version = CKPT_VERSION,
+                     .sum_len = CKPT_SUM_LEN};
+    cpa_sha256_init(&r.sha);
     struct stat sb;
     CPA_TRY(cpa_open_read(path, &r.fd, &sb));
     cpa_status st;
@@ -693,4 +732,57 @@ int cpa_ckpt_exists(const char *dir)
     if (!dir || snprintf(path, sizeof path, "%s/%s", dir, CKPT_FILE) >= (int)sizeof path)
         return 0;
     return stat(path, &sb) == 0 && S_ISREG(sb.st_mode);
+}
+
+int cpa_ckpt_sweep(const char *dir)
+{
+    char path[CKPT_PATH_CAP];
+    if (!dir || file_path(dir, path, sizeof path) != CPA_OK)
+        return 0;
+    return cpa_temp_sweep(path);
+}
+
+cpa_status cpa_ckpt_peek(const char *dir, cpa_ckpt_meta *meta)
+{
+    if (!dir || !meta)
+        return cpa_error(CPA_ERR_ARG, "cpa_ckpt_peek: NULL %s", !dir ? "dir" : "meta");
+    char path[CKPT_PATH_CAP];
+    CPA_TRY(file_path(dir, path, sizeof path));
+    ckpt_reader r = {.fd = -1, .path = path, .version = CKPT_VERSION, .sum_len = CKPT_SUM_LEN};
+    struct stat sb;
+    CPA_TRY(cpa_open_read(path, &r.fd, &sb));
+    r.size = (int64_t)sb.st_size;
+    r.buf = cpa_malloc(CKPT_CHUNK, "checkpoint read buffer");
+    cpa_status st = r.buf ? CPA_OK : cpa_nomem_for(path);
+    unsigned char magic[CKPT_MAGIC_LEN];
+    uint32_t version = 0, config_len = 0;
+    uint64_t iteration = 0, rng = 0;
+    if (st == CPA_OK)
+        st = reader_get(&r, magic, sizeof magic, "the magic");
+    if (st == CPA_OK && memcmp(magic, CKPT_MAGIC, CKPT_MAGIC_LEN) != 0)
+        st = cpa_error(CPA_ERR_FORMAT, "%s: not a cpattn checkpoint", path);
+    if (st == CPA_OK)
+        st = reader_u32(&r, &version, "the format version");
+    if (st == CPA_OK && version != 1 && version != CKPT_VERSION)
+        st = cpa_error(CPA_ERR_FORMAT, "%s: checkpoint format version %u", path, version);
+    if (st == CPA_OK)
+        st = reader_u64(&r, &iteration, "the iteration");
+    if (st == CPA_OK)
+        st = reader_u64(&r, &rng, "the RNG state");
+    if (st == CPA_OK)
+        st = reader_u32(&r, &config_len, "the configuration length");
+    if (st == CPA_OK && config_len >= (uint32_t)CKPT_CONFIG_CAP)
+        st = cpa_error(CPA_ERR_FORMAT, "%s: corrupted: configuration of %u bytes", path,
+                       config_len);
+    if (st == CPA_OK) {
+        memset(meta->config, 0, sizeof meta->config);
+        st = reader_get(&r, meta->config, config_len, "the configuration");
+    }
+    if (st == CPA_OK) {
+        meta->iteration = (int64_t)iteration;
+        meta->rng_state = rng;
+    }
+    cpa_free(r.buf);
+    close(r.fd);
+    return st;
 }

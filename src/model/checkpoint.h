@@ -42,4 +42,13 @@ cpa_status cpa_ckpt_load(const char *dir, const char *expected_config, cpa_ckpt_
 /* 1 if DIR/checkpoint.bin exists. */
 int cpa_ckpt_exists(const char *dir);
 
+/* The header of DIR/checkpoint.bin (iteration, RNG state, configuration)
+ * without reading or verifying the arrays: what a run about to replace it
+ * reports.  CPA_ERR_IO / CPA_ERR_FORMAT as for loading. */
+cpa_status cpa_ckpt_peek(const char *dir, cpa_ckpt_meta *meta);
+
+/* Remove the temporaries crashed saves left in DIR (see cpa_temp_sweep);
+ * returns how many. */
+int cpa_ckpt_sweep(const char *dir);
+
 #endif

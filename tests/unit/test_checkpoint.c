@@ -4,8 +4,8 @@
  *
  * Round trips must be bit-exact (NaN payloads and arrays larger than the
  * streaming buffer included), and the bytes must follow the documented
- * layout (magic, version, a trailing FNV-1a checksum recomputed here
- * independently).  Saving is atomic: overwriting leaves no temporary, and a
+ * layout (magic, version 2, a trailing SHA-256 recomputed here; format 1
+ * with its FNV-1a checksum is still read).  Saving is atomic: overwriting leaves no temporary, and a
  * failed save (DIR a regular file, DIR uncreatable, a write failing half-way
  * through an RLIMIT_FSIZE limit) returns CPA_ERR_IO and leaves the previous
  * checkpoint loadable.  Every damaged file (flipped byte, truncation,
@@ -71,6 +71,15 @@ static uint64_t fnv1a(const unsigned char *p, size_t n)
     for (size_t i = 0; i < n; ++i)
         h = (h ^ p[i]) * 0x100000001b3ULL;
     return h;
+}
+
+/* The format-2 checksum of n bytes. */
+static void sha_of(const unsigned char *p, size_t n, unsigned char out[32])
+{
+    cpa_sha256 s;
+    cpa_sha256_init(&s);
+    cpa_sha256_update(&s, p, n);
+    cpa_sha256_final(&s, out);
 }
 
 static uint64_t le64(const unsigned char *p)
@@ -160,7 +169,7 @@ static void test_roundtrip(void)
     CHECK(memcmp(a.p, b.p, sizeof a.p) == 0 && memcmp(a.v, b.v, sizeof a.v) == 0);
 
     /* The layout of checkpoint.c's comment: header fields at fixed offsets,
-     * FNV-1a of everything before the last 8 bytes, the total size. */
+     * SHA-256 of everything before the last 32 bytes, the total size. */
     size_t n = 0;
     unsigned char *bytes = read_bytes(file, &n);
     CHECK(bytes != NULL);
@@ -168,15 +177,32 @@ static void test_roundtrip(void)
         size_t cfg = strlen(CONFIG);
         size_t names = strlen("params") + strlen("adam_m") + strlen("adam_v");
         size_t want = 8 + 4 + 8 + 8 + 4 + cfg + 4 + 3 * (4 + 8) + names +
-                      4 * (NP + NM + NV) + 8;
+                      4 * (NP + NM + NV) + 32;
         CHECK_MSG(n == want, "size %zu, want %zu", n, want);
         CHECK(memcmp(bytes, "CPATTNCK", 8) == 0);
-        CHECK(bytes[8] == 1 && bytes[9] == 0 && bytes[10] == 0 && bytes[11] == 0);
+        CHECK(bytes[8] == 2 && bytes[9] == 0 && bytes[10] == 0 && bytes[11] == 0);
         CHECK(le64(bytes + 12) == (uint64_t)a.meta.iteration);
         CHECK(le64(bytes + 20) == a.meta.rng_state);
         CHECK(memcmp(bytes + 32, CONFIG, cfg) == 0);
-        if (n >= 8)
-            CHECK(le64(bytes + n - 8) == fnv1a(bytes, n - 8));
+        unsigned char sum[32];
+        if (n >= 32) {
+            sha_of(bytes, n - 32, sum);
+            CHECK(memcmp(bytes + n - 32, sum, 32) == 0);
+        }
+        /* The same content as format 1 (FNV-1a, 8 bytes) still loads. */
+        if (n >= 32) {
+            unsigned char *v1 = malloc(n);
+            memcpy(v1, bytes, n - 32);
+            v1[8] = 1;
+            set_le64(v1 + n - 32, fnv1a(v1, n - 32));
+            CHECK(write_bytes(file, v1, n - 24));
+            state c;
+            state_init(&c, 99);
+            CHECK_OK(cpa_ckpt_load(dir, CONFIG, &c.meta, c.arr, 3));
+            CHECK(c.meta.iteration == a.meta.iteration && memcmp(c.p, a.p, sizeof a.p) == 0);
+            CHECK(write_bytes(file, bytes, n)); /* restore */
+            free(v1);
+        }
         free(bytes);
     }
 
@@ -280,12 +306,12 @@ static void test_corruption(void)
     /* A flipped bit anywhere past the version is a checksum mismatch:
      * in the data, the configuration, an array name, the checksum. */
     const size_t flips[] = {n / 2, n - 100, 32 + 3, 32 + strlen(CONFIG) + 4 + 4 + 2, n - 1,
-                            n - 8};
+                            n - 32};
     for (size_t i = 0; i < sizeof flips / sizeof *flips; ++i) {
         memcpy(bad, good, n);
         bad[flips[i]] ^= 0x10;
         CHECK(write_bytes(file, bad, n));
-        EXPECT_LOAD_FAILURE(dir, CONFIG, CPA_ERR_FORMAT, "corrupted (checksum mismatch");
+        EXPECT_LOAD_FAILURE(dir, CONFIG, CPA_ERR_FORMAT, "checksum mismatch");
     }
     /* The iteration and RNG state are covered too. */
     memcpy(bad, good, n);
@@ -294,7 +320,7 @@ static void test_corruption(void)
     EXPECT_LOAD_FAILURE(dir, CONFIG, CPA_ERR_FORMAT, "checksum mismatch");
 
     /* Truncated anywhere, the empty file and a partial magic included. */
-    const size_t cuts[] = {0, 5, 8, 10, 20, 31, 40, n / 2, n - 9, n - 8, n - 1};
+    const size_t cuts[] = {0, 5, 8, 10, 20, 31, 40, n / 2, n - 33, n - 32, n - 1};
     for (size_t i = 0; i < sizeof cuts / sizeof *cuts; ++i) {
         CHECK(write_bytes(file, good, cuts[i]));
         EXPECT_LOAD_FAILURE(dir, CONFIG, CPA_ERR_FORMAT, "truncated");
@@ -315,10 +341,10 @@ static void test_corruption(void)
 
     /* Another format version, even with a valid checksum. */
     memcpy(bad, good, n);
-    bad[8] = 2;
-    set_le64(bad + n - 8, fnv1a(bad, n - 8));
+    bad[8] = 3;
+    sha_of(bad, n - 32, bad + n - 32);
     CHECK(write_bytes(file, bad, n));
-    EXPECT_LOAD_FAILURE(dir, CONFIG, CPA_ERR_FORMAT, "version 2");
+    EXPECT_LOAD_FAILURE(dir, CONFIG, CPA_ERR_FORMAT, "version 3");
 
     /* Absurd lengths are refused before anything is allocated or read. */
     memcpy(bad, good, n);

@@ -8,6 +8,7 @@
 #include "internal.h"
 #include "test.h"
 
+#include <stdio.h>
 #include <string.h>
 
 static void test_status_and_errors(void)
@@ -74,10 +75,69 @@ static void test_alloc_failure(void)
     cpa_attn_ctx_destroy(NULL);
 }
 
+/* FIPS 180-4 test vectors, whole and fed in ragged pieces. */
+static void hex_of(const unsigned char *d, char *out)
+{
+    for (int i = 0; i < 32; ++i)
+        snprintf(out + 2 * i, 3, "%02x", d[i]);
+}
+
+static void test_sha256(void)
+{
+    static const struct {
+        const char *msg;
+        const char *hex;
+    } v[] = {
+        {"", "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"},
+        {"abc", "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"},
+        {"abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq",
+         "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1"},
+    };
+    for (size_t i = 0; i < sizeof v / sizeof v[0]; ++i) {
+        unsigned char d[32];
+        char hex[65];
+        cpa_sha256 s;
+        cpa_sha256_init(&s);
+        cpa_sha256_update(&s, v[i].msg, strlen(v[i].msg));
+        cpa_sha256_final(&s, d);
+        hex_of(d, hex);
+        CHECK_MSG(strcmp(hex, v[i].hex) == 0, "sha256(\"%s\") = %s", v[i].msg, hex);
+        /* The same message one byte at a time. */
+        cpa_sha256_init(&s);
+        for (const char *p = v[i].msg; *p; ++p)
+            cpa_sha256_update(&s, p, 1);
+        cpa_sha256_final(&s, d);
+        hex_of(d, hex);
+        CHECK(strcmp(hex, v[i].hex) == 0);
+    }
+    /* One million 'a', in pieces of 1000 (crosses block boundaries). */
+    char chunk[1000];
+    memset(chunk, 'a', sizeof chunk);
+    cpa_sha256 s;
+    cpa_sha256_init(&s);
+    for (int i = 0; i < 1000; ++i)
+        cpa_sha256_update(&s, chunk, sizeof chunk);
+    unsigned char d[32];
+    char hex[65];
+    cpa_sha256_final(&s, d);
+    hex_of(d, hex);
+    CHECK(strcmp(hex, "cdc76e5c9914fb9281a1c7e284d73e67f1809a48a497200e046d39ccc7112cd0") == 0);
+}
+
+/* Bytes from files are printed escaped. */
+static void test_escape(void)
+{
+    char buf[64];
+    CHECK(strcmp(cpa_escape(buf, sizeof buf, "ab\x1b[2J\\\n", 8), "ab\\x1b[2J\\x5c\\x0a") == 0);
+    CHECK(strcmp(cpa_escape(buf, 8, "abcdefghijkl", 12), "abc...") == 0);
+}
+
 int main(void)
 {
     RUN_TEST(test_status_and_errors);
     RUN_TEST(test_layout_views);
     RUN_TEST(test_alloc_failure);
+    RUN_TEST(test_sha256);
+    RUN_TEST(test_escape);
     return TEST_SUMMARY();
 }

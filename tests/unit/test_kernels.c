@@ -610,6 +610,113 @@ static void test_progress_callback(void)
     problem_free(&p);
 }
 
+/* ---- non-finite inputs ----------------------------------------------------- */
+
+/* NaN (or ±inf) at the same places in both tensors, and the finite entries
+ * within `tol` of each other relative to the largest finite |want|;
+ * *nan_count gets the number of non-finite entries of `want`. */
+static int same_nonfinite_pattern(cpa_tensor got, cpa_tensor want, double tol, int64_t *nan_count)
+{
+    double maxref = 0, maxerr = 0;
+    int64_t nan = 0;
+    int ok = 1;
+    TU_FOR_EACH(want, idx, flat)
+    {
+        (void)flat;
+        const float a = *tu_at(&got, idx), b = *tu_at(&want, idx);
+        if (isnan(a) || isnan(b) || isinf(a) || isinf(b)) {
+            ok &= (isnan(a) && isnan(b)) || a == b;
+            ++nan;
+            continue;
+        }
+        maxref = fabs((double)b) > maxref ? fabs((double)b) : maxref;
+        maxerr = fabs((double)a - (double)b) > maxerr ? fabs((double)a - (double)b) : maxerr;
+    }
+    *nan_count = nan;
+    return ok && maxerr <= tol * (maxref > 1 ? maxref : 1);
+}
+
+/* One NaN or infinity planted in q, k or v: every fast path puts NaN where
+ * the plain reference does (NaN in, NaN out for the rows and keys it
+ * touches; never a silent 0, never a leak into what cannot see it). */
+static void test_nonfinite_inputs(void)
+{
+    const int64_t B = 1, S = 200, H = 4, G = 2, D = 40;
+    struct {
+        int tensor;        /* 0 q, 1 k, 2 v */
+        int64_t row, head, col;
+        float value;
+        int whole_row;     /* the value fills the row (all its D entries) */
+        cpa_mask_kind mask;
+    } cases[] = {
+        {0, 77, 1, 5, NAN, 0, CPA_MASK_CAUSAL},       {0, 150, 2, 0, NAN, 0, CPA_MASK_NONE},
+        {0, 30, 0, 3, INFINITY, 0, CPA_MASK_CAUSAL},  {0, 100, 3, 7, -INFINITY, 1, CPA_MASK_CAUSAL},
+        {1, 90, 0, 2, NAN, 0, CPA_MASK_CAUSAL},       {2, 120, 1, 9, NAN, 0, CPA_MASK_CAUSAL},
+        {2, 10, 0, 0, INFINITY, 0, CPA_MASK_NONE},
+    };
+    for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ++ci) {
+        problem p;
+        problem_init(&p, B, S, H, G, D, D, cases[ci].mask);
+        if (cases[ci].whole_row) /* -inf in every entry, keys > 0: all visible scores -inf */
+            for (int64_t i = 0; i < cpa_tensor_numel(&p.k.t); ++i)
+                p.k.buf[i] = 0.1f + fabsf(p.k.buf[i]);
+        tu_tensor *x = cases[ci].tensor == 0 ? &p.q : cases[ci].tensor == 1 ? &p.k : &p.v;
+        for (int64_t c = 0; c < D; ++c)
+            if (cases[ci].whole_row || c == cases[ci].col)
+                cpa_at4(&x->t, 0, cases[ci].row, cases[ci].head % x->t.shape[2])[c] =
+                    cases[ci].value;
+        tu_tensor r[5], f[5];
+        for (int impl = 0; impl <= nisas; ++impl) {
+            tu_tensor *t = impl == 0 ? r : f;
+            t[0] = tu_attn(CPA_LAYOUT_BSHD, B, S, H, D), t[1] = tu_lse(B, H, S);
+            t[2] = tu_attn(CPA_LAYOUT_BSHD, B, S, H, D), t[3] = tu_attn(CPA_LAYOUT_BSHD, B, S, G, D);
+            t[4] = tu_attn(CPA_LAYOUT_BSHD, B, S, G, D);
+            cpa_attn_ctx *ctx = NULL;
+            cpa_attn_ctx_config cfg = {D, 2, impl == 0 ? CPA_ISA_AUTO : isas[impl - 1]};
+            CHECK_OK(cpa_attn_ctx_create(&cfg, &ctx));
+            p.d.impl = impl == 0 ? CPA_IMPL_REFERENCE : CPA_IMPL_FAST;
+            CHECK_OK(cpa_attn_forward(ctx, &p.d, t[0].t, t[1].t));
+            CHECK_OK(cpa_attn_backward(ctx, &p.d, t[0].t, t[1].t, p.dout.t, t[2].t, t[3].t, t[4].t));
+            cpa_attn_ctx_destroy(ctx);
+            if (impl == 0) {
+                /* The reference itself: a NaN or ±inf query row is NaN in
+                 * out, lse and dq, and no other query row is touched. */
+                if (cases[ci].tensor == 0) {
+                    const int64_t row = cases[ci].row, h = cases[ci].head;
+                    int own = isnan(*cpa_at3(&r[1].t, 0, h, row)), others = 1;
+                    for (int64_t i = 0; i < S; ++i)
+                        for (int64_t hh = 0; hh < H; ++hh)
+                            if ((i != row || hh != h) && !isfinite(*cpa_at3(&r[1].t, 0, hh, i)))
+                                others = 0;
+                    CHECK_MSG(own && others, "case %zu: reference lse NaN only in the row", ci);
+                    /* Keys the row cannot see get no NaN in dk. */
+                    if (cases[ci].mask == CPA_MASK_CAUSAL) {
+                        int clean = 1;
+                        for (int64_t j = row + 1; j < S; ++j)
+                            for (int64_t c = 0; c < D; ++c)
+                                clean &= isfinite(cpa_at4(&r[3].t, 0, j, h / (H / G))[c]);
+                        CHECK_MSG(clean, "case %zu: dk of keys the row cannot see is finite", ci);
+                    }
+                }
+                continue;
+            }
+            static const char *names[5] = {"out", "lse", "dq", "dk", "dv"};
+            for (int i = 0; i < 5; ++i) {
+                int64_t nan = 0;
+                CHECK_MSG(same_nonfinite_pattern(f[i].t, r[i].t, i < 2 ? 1e-4 : 1e-3, &nan),
+                          "case %zu [%s]: %s differs from the reference in its NaN/Inf pattern "
+                          "or values", ci, cpa_isa_name(isas[impl - 1]), names[i]);
+                if (i == 0)
+                    CHECK_MSG(nan > 0, "case %zu: the planted value reached no output", ci);
+                free(f[i].buf);
+            }
+        }
+        for (int i = 0; i < 5; ++i)
+            free(r[i].buf);
+        problem_free(&p);
+    }
+}
+
 /* ---- instruction-set selection ----------------------------------------- */
 
 static void test_isa_selection(void)
@@ -797,6 +904,7 @@ int main(void)
     RUN_TEST(test_grid);
     RUN_TEST(test_pieces);
     RUN_TEST(test_mqa_chain);
+    RUN_TEST(test_nonfinite_inputs);
     /* The single-path tests, once per path through $CPATTN_ISA (what a
      * user would set); NULL contexts resolve it too. */
     for (int i = 0; i < nisas; ++i) {
