@@ -297,6 +297,41 @@ expect_usage "bench kernel bad --head-dims" "--head-dims" bench kernel --head-di
 expect_usage "bench kernel G not dividing H" "--num-query-groups" bench kernel --num-query-groups 3
 
 # ---------------------------------------------------------------------------
+# Reliability: non-finite inputs, FIFOs, escaped file bytes, --save up front
+# ---------------------------------------------------------------------------
+
+nf=$TMP/nonfinite
+run attn --seq-length 64 --num-attention-heads 2 --kv-channels 8 --save "$nf" --save-inputs
+# q[0, 1, 0, 5] = NaN: its data starts after the 128-byte header.
+printf '\x00\x00\xc0\x7f' | dd of="$nf/q.npy" bs=1 seek=$((128 + 4 * 21)) conv=notrunc status=none
+expect_exit "NaN in q.npy is refused" 1 attn --load "$nf" &&
+    expect_named "NaN in q.npy is refused" "element [0, 1, 0, 5] is NaN" "$ERR" attn --load "$nf" &&
+    expect_named "NaN in q.npy is refused" "--allow-non-finite" "$ERR" attn --load "$nf" &&
+    pass "NaN in q.npy is refused, naming the element"
+run attn --load "$nf" --check --allow-non-finite
+if [ "$rc" -eq 0 ] && grep -q '^check: PASS' "$OUT" &&
+    grep -q '^check dk .*non-finite in both alike 16 ' "$OUT" && grep -q '^check lse .*alike 1 ' "$OUT"; then
+    pass "--allow-non-finite: NaN propagates exactly as in the reference (lse 1 row, dk 2 keys x 8)"
+else fail "--allow-non-finite: NaN propagates exactly as in the reference" "exit $rc"; fi
+
+mkdir -p "$TMP/fifo" && mkfifo "$TMP/fifo/q.npy"
+expect_exit "a FIFO where q.npy should be is refused at once" 1 attn --load "$TMP/fifo" &&
+    expect_named "a FIFO where q.npy should be is refused at once" "FIFO" "$ERR" attn --load "$TMP/fifo" &&
+    pass "a FIFO where q.npy should be is refused at once"
+
+esc=$TMP/escape
+mkdir -p "$esc"
+npy_file "$esc/q.npy" "$(printf '\033]0;owned\007\033[2J')" '(1, 8, 1, 4)' 128
+run attn --load "$esc"
+if [ "$rc" -ne 0 ] && ! grep -q "$(printf '\033')" "$ERR" && grep -Fq '\x1b]0;owned\x07' "$ERR"; then
+    pass "terminal escapes in a .npy header are printed escaped"
+else fail "terminal escapes in a .npy header are printed escaped" "exit $rc: $(od -c "$ERR" | head -3)"; fi
+
+: >"$TMP/notadir"
+expect_usage "--save names a regular file (before computing)" "--save" attn --seq-length 64 --save "$TMP/notadir"
+expect_usage "--save ''" "--save" attn --seq-length 64 --save ""
+
+# ---------------------------------------------------------------------------
 # Kernel instruction set and the BLAS start-up check
 # ---------------------------------------------------------------------------
 

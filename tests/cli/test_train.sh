@@ -372,6 +372,107 @@ expect_fail "usage error with --save" 4 2 $SHORT --context-parallel-size 2 \
     --global-batch-size 3 --save "$GOOD" -- "--global-batch-size 3"
 untouched "usage error"
 
+# Resuming can never rewind a checkpoint: below its iteration is refused,
+# at it there is nothing to do; a forged negative iteration (checksum
+# recomputed, as a careless edit would) is refused.
+expect_fail "--train-iters below the checkpoint's iteration" 2 2 $SHORT --context-parallel-size 2 \
+    $RING --train-iters 4 --load "$GOOD" --save "$GOOD" -- "--train-iters 4" "(8)" \
+    "rewind"
+untouched "rewinding resume"
+prun 2 train $SHORT --context-parallel-size 2 $RING --train-iters 8 --load "$GOOD" --save "$GOOD"
+if [ "$rc" -eq 0 ] && grep -q "nothing to train" "$OUT" && ! grep -q "saved checkpoint" "$OUT"; then
+    pass "resume at exactly --train-iters: nothing to train, exit 0"
+else fail "resume at exactly --train-iters: nothing to train, exit 0" "exit $rc"; fi
+untouched "resume at --train-iters"
+
+# put_bytes FILE OFFSET HEX : write the bytes spelled by HEX at OFFSET.
+put_bytes() {
+    printf "$(sed 's/../\\x&/g' <<<"$3")" | dd of="$1" bs=1 seek="$2" conv=notrunc status=none
+}
+# resum FILE : recompute the checkpoint's trailing SHA-256 over everything
+# before it (what an edit that wants to pass the checksum does).
+resum() {
+    local size hex
+    size=$(stat -c %s "$1")
+    hex=$(head -c $((size - 32)) "$1" | sha256sum | cut -c1-64)
+    put_bytes "$1" $((size - 32)) "$hex"
+}
+mkdir -p "$TMP/neg"
+cp "$TMP/good.bin" "$TMP/neg/checkpoint.bin"
+put_bytes "$TMP/neg/checkpoint.bin" 12 18fcffffffffffff # iteration -1000, little-endian
+resum "$TMP/neg/checkpoint.bin"
+cp "$TMP/neg/checkpoint.bin" "$TMP/neg.bin"
+expect_fail "forged negative iteration (checksum recomputed)" 2 1 $SHORT \
+    --context-parallel-size 2 $RING --train-iters 20 --load "$TMP/neg" --save "$TMP/neg" -- \
+    "iteration -1000" "iterations are >= 0"
+if cmp -s "$TMP/neg/checkpoint.bin" "$TMP/neg.bin"; then pass "forged checkpoint left as it was"
+else fail "forged checkpoint left as it was" "it changed"; fi
+
+# Megatron's NaN guard: a checkpoint whose first weight is NaN (checksum
+# recomputed) trains one step, stops before the update naming the
+# iteration, exit 1, and no checkpoint is written from that state.
+mkdir -p "$TMP/nan"
+cp "$TMP/good.bin" "$TMP/nan/checkpoint.bin"
+cfg_len=$(od -An -tu4 -j 28 -N 4 "$TMP/nan/checkpoint.bin" | tr -d ' ')
+put_bytes "$TMP/nan/checkpoint.bin" $((54 + cfg_len)) 0000c07f # params[0] = NaN
+resum "$TMP/nan/checkpoint.bin"
+cp "$TMP/nan/checkpoint.bin" "$TMP/nan.bin"
+expect_fail "NaN weights: the guard stops training" 2 1 $SHORT --context-parallel-size 2 $RING \
+    --train-iters 12 --save-interval 1 --load "$TMP/nan" --save "$TMP/nan" -- "iteration 9" \
+    "the loss is NaN" "training stops before the update"
+if cmp -s "$TMP/nan/checkpoint.bin" "$TMP/nan.bin" && [ "$(ls -A "$TMP/nan")" = "checkpoint.bin" ]; then
+    pass "NaN guard: no checkpoint written from the NaN state"
+else fail "NaN guard: no checkpoint written from the NaN state" "$(ls -A "$TMP/nan")"; fi
+
+# --save is checked before any work, and a run that does not resume the
+# checkpoint in --save does not replace it unless told.
+expect_fail "a fresh run into a folder holding a checkpoint" 2 2 $SHORT \
+    --context-parallel-size 2 $RING --save "$GOOD" -- "--save $GOOD already holds a checkpoint" \
+    "(iteration 8)" "--overwrite-save"
+untouched "fresh run into a checkpoint folder"
+expect_fail "resuming A into B's checkpoint folder" 2 2 $SHORT --context-parallel-size 2 $RING \
+    --train-iters 9 --load "$GOOD" --save "$TMP/B" -- "--save $TMP/B already holds" "--overwrite-save"
+mkdir -p "$TMP/ow" && cp "$TMP/good.bin" "$TMP/ow/checkpoint.bin"
+prun 2 train $SHORT --context-parallel-size 2 $RING --hidden-size 64 --save "$TMP/ow" --overwrite-save
+if [ "$rc" -eq 0 ] && grep -q "overwrite-save: this run will replace the checkpoint in $TMP/ow (iteration 8, of a different model shape)" "$OUT" &&
+    ! cmp -s "$TMP/ow/checkpoint.bin" "$TMP/good.bin"; then
+    pass "--overwrite-save replaces it, saying so (iteration, different shape)"
+else fail "--overwrite-save replaces it, saying so" "exit $rc"; fi
+: >"$TMP/afile"
+expect_fail "--save names a regular file" 2 2 $SHORT --context-parallel-size 2 $RING \
+    --save "$TMP/afile" -- "--save $TMP/afile" "not a folder"
+expect_fail "--save ''" 2 2 $SHORT --context-parallel-size 2 $RING --save "" -- "--save ''"
+mkdir -p "$TMP/imm"
+if chattr +i "$TMP/imm" 2>/dev/null; then
+    # An immutable folder refuses even root: what a read-only folder is to
+    # everybody else.  Found at start-up, not after the run.
+    expect_fail "--save in an unwritable folder, found before training" 2 2 $SHORT \
+        --context-parallel-size 2 $RING --train-iters 40 --save "$TMP/imm" -- \
+        "--save $TMP/imm" "cannot write into the folder"
+    expect_fail "--save under an unwritable folder" 2 2 $SHORT --context-parallel-size 2 $RING \
+        --save "$TMP/imm/sub" -- "--save $TMP/imm/sub" "cannot create the folder"
+    chattr -i "$TMP/imm"
+else
+    echo "skip: chattr +i is not possible here (needs root on ext2/3/4 or similar); the unwritable-folder cases are not run"
+fi
+
+# Temporaries that crashed saves left (a dead process's pid) are removed at
+# start-up; a live process's (this shell's) is left alone.
+mkdir -p "$TMP/st"
+pid=$$
+head -c 1000 /dev/zero >"$TMP/st/.checkpoint.bin.tmp.2147483000.7"
+: >"$TMP/st/.checkpoint.bin.tmp.$pid.0"
+prun 2 train $SHORT --context-parallel-size 2 $RING --save "$TMP/st"
+if [ "$rc" -eq 0 ] && grep -q "removed 1 temporary of interrupted saves in $TMP/st" "$OUT" &&
+    [ ! -e "$TMP/st/.checkpoint.bin.tmp.2147483000.7" ] && [ -e "$TMP/st/.checkpoint.bin.tmp.$pid.0" ]; then
+    pass "stale temporaries of dead processes are removed, a live one kept"
+else fail "stale temporaries of dead processes are removed, a live one kept" "$(ls -A "$TMP/st")"; fi
+
+# A FIFO where the checkpoint should be is refused at once, on every rank.
+mkdir -p "$TMP/fifo" && mkfifo "$TMP/fifo/checkpoint.bin"
+expect_fail "--load of a FIFO" 2 1 $SHORT --context-parallel-size 2 $RING --load "$TMP/fifo" -- \
+    "not a regular file" "FIFO"
+
 expect_fail "--data-path of a missing file" 2 1 $SHORT --context-parallel-size 2 $RING \
     --data-path "$TMP/no-such.txt" -- "--data-path" "$TMP/no-such.txt" "No such file"
 printf 'A stitch in time saves nine.\n' >"$TMP/small.txt"
