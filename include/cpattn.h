@@ -41,7 +41,9 @@ typedef enum cpa_status {
     CPA_ERR_FORMAT = 4,   /* a file is malformed: bad header, dtype, order, truncated */
     CPA_ERR_MPI = 5,      /* an MPI call failed */
     CPA_ERR_NUMERIC = 6,  /* NaN or Inf found where finite values were required */
-    CPA_ERR_INTERNAL = 7  /* a bug in cpattn: please report it */
+    CPA_ERR_INTERNAL = 7, /* a bug in cpattn: please report it */
+    CPA_ERR_TIMEOUT = 8   /* a communication did not complete within the timeout (a dead or
+                             stuck peer); see cpa_set_comm_timeout */
 } cpa_status;
 
 /* A short constant name for a status ("invalid argument", ...). */
@@ -401,6 +403,41 @@ typedef struct cpa_plan_stats {
 } cpa_plan_stats;
 
 void cpa_plan_last_stats(const cpa_plan *plan, cpa_plan_stats *stats);
+
+/* ------------------------------------------------------------------------ */
+/* The communication watchdog                                               */
+/* ------------------------------------------------------------------------ */
+
+/* Every wait of the library on MPI (ring transfers, all-to-alls, the plans'
+ * agreements, cpa_comm_wait and cpa_comm_allreduce below) is bounded, like
+ * NCCL's and PyTorch's collective timeout: after `seconds` without
+ * completion the wait gives up, names what it waited for (operation, peer
+ * rank, ring step), calls the timeout handler if one is set, and returns
+ * CPA_ERR_TIMEOUT.  0 means no bound; the default is 600 s.  Process-wide;
+ * set it before starting work. */
+void cpa_set_comm_timeout(double seconds);
+double cpa_comm_timeout(void);
+
+/* Called with the message when a wait times out, before CPA_ERR_TIMEOUT is
+ * returned.  A dead peer usually means the job cannot go on, and the error
+ * path may itself need the dead peer (an agreement on the error), so a
+ * program typically prints the message and calls MPI_Abort here, as the
+ * cpattn tool does.  NULL (the default): just return the error. */
+void cpa_set_comm_timeout_handler(void (*handler)(const char *message, void *arg), void *arg);
+
+/* Wait for `n` requests under the timeout.  `what` (printf-style) names the
+ * operation for the message, e.g. "gradient all-reduce (layer %d)"; it is
+ * formatted only if the wait times out. */
+cpa_status cpa_comm_wait(int n, MPI_Request *reqs, const char *what, ...);
+
+/* In-place all-reduce of `count` elements of `type` on `comm` under the
+ * timeout, in pieces of at most 2^30 elements so any int64 count works. */
+cpa_status cpa_comm_allreduce(void *buf, int64_t count, MPI_Datatype type, MPI_Op op,
+                              MPI_Comm comm, const char *what);
+
+/* MPI_Bcast under the timeout. */
+cpa_status cpa_comm_bcast(void *buf, int count, MPI_Datatype type, int root, MPI_Comm comm,
+                          const char *what);
 
 /* ------------------------------------------------------------------------ */
 /* NumPy .npy files (float32, C order, format versions 1.0, 2.0 and 3.0)     */

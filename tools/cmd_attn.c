@@ -57,6 +57,7 @@ typedef struct attn_cfg {
     int gqa;                   /* --group-query-attention */
     int mask;                  /* index in "causal|general" */
     double scale;              /* --softmax-scale; unset: 1/sqrt(D) */
+    double comm_timeout;       /* --comm-timeout, seconds */
     int layout;                /* index in "bshd|sbhd|bnsd" */
     int bnsd;                  /* --megatron-cp-in-bnsd */
     int64_t cp, window, ulysses, tp; /* --context-parallel-size, --cp-window-size, ... */
@@ -166,6 +167,9 @@ static const cli_option attn_options[] = {
              "GFLOP/s; with P > 1 also a per-rank table).", .offset = AT(iters)},
     {.flag = "--warmup", .type = CLI_INT, .def = "1", .min = 0, .max = 1000000,
      .help = "Untimed iterations before the --iters ones.", .offset = AT(warmup)},
+    {.flag = "--comm-timeout", .type = CLI_FLOAT, .def = "600", .metavar = "SECONDS", .fmin = 0,
+     .fmax = 1e9, .help = "Bound on every wait for another rank; on expiry the rank names what "
+     "it waited for and aborts the job (0: wait forever).", .offset = AT(comm_timeout)},
     {.flag = "--threads", .env = "CPATTN_THREADS", .type = CLI_INT, .def = "0", .min = 0,
      .max = 4096, .help = "OpenMP threads of the kernel (per rank); 0 means "
      "omp_get_max_threads().", .offset = AT(threads)},
@@ -338,7 +342,8 @@ static int shapes_from_load_mpi(cli_args *args, attn_cfg *c)
     if (rc || tool_world_size() == 1)
         return rc;
     int64_t sz[6] = {c->B, c->S, c->H, c->G, c->D, c->Dv};
-    MPI_Bcast(sz, 6, MPI_INT64_T, 0, MPI_COMM_WORLD);
+    if (cpa_comm_bcast(sz, 6, MPI_INT64_T, 0, MPI_COMM_WORLD, "the --load shapes") != CPA_OK)
+        return EXIT_RUNTIME;
     c->B = sz[0], c->S = sz[1], c->H = sz[2], c->G = sz[3], c->D = sz[4], c->Dv = sz[5];
     return EXIT_OK;
 }
@@ -710,8 +715,8 @@ static int timed_call(attn_run *r, int which, double *sec)
 {
     if (which && r->P == 1)
         zero_grads(r, &r->loc);
-    if (r->P > 1)
-        MPI_Barrier(MPI_COMM_WORLD);
+    if (r->P > 1 && tool_barrier(which ? "before a timed backward" : "before a timed forward"))
+        return EXIT_RUNTIME;
     double t0 = tool_now();
     cpa_status st = which ? call_backward(r) : call_forward(r);
     *sec = tool_now() - t0;
@@ -956,8 +961,8 @@ static int run_timing(attn_run *r)
         }
     } else if (!rc) {
         fig[F_RSS] = tool_peak_rss_mib();
-        MPI_Gather(fig, F_COUNT, MPI_DOUBLE, all, F_COUNT, MPI_DOUBLE, 0, MPI_COMM_WORLD);
-        if (tool_rank() == 0)
+        rc = tool_gather(fig, F_COUNT, MPI_DOUBLE, all, "the per-rank timing table");
+        if (!rc && tool_rank() == 0)
             print_rank_table(r, all, flops);
     }
     free(work);
@@ -1051,8 +1056,8 @@ static int setup(attn_run *r)
         return rc;
     if ((rc = alloc_run(r, c->S / r->P)))
         return rc;
-    if (r->P > 1)
-        MPI_Gather(&r->shard, 1, MPI_INT, r->shards, 1, MPI_INT, 0, MPI_COMM_WORLD);
+    if (r->P > 1 && tool_gather(&r->shard, 1, MPI_INT, r->shards, "the ranks' shard indices"))
+        return EXIT_RUNTIME;
     /* The whole problem; its data is rank 0's (NULL elsewhere: flops only). */
     r->desc.q = bt(r, &r->glob, T_Q);
     r->desc.k = bt(r, &r->glob, T_K);
@@ -1094,6 +1099,7 @@ static int attn_main(int argc, char **argv)
     cli_result pr = cli_parse(&args, &attn_spec, &run.c, argc, argv);
     if (pr != CLI_OK)
         return pr == CLI_HELP ? EXIT_OK : EXIT_USAGE;
+    cpa_set_comm_timeout(run.c.comm_timeout);
     int rc = resolve(&args, &run.c);
     if (rc)
         return rc;

@@ -30,6 +30,7 @@ typedef struct train_cfg {
     int64_t save_interval, exit_interval, vocab, cp, tp, window, ulysses, threads, seed;
     int gqa, overlap, bnsd, recompute, algo, mask, overwrite_save;
     double lr, min_lr, wd, clip;
+    double comm_timeout;
     const char *save, *load, *data_path;
 } train_cfg;
 
@@ -103,6 +104,9 @@ static const cli_option train_options[] = {
      .help = "Attention buffers in [B, N, S, D].", .offset = AT(bnsd)},
     INT_FLAG("--tensor-model-parallel-size", "1", "Accepted for Megatron's head rules; the "
              "trainer itself runs TP = 1.", tp, 1, 1),
+    {.flag = "--comm-timeout", .type = CLI_FLOAT, .def = "600", .metavar = "SECONDS", .fmin = 0,
+     .fmax = 1e9, .help = "Bound on every wait for another rank; on expiry the rank names what "
+     "it waited for and aborts the job (0: wait forever).", .offset = AT(comm_timeout)},
     {.flag = "--threads", .env = "CPATTN_THREADS", .type = CLI_INT, .def = "1",
      .help = "OpenMP threads per rank (kernels and GEMMs).", .min = 1, .max = 1024,
      .offset = AT(threads)},
@@ -241,27 +245,26 @@ static int setup(train_run *r)
     r->opt.beta1 = 0.9f, r->opt.beta2 = 0.95f, r->opt.eps = 1e-8f;
     r->opt.weight_decay = (float)c->wd, r->opt.warmup_iters = c->warmup;
     r->opt.decay_iters = c->iters;
-    /* The ceilings are what one rank's cores do undisturbed: the ranks of a
-     * host measure one after another (hosts at once), and the slowest
-     * rank's figures are the ceiling. */
+    /* The ceilings are what one rank's cores do undisturbed, a property of
+     * the host's cores: the first rank of each host measures while the
+     * others wait, and the slowest host's figures are the ceiling. */
     MPI_Comm host;
     err = 0;
     if (MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, r->rank, MPI_INFO_NULL, &host) !=
         MPI_SUCCESS)
         return tool_agree(tool_fail(1, "MPI error: MPI_Comm_split_type (ranks per host)"));
-    int hrank = 0, hsize = 1;
+    int hrank = 0;
     MPI_Comm_rank(host, &hrank);
-    MPI_Comm_size(host, &hsize);
-    for (int turn = 0; turn < hsize; ++turn) {
-        if (turn == hrank)
-            err = tool_measure_ceilings(CPA_ISA_AUTO, (int)c->threads, 2048, 3, &r->ceil);
-        MPI_Barrier(host);
+    double ce[2] = {INFINITY, INFINITY}; /* a host's other ranks do not count in the minimum */
+    if (hrank == 0) {
+        err = tool_measure_ceilings(CPA_ISA_AUTO, (int)c->threads, 2048, 3, &r->ceil);
+        ce[0] = r->ceil.fma_gflops, ce[1] = r->ceil.sgemm_gflops;
     }
+    cpa_comm_bcast(&r->ceil, (int)sizeof r->ceil, MPI_BYTE, 0, host, "the ceiling measurement");
     MPI_Comm_free(&host);
     if ((err = tool_agree(err ? tool_fail(err, "%s", cpa_last_error()) : 0)))
         return err;
-    double ce[2] = {r->ceil.fma_gflops, r->ceil.sgemm_gflops};
-    MPI_Allreduce(MPI_IN_PLACE, ce, 2, MPI_DOUBLE, MPI_MIN, MPI_COMM_WORLD);
+    cpa_comm_allreduce(ce, 2, MPI_DOUBLE, MPI_MIN, MPI_COMM_WORLD, "the ceilings");
     r->ceil.fma_gflops = ce[0], r->ceil.sgemm_gflops = ce[1];
     return 0;
 }
@@ -383,7 +386,8 @@ static int batch_pass(train_run *r, int split, int64_t it, int backward, double 
             return tool_agree(tool_fail(1, "step %lld: %s", (long long)it, cpa_last_error()));
         sums[0] += l, sums[1] += ls, sums[2] += lc;
     }
-    MPI_Allreduce(MPI_IN_PLACE, sums, 3, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD);
+    if (cpa_comm_allreduce(sums, 3, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD, "the loss sums") != CPA_OK)
+        return tool_agree(tool_fail(1, "%s", cpa_last_error()));
     return tool_agree(0);
 }
 
@@ -423,9 +427,10 @@ static int train(train_run *r)
         int err = batch_pass(r, CPA_DATA_TRAIN, it, 1, sums);
         if (err)
             return err;
-        int rc = MPI_Allreduce(MPI_IN_PLACE, grads, (int)r->n, MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD);
-        if (rc != MPI_SUCCESS)
-            return tool_agree(tool_fail_mpi(1, rc, "MPI_Allreduce (gradients)"));
+        /* Chunked: the parameter count may exceed MPI's int count. */
+        if (cpa_comm_allreduce(grads, r->n, MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD,
+                               "the gradient all-reduce") != CPA_OK)
+            return tool_agree(tool_fail(1, "%s", cpa_last_error()));
         double norm = cpa_grad_norm(grads, r->n);
         /* Megatron's guard: a NaN or Inf loss or gradient stops the run
          * before the update, so neither the weights nor any checkpoint ever
@@ -451,7 +456,7 @@ static int train(train_run *r)
             double tps = (double)(c->GB * c->S) * (double)window_n / window_t;
             double tflops = window_flops / window_t / 1e12; /* this rank */
             double mem = tool_peak_rss_mib();
-            MPI_Allreduce(MPI_IN_PLACE, &mem, 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
+            cpa_comm_allreduce(&mem, 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD, "the peak memory");
             tool_say(" iteration %6lld/%6lld | loss %.6f", (long long)(it + 1), (long long)c->iters,
                      last_loss);
             if (!isnan(last_long))
@@ -493,7 +498,7 @@ static int train(train_run *r)
         tool_say(" exiting at iteration %lld (--exit-interval %lld)\n", (long long)exit_at,
                  (long long)c->exit_interval);
     double mem = tool_peak_rss_mib();
-    MPI_Allreduce(MPI_IN_PLACE, &mem, 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
+    cpa_comm_allreduce(&mem, 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD, "the peak memory");
     tool_say("summary: %lld iterations in %.1f s | final loss %.4f", (long long)done, total_t,
              last_loss);
     if (!isnan(last_long))
@@ -514,6 +519,7 @@ static int train_main(int argc, char **argv)
         return 0;
     if (pr == CLI_USAGE)
         return 2;
+    cpa_set_comm_timeout(r.c.comm_timeout);
     int rc = check_rules(&args, &r.c, r.world);
     if (rc)
         return rc;

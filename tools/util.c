@@ -215,9 +215,12 @@ int tool_send_floats(const float *buf, int64_t count, int dest, int tag, MPI_Com
 {
     for (int64_t off = 0; off < count; off += TOOL_MPI_CHUNK) {
         int n = (int)(count - off < TOOL_MPI_CHUNK ? count - off : TOOL_MPI_CHUNK);
-        int err = MPI_Send(buf + off, n, MPI_FLOAT, dest, tag, comm);
+        MPI_Request req;
+        int err = MPI_Isend(buf + off, n, MPI_FLOAT, dest, tag, comm, &req);
         if (err != MPI_SUCCESS)
             return err;
+        if (cpa_comm_wait(1, &req, "sending %d floats to rank %d", n, dest) != CPA_OK)
+            return MPI_ERR_OTHER;
     }
     return MPI_SUCCESS;
 }
@@ -226,9 +229,12 @@ int tool_recv_floats(float *buf, int64_t count, int source, int tag, MPI_Comm co
 {
     for (int64_t off = 0; off < count; off += TOOL_MPI_CHUNK) {
         int n = (int)(count - off < TOOL_MPI_CHUNK ? count - off : TOOL_MPI_CHUNK);
-        int err = MPI_Recv(buf + off, n, MPI_FLOAT, source, tag, comm, MPI_STATUS_IGNORE);
+        MPI_Request req;
+        int err = MPI_Irecv(buf + off, n, MPI_FLOAT, source, tag, comm, &req);
         if (err != MPI_SUCCESS)
             return err;
+        if (cpa_comm_wait(1, &req, "receiving %d floats from rank %d", n, source) != CPA_OK)
+            return MPI_ERR_OTHER;
     }
     return MPI_SUCCESS;
 }
@@ -278,6 +284,8 @@ static int g_rank = 0, g_size = 1;      /* in MPI_COMM_WORLD */
 static const char *g_command = "cpattn"; /* message prefix */
 static char g_msg[2048];                 /* this rank's first error, until tool_agree */
 
+static void abort_on_timeout(const char *message, void *arg);
+
 int tool_mpi_init(const char *command)
 {
     int provided = 0;
@@ -288,6 +296,7 @@ int tool_mpi_init(const char *command)
     }
     MPI_Comm_rank(MPI_COMM_WORLD, &g_rank);
     MPI_Comm_size(MPI_COMM_WORLD, &g_size);
+    cpa_set_comm_timeout_handler(abort_on_timeout, NULL);
     if (provided < MPI_THREAD_FUNNELED)
         return tool_agree(tool_fail(EXIT_RUNTIME, "MPI error: the MPI library gives thread level "
                                     "%d, below MPI_THREAD_FUNNELED", provided));
@@ -342,13 +351,14 @@ int tool_fail_mpi(int rc, int mpi_err, const char *what)
 int tool_agree(int rc)
 {
     /* One reduction: the worst code, and minus the lowest failing rank. */
-    int in[2] = {rc, rc ? -g_rank : INT_MIN}, out[2] = {in[0], in[1]};
+    int out[2] = {rc, rc ? -g_rank : INT_MIN};
     if (g_size > 1)
-        MPI_Allreduce(in, out, 2, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
+        cpa_comm_allreduce(out, 2, MPI_INT, MPI_MAX, MPI_COMM_WORLD, "the ranks' agreement");
     if (out[0] != 0) {
         int who = -out[1];
         if (g_size > 1 && who != 0)
-            MPI_Bcast(g_msg, (int)sizeof g_msg, MPI_CHAR, who, MPI_COMM_WORLD);
+            cpa_comm_bcast(g_msg, (int)sizeof g_msg, MPI_CHAR, who, MPI_COMM_WORLD,
+                           "the failing rank's message");
         if (g_rank == 0 && g_msg[0] && who != 0)
             fprintf(stderr, "%s: rank %d: %s\n", g_command, who, g_msg);
         else if (g_rank == 0 && g_msg[0])
@@ -362,10 +372,38 @@ void tool_max_to_root(double *x, int n)
 {
     if (g_size == 1)
         return;
-    if (g_rank == 0)
-        MPI_Reduce(MPI_IN_PLACE, x, n, MPI_DOUBLE, MPI_MAX, 0, MPI_COMM_WORLD);
-    else
-        MPI_Reduce(x, NULL, n, MPI_DOUBLE, MPI_MAX, 0, MPI_COMM_WORLD);
+    /* An all-reduce (every rank gets it; only rank 0 needs it) keeps one
+     * bounded collective helper. */
+    cpa_comm_allreduce(x, n, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD, "the per-rank figures");
+}
+
+/* The watchdog's handler: a wait that timed out means a peer is dead or
+ * stuck, and the error path would need that peer to agree on the error.
+ * Say what was awaited, then end the whole job. */
+static void abort_on_timeout(const char *message, void *arg)
+{
+    (void)arg;
+    fprintf(stderr, "%s: %s; aborting the job\n", g_command, message);
+    fflush(stderr);
+    MPI_Abort(MPI_COMM_WORLD, EXIT_RUNTIME);
+}
+
+int tool_gather(const void *send, int count, MPI_Datatype type, void *recv, const char *what)
+{
+    MPI_Request req;
+    if (MPI_Igather(send, count, type, recv, count, type, 0, MPI_COMM_WORLD, &req) != MPI_SUCCESS)
+        return tool_fail(EXIT_RUNTIME, "MPI error: MPI_Igather (%s)", what);
+    return cpa_comm_wait(1, &req, "%s (gather to rank 0)", what) == CPA_OK ? 0 : EXIT_RUNTIME;
+}
+
+int tool_barrier(const char *what)
+{
+    if (g_size == 1)
+        return 0;
+    MPI_Request req;
+    if (MPI_Ibarrier(MPI_COMM_WORLD, &req) != MPI_SUCCESS)
+        return tool_fail(EXIT_RUNTIME, "MPI error: MPI_Ibarrier (%s)", what);
+    return cpa_comm_wait(1, &req, "%s (barrier)", what) == CPA_OK ? 0 : EXIT_RUNTIME;
 }
 
 /* Rank 0's side of a scatter (to_local) or gather: every rank's shard

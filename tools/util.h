@@ -144,6 +144,11 @@ int tool_agree(int rc);
 /* Element-wise maximum over the ranks of x[0..n-1], into rank 0's x. */
 void tool_max_to_root(double *x, int n);
 
+/* A barrier over MPI_COMM_WORLD under the watchdog (0, or an exit code). */
+int tool_barrier(const char *what);
+/* MPI_Gather of `count` elements per rank to rank 0, under the watchdog. */
+int tool_gather(const void *send, int count, MPI_Datatype type, void *recv, const char *what);
+
 /* Rank 0 cuts its whole [B, S, N, D] tensor `global` (ignored on other
  * ranks) into the shards of `split` and sends rank q the shard of index
  * shards[q]; each rank's shard lands in `local` ([B, S/P, N, D], dense:

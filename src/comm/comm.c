@@ -1,12 +1,95 @@
 /*
- * comm.c — communicator duplication and the progressed transfer set (see
- * comm.h for why progress has to be driven by hand).
+ * comm.c — communicator duplication, the progressed transfer set (see
+ * comm.h for why progress has to be driven by hand), and the watchdog:
+ * every wait is a test loop with a deadline (cpa_comm_wait).
  */
 #include "comm.h"
 
 #include <limits.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
+
+/* ---- the watchdog ------------------------------------------------------------ */
+
+static double comm_timeout = 600.0; /* seconds; 0: no bound */
+static void (*timeout_handler)(const char *, void *);
+static void *timeout_arg;
+
+void cpa_set_comm_timeout(double seconds) { comm_timeout = seconds > 0 ? seconds : 0.0; }
+double cpa_comm_timeout(void) { return comm_timeout; }
+
+void cpa_set_comm_timeout_handler(void (*handler)(const char *message, void *arg), void *arg)
+{
+    timeout_handler = handler;
+    timeout_arg = arg;
+}
+
+/* The waits of one operation under the deadline; `what` is formatted only
+ * on expiry. */
+static cpa_status wait_bounded(int n, MPI_Request *reqs, const char *what, va_list ap)
+{
+    const double t0 = MPI_Wtime();
+    for (;;) {
+        int done = 0;
+        int rc = MPI_Testall(n, reqs, &done, MPI_STATUSES_IGNORE);
+        if (rc != MPI_SUCCESS)
+            return cpa_mpi_error(rc, "MPI_Testall");
+        if (done)
+            return CPA_OK;
+        if (comm_timeout > 0 && MPI_Wtime() - t0 > comm_timeout)
+            break;
+    }
+    char op[512];
+    vsnprintf(op, sizeof op, what, ap);
+    int rank = -1;
+    MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+    cpa_status st = cpa_error(CPA_ERR_TIMEOUT,
+                              "rank %d: %s did not complete within %g s (a peer died or is "
+                              "stuck; --comm-timeout sets the bound)", rank, op, comm_timeout);
+    if (timeout_handler)
+        timeout_handler(cpa_last_error(), timeout_arg);
+    return st;
+}
+
+cpa_status cpa_comm_wait(int n, MPI_Request *reqs, const char *what, ...)
+{
+    va_list ap;
+    va_start(ap, what);
+    cpa_status st = wait_bounded(n, reqs, what, ap);
+    va_end(ap);
+    return st;
+}
+
+cpa_status cpa_comm_allreduce(void *buf, int64_t count, MPI_Datatype type, MPI_Op op,
+                              MPI_Comm comm, const char *what)
+{
+    int size = 0;
+    MPI_Type_size(type, &size);
+    const int64_t chunk = (int64_t)1 << 30; /* well inside MPI's int count */
+    for (int64_t off = 0; off < count; off += chunk) {
+        int n = (int)(count - off < chunk ? count - off : chunk);
+        MPI_Request req;
+        int rc = MPI_Iallreduce(MPI_IN_PLACE, (char *)buf + off * size, n, type, op, comm, &req);
+        if (rc != MPI_SUCCESS)
+            return cpa_mpi_error(rc, "MPI_Iallreduce");
+        CPA_TRY(cpa_comm_wait(1, &req, "%s (all-reduce of %lld elements from offset %lld)", what,
+                              (long long)n, (long long)off));
+    }
+    return CPA_OK;
+}
+
+cpa_status cpa_comm_bcast(void *buf, int count, MPI_Datatype type, int root, MPI_Comm comm,
+                          const char *what)
+{
+    MPI_Request req;
+    int rc = MPI_Ibcast(buf, count, type, root, comm, &req);
+    if (rc != MPI_SUCCESS)
+        return cpa_mpi_error(rc, "MPI_Ibcast");
+    return cpa_comm_wait(1, &req, "%s (broadcast from rank %d)", what, root);
+}
+
+/* ---- communicators and transfers --------------------------------------------- */
 
 double cpa_wtime(void) { return MPI_Wtime(); }
 
@@ -47,7 +130,7 @@ void cpa_xfer_reset_counters(cpa_xfer *x)
 
 cpa_status cpa_xfer_post(cpa_xfer *x, const float *sendbuf, int dest, MPI_Comm send_comm,
                          float *recvbuf, int src, MPI_Comm recv_comm, int64_t count, int tag,
-                         int *handle)
+                         const char *what, int *handle)
 {
     if (count < 0 || count > INT_MAX)
         return cpa_error(CPA_ERR_ARG, "a transfer of %lld floats exceeds MPI's int count "
@@ -72,6 +155,9 @@ cpa_status cpa_xfer_post(cpa_xfer *x, const float *sendbuf, int dest, MPI_Comm s
         x->bytes_sent += (double)count * sizeof(float);
     }
     x->busy[h] = 1;
+    x->peer_from[h] = recvbuf ? src : -1;
+    x->peer_to[h] = sendbuf ? dest : -1;
+    x->what[h] = what;
     *handle = h;
     return CPA_OK;
 }
@@ -79,12 +165,13 @@ cpa_status cpa_xfer_post(cpa_xfer *x, const float *sendbuf, int dest, MPI_Comm s
 cpa_status cpa_xfer_wait(cpa_xfer *x, int handle)
 {
     double t0 = MPI_Wtime();
-    int rc = MPI_Waitall(2, &x->req[2 * handle], MPI_STATUSES_IGNORE);
+    cpa_status st = cpa_comm_wait(2, &x->req[2 * handle], "%s%s%s: receive from rank %d / send to "
+                                  "rank %d (ranks in the plan's group)", x->context,
+                                  x->context[0] ? ", " : "", x->what[handle] ? x->what[handle] : "transfer",
+                                  x->peer_from[handle], x->peer_to[handle]);
     x->wait_s += MPI_Wtime() - t0;
     x->busy[handle] = 0;
-    if (rc != MPI_SUCCESS)
-        return cpa_mpi_error(rc, "MPI_Waitall");
-    return CPA_OK;
+    return st;
 }
 
 void cpa_xfer_progress(void *arg)
@@ -97,7 +184,9 @@ void cpa_xfer_progress(void *arg)
 
 void cpa_xfer_drain(cpa_xfer *x)
 {
-    MPI_Waitall(2 * CPA_XFER_SLOTS, x->req, MPI_STATUSES_IGNORE);
+    /* After an error: bounded like every wait (a peer may be gone). */
+    cpa_comm_wait(2 * CPA_XFER_SLOTS, x->req, "%s%scleanup of the transfers in flight",
+                  x->context, x->context[0] ? ", " : "");
     for (int h = 0; h < CPA_XFER_SLOTS; ++h)
         x->busy[h] = 0;
 }

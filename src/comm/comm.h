@@ -10,6 +10,8 @@
  * call between tiles (through the kernel's progress callback): MPI_Testall
  * every few hundred microseconds keeps the wire busy during compute, and
  * the wait at the end of a step is close to zero.
+ *
+ * Every wait here is bounded (the watchdog, cpa_comm_wait in cpattn.h).
  */
 #ifndef CPATTN_COMM_H
 #define CPATTN_COMM_H
@@ -23,6 +25,9 @@
 typedef struct cpa_xfer {
     MPI_Request req[2 * CPA_XFER_SLOTS]; /* [2*h] receive, [2*h+1] send of handle h */
     int busy[CPA_XFER_SLOTS];
+    int peer_from[CPA_XFER_SLOTS], peer_to[CPA_XFER_SLOTS]; /* -1: no such side */
+    const char *what[CPA_XFER_SLOTS]; /* names the transfer in a timeout message */
+    char context[96]; /* where the caller is ("ring forward, step 2 of 4"), for messages */
     double wait_s;     /* time blocked in cpa_xfer_wait since the last reset */
     double bytes_sent; /* bytes posted for sending since the last reset */
 } cpa_xfer;
@@ -37,10 +42,11 @@ void cpa_xfer_reset_counters(cpa_xfer *x);
  * cpa_xfer_wait. */
 cpa_status cpa_xfer_post(cpa_xfer *x, const float *sendbuf, int dest, MPI_Comm send_comm,
                          float *recvbuf, int src, MPI_Comm recv_comm, int64_t count, int tag,
-                         int *handle);
+                         const char *what, int *handle);
 
 /* Block until both sides of `handle` completed; the time counts as exposed
- * communication. */
+ * communication.  Bounded by the watchdog (cpa_comm_wait): the message
+ * names x->context, the transfer's `what` and both peers. */
 cpa_status cpa_xfer_wait(cpa_xfer *x, int handle);
 
 /* Progress every transfer in flight (MPI_Testall).  Signature of the

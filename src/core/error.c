@@ -24,6 +24,7 @@ const char *cpa_status_string(cpa_status status)
     case CPA_ERR_MPI: return "MPI error";
     case CPA_ERR_NUMERIC: return "non-finite value";
     case CPA_ERR_INTERNAL: return "internal error";
+    case CPA_ERR_TIMEOUT: return "communication timed out";
     }
     return "unknown status";
 }

@@ -298,11 +298,12 @@ static cpa_status check_same_everywhere(MPI_Comm comm, const cpa_cp_config *c)
 {
     long long v[CONFIG_FIELDS], lo[CONFIG_FIELDS], hi[CONFIG_FIELDS];
     config_fields(c, v);
-    int rc = MPI_Allreduce(v, lo, CONFIG_FIELDS, MPI_LONG_LONG, MPI_MIN, comm);
-    if (rc == MPI_SUCCESS)
-        rc = MPI_Allreduce(v, hi, CONFIG_FIELDS, MPI_LONG_LONG, MPI_MAX, comm);
-    if (rc != MPI_SUCCESS)
-        return cpa_mpi_error(rc, "MPI_Allreduce (configuration check)");
+    memcpy(lo, v, sizeof v);
+    memcpy(hi, v, sizeof v);
+    CPA_TRY(cpa_comm_allreduce(lo, CONFIG_FIELDS, MPI_LONG_LONG, MPI_MIN, comm,
+                               "plan creation: the configuration check"));
+    CPA_TRY(cpa_comm_allreduce(hi, CONFIG_FIELDS, MPI_LONG_LONG, MPI_MAX, comm,
+                               "plan creation: the configuration check"));
     for (int i = 0; i < CONFIG_FIELDS; ++i)
         if (lo[i] != hi[i])
             return cpa_error(CPA_ERR_ARG, "%s differs between ranks (from %lld to %lld); every "
@@ -315,16 +316,14 @@ static cpa_status check_same_everywhere(MPI_Comm comm, const cpa_cp_config *c)
 static cpa_status agree(MPI_Comm comm, int rank, cpa_status mine)
 {
     int first = mine == CPA_OK ? INT_MAX : rank;
-    int rc = MPI_Allreduce(MPI_IN_PLACE, &first, 1, MPI_INT, MPI_MIN, comm);
-    if (rc != MPI_SUCCESS)
-        return cpa_mpi_error(rc, "MPI_Allreduce (configuration check)");
+    char msg[1024];
+    snprintf(msg, sizeof msg, "%s", cpa_last_error());
+    CPA_TRY(cpa_comm_allreduce(&first, 1, MPI_INT, MPI_MIN, comm, "plan creation: agreement"));
     if (first == INT_MAX)
         return CPA_OK;
-    char msg[1024];
     int status = (int)mine;
-    snprintf(msg, sizeof msg, "%s", cpa_last_error());
-    MPI_Bcast(&status, 1, MPI_INT, first, comm);
-    MPI_Bcast(msg, (int)sizeof msg, MPI_CHAR, first, comm);
+    CPA_TRY(cpa_comm_bcast(&status, 1, MPI_INT, first, comm, "plan creation: agreement"));
+    CPA_TRY(cpa_comm_bcast(msg, (int)sizeof msg, MPI_CHAR, first, comm, "plan creation: agreement"));
     msg[sizeof msg - 1] = '\0';
     return cpa_error((cpa_status)status, "%s", msg);
 }

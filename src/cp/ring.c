@@ -36,6 +36,7 @@
 #include "cp_internal.h"
 #include "kernel_internal.h"
 
+#include <stdio.h>
 #include <string.h>
 
 enum { TAG_KV_INNER = 11, TAG_KV_OUTER = 12, TAG_DKV_INTRA = 13, TAG_DKV_INTER = 14,
@@ -192,8 +193,25 @@ static MPI_Comm comm_for(const cpa_ring *g, int sender_pos)
 static cpa_status post(cpa_ring *g, const float *sendbuf, int dest, int my_pos, float *recvbuf,
                        int src, int src_pos, int tag, int *handle)
 {
+    static const char *const names[] = {
+        [TAG_KV_INNER] = "the K/V block of the inner ring",
+        [TAG_KV_OUTER] = "the K/V block of the outer ring",
+        [TAG_DKV_INTRA] = "the dK/dV block of the inner ring",
+        [TAG_DKV_INTER] = "the dK/dV block of the outer ring",
+        [TAG_SHIFT] = "the backward's first K/V block",
+    };
+    /* A plain ring (W = 1) is the double ring's outer ring: say it plainly. */
+    const char *what = g->W == 1 && tag == TAG_KV_OUTER    ? "the K/V block"
+                       : g->W == 1 && tag == TAG_DKV_INTER ? "the dK/dV block"
+                                                           : names[tag];
     return cpa_xfer_post(&g->xfer, sendbuf, dest, comm_for(g, my_pos), recvbuf, src,
-                         comm_for(g, src_pos), g->kv_floats, tag, handle);
+                         comm_for(g, src_pos), g->kv_floats, tag, what, handle);
+}
+
+/* Where the ring is, for a timeout message. */
+static void say_step(cpa_ring *g, const char *pass, int step)
+{
+    snprintf(g->xfer.context, sizeof g->xfer.context, "ring %s, step %d of %d", pass, step, g->R);
 }
 
 static cpa_status timed_forward(cpa_ring *g, const cpa_attn_desc *d, cpa_tensor out, cpa_tensor lse)
@@ -249,6 +267,7 @@ cpa_status cpa_ring_forward(cpa_ring *g, cpa_tensor q, cpa_tensor k, cpa_tensor 
                 if (s != CPA_OK)
                     break;
             }
+            say_step(g, "forward", j * W + i + 1);
             s = forward_block(g, cpa_dring_block(W, I, w, p, j, i, 0), g->kv[cur], first, q, out,
                               lse);
             first = 0;
@@ -292,6 +311,7 @@ cpa_status cpa_ring_backward(cpa_ring *g, cpa_tensor q, cpa_tensor k, cpa_tensor
     cpa_copy4(k_view(g, g->kv[1]), k);
     cpa_copy4(v_view(g, g->kv[1]), v);
     if (steps > 1) {
+        say_step(g, "backward", 0);
         CPA_TRY(post(g, g->kv[1], pr.shift_to, w, g->kv[0], pr.shift_from, (w + 1) % I,
                      TAG_SHIFT, &h));
         CPA_TRY(cpa_xfer_wait(&g->xfer, h));
@@ -319,6 +339,7 @@ cpa_status cpa_ring_backward(cpa_ring *g, cpa_tensor q, cpa_tensor k, cpa_tensor
             }
             /* Gradients of the held block: dQ straight into dq; dK/dV into a
              * zeroed block accumulator (the first step: the one that travels). */
+            say_step(g, "backward", step + 1);
             float *blk = step == 0 ? g->dkv[acc] : g->dkv[0];
             memset(blk, 0, sizeof(float) * (size_t)g->kv_floats);
             cpa_attn_desc d;

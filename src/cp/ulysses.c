@@ -164,16 +164,22 @@ static void unpack(const float *src, cpa_tensor dst, int64_t row0, int64_t rows,
             }
 }
 
-static cpa_status alltoall(cpa_ulysses *x, int64_t count)
+static cpa_status alltoall(cpa_ulysses *x, int64_t count, const char *what)
 {
     if (count > INT32_MAX)
         return cpa_error(CPA_ERR_ARG, "an all-to-all slab of %lld floats exceeds MPI's int count",
                          (long long)count);
     double t0 = cpa_wtime();
-    int rc = MPI_Alltoall(x->send, (int)count, MPI_FLOAT, x->recv, (int)count, MPI_FLOAT, x->comm);
+    MPI_Request req;
+    int rc = MPI_Ialltoall(x->send, (int)count, MPI_FLOAT, x->recv, (int)count, MPI_FLOAT,
+                           x->comm, &req);
+    cpa_status st = rc == MPI_SUCCESS ? cpa_comm_wait(1, &req, "%s: Ulysses all-to-all of %lld "
+                                                      "floats per rank over %d ranks", what,
+                                                      (long long)count, x->U)
+                                      : cpa_mpi_error(rc, "MPI_Ialltoall");
     x->wait_s += cpa_wtime() - t0;
     x->bytes_sent += (double)count * sizeof(float) * (x->U - 1);
-    return rc == MPI_SUCCESS ? CPA_OK : cpa_mpi_error(rc, "MPI_Alltoall");
+    return st;
 }
 
 /* Sequence-sharded `local` [B, Sl, N, D] -> head-sharded `mine` [B, Sf, nl, D]:
@@ -184,7 +190,7 @@ cpa_status cpa_ulysses_seq_to_heads(cpa_ulysses *x, cpa_tensor local, const int 
     const int64_t count = x->B * x->Sl * nl * local.shape[3];
     for (int j = 0; j < x->U; ++j)
         pack(local, 0, x->Sl, heads + j * nl, nl, x->send + j * count);
-    CPA_TRY(alltoall(x, count));
+    CPA_TRY(alltoall(x, count, "sequence to heads"));
     for (int i = 0; i < x->U; ++i)
         unpack(x->recv + i * count, mine, i * x->Sl, x->Sl, x->ident, nl, 0);
     return CPA_OK;
@@ -198,7 +204,7 @@ cpa_status cpa_ulysses_heads_to_seq(cpa_ulysses *x, cpa_tensor mine, const int *
     const int64_t count = x->B * x->Sl * nl * mine.shape[3];
     for (int j = 0; j < x->U; ++j)
         pack(mine, j * x->Sl, x->Sl, x->ident, nl, x->send + j * count);
-    CPA_TRY(alltoall(x, count));
+    CPA_TRY(alltoall(x, count, "heads to sequence"));
     for (int i = 0; i < x->U; ++i)
         unpack(x->recv + i * count, local, 0, x->Sl, heads + i * nl, nl, accumulate);
     return CPA_OK;

@@ -277,10 +277,12 @@ expect_usage "missing dout.npy: exit 2 on every rank" 4 "dout.npy" \
     attn --context-parallel-size 4 $RING --load "$bad"
 expect_usage "--load vs disagreeing flag" 2 "--seq-length 48" \
     attn --context-parallel-size 2 $RING --load "$TMP/p1" --seq-length 48
+# An unusable --save is found before any work: a usage error on every rank.
 prun 2 attn --context-parallel-size 2 $RING --seq-length 96 --save /dev/null/x
-if [ "$rc" -eq 1 ] && [ "$(grep -c '^cpattn attn:' "$ERR")" -eq 1 ] &&
-    grep -q -- "--save /dev/null/x" "$ERR"; then pass "unwritable --save: exit 1 on every rank, one message"
-else fail "unwritable --save: exit 1 on every rank, one message" "exit $rc, codes '$codes'"; fi
+if [ "$rc" -eq 2 ] && [ "$codes" = "$(all_ranks 2 2)" ] && [ "$(grep -c '^cpattn attn:' "$ERR")" -eq 1 ] &&
+    grep -q -- "--save /dev/null/x" "$ERR" && ! grep -q "^first run" "$OUT"; then
+    pass "unwritable --save: exit 2 on every rank before computing, one message"
+else fail "unwritable --save: exit 2 on every rank before computing, one message" "exit $rc, codes '$codes'"; fi
 
 # ---------------------------------------------------------------------------
 # --iters: per-rank table

@@ -82,9 +82,9 @@ static void ring_shift(int overlap)
     for (int t = 1; t <= P; ++t) {
         int h0 = -1, h1 = -1;
         CHECK_OK(cpa_xfer_post(&x, fw[cur], next, c[r & 1], fw[1 - cur], prev, c[prev & 1], n,
-                               21, &h0));
+                               21, "test transfer", &h0));
         CHECK_OK(cpa_xfer_post(&x, bw[cur], prev, c[r & 1], bw[1 - cur], next, c[next & 1], n,
-                               22, &h1));
+                               22, "test transfer", &h1));
         CHECK_OK(cpa_xfer_wait(&x, h0));
         CHECK_OK(cpa_xfer_wait(&x, h1));
         cur = 1 - cur;
@@ -121,7 +121,7 @@ static void channels_with_progress(void)
         d[ch] = malloc(sizeof(float) * n[ch]);
         fill(s[ch], n[ch], r, ch);
         memset(d[ch], 0xff, sizeof(float) * n[ch]); /* NaN: never equal */
-        CHECK_OK(cpa_xfer_post(&x, s[ch], next, c, d[ch], prev, c, n[ch], 30 + ch, &h[ch]));
+        CHECK_OK(cpa_xfer_post(&x, s[ch], next, c, d[ch], prev, c, n[ch], 30 + ch, "test transfer", &h[ch]));
         posted += (double)n[ch] * sizeof(float);
     }
     volatile double acc = 0.0;
@@ -172,9 +172,9 @@ static void double_ring(int overlap)
         for (int t = 1; t <= steps; ++t) {
             int hi = -1, ho = -1;
             CHECK_OK(cpa_xfer_post(&x, in[cur], in_to, c[p & 1], in[1 - cur], in_from,
-                                   c[mod(p - 1, W) & 1], n, 11, &hi));
+                                   c[mod(p - 1, W) & 1], n, 11, "test transfer", &hi));
             CHECK_OK(cpa_xfer_post(&x, out[cur], out_to, c[w & 1], out[1 - cur], out_from,
-                                   c[mod(w - 1, I) & 1], n, 12, &ho));
+                                   c[mod(w - 1, I) & 1], n, 12, "test transfer", &ho));
             CHECK_OK(cpa_xfer_wait(&x, ho));
             CHECK_OK(cpa_xfer_wait(&x, hi));
             cur = 1 - cur;
@@ -202,21 +202,21 @@ static void post_limits(void)
     cpa_xfer_init(&x);
     float one = 0.0f, got = 0.0f;
     int h = -1;
-    CHECK_STATUS(cpa_xfer_post(&x, &one, rank_, c, &got, rank_, c, (int64_t)INT_MAX + 1, 1, &h),
+    CHECK_STATUS(cpa_xfer_post(&x, &one, rank_, c, &got, rank_, c, (int64_t)INT_MAX + 1, 1, "test transfer", &h),
                  CPA_ERR_ARG);
     CHECK(strstr(cpa_last_error(), "int count") != NULL);
-    CHECK_STATUS(cpa_xfer_post(&x, &one, rank_, c, &got, rank_, c, -1, 1, &h), CPA_ERR_ARG);
+    CHECK_STATUS(cpa_xfer_post(&x, &one, rank_, c, &got, rank_, c, -1, 1, "test transfer", &h), CPA_ERR_ARG);
     CHECK(h == -1); /* nothing was handed out */
 
     float s[CPA_XFER_SLOTS + 1], d[CPA_XFER_SLOTS + 1];
     for (int i = 0; i <= CPA_XFER_SLOTS; ++i)
         s[i] = enc(rank_, 0, i), d[i] = -1.0f;
     for (int i = 0; i < CPA_XFER_SLOTS; ++i) {
-        CHECK_OK(cpa_xfer_post(&x, &s[i], rank_, c, &d[i], rank_, c, 1, 40 + i, &h));
+        CHECK_OK(cpa_xfer_post(&x, &s[i], rank_, c, &d[i], rank_, c, 1, 40 + i, "test transfer", &h));
         CHECK(h == i);
     }
     CHECK_STATUS(cpa_xfer_post(&x, &s[CPA_XFER_SLOTS], rank_, c, &d[CPA_XFER_SLOTS], rank_, c, 1,
-                               99, &h),
+                               99, "test transfer", &h),
                  CPA_ERR_INTERNAL);
     cpa_xfer_drain(&x);
     CHECK(mismatches(d, CPA_XFER_SLOTS, rank_, 0, "self", 0) == 0);
@@ -224,7 +224,7 @@ static void post_limits(void)
     for (int i = 0; i < CPA_XFER_SLOTS; ++i)
         CHECK(!x.busy[i] && x.req[2 * i] == MPI_REQUEST_NULL && x.req[2 * i + 1] == MPI_REQUEST_NULL);
     /* After the drain every slot is free again. */
-    CHECK_OK(cpa_xfer_post(&x, &s[CPA_XFER_SLOTS], rank_, c, &d[CPA_XFER_SLOTS], rank_, c, 1, 99,
+    CHECK_OK(cpa_xfer_post(&x, &s[CPA_XFER_SLOTS], rank_, c, &d[CPA_XFER_SLOTS], rank_, c, 1, 99, "test transfer",
                            &h));
     CHECK(h == 0);
     CHECK_OK(cpa_xfer_wait(&x, h));
