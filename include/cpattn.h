@@ -251,6 +251,12 @@ int cpa_attn_ctx_threads(const cpa_attn_ctx *ctx);
 /* The instruction set the context's fast kernels run. */
 cpa_isa cpa_attn_ctx_isa(const cpa_attn_ctx *ctx);
 
+/* Bytes a context of these settings allocates, with the workspace of a
+ * backward over q [B, Sq, H, .] and k [B, Sk, G, .] included: what to
+ * budget before creating one. */
+int64_t cpa_attn_ctx_bytes(int64_t max_head_dim, int num_threads, cpa_isa isa, int64_t B,
+                           int64_t H, int64_t G, int64_t Sq, int64_t Sk);
+
 /* Forward.  `ctx` may be NULL: a temporary context is then made (and
  * allocated) for the call.  For each selected query row writes (overwrites)
  *   out : [B, Sq, H, Dv]  the softmax-weighted sum of V over the visible keys
@@ -374,6 +380,12 @@ typedef struct cpa_plan cpa_plan;
  * sub-communicators and every buffer; forward/backward allocate nothing. */
 cpa_status cpa_plan_create(MPI_Comm comm, const cpa_cp_config *config, cpa_plan **out);
 void cpa_plan_destroy(cpa_plan *plan);
+
+/* The memory one rank's plan of `config` allocates (its buffers and the
+ * kernel context), in bytes, without creating it: what to check against the
+ * machine's or container's limit before starting.  -1 for a configuration
+ * that cpa_plan_create would refuse outright. */
+int64_t cpa_plan_memory_bytes(const cpa_cp_config *config);
 
 /* The split of this plan's local rows, this rank's index in the group, and
  * the local sequence length S/P. */

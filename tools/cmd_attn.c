@@ -529,20 +529,28 @@ static int64_t max_shard(const attn_cfg *c, int64_t Sl)
 /* Bytes every buffer of this run will need on this machine (all P ranks,
  * as if they shared it), refused early if above RAM.  The same verdict on
  * every rank. */
+static cpa_cp_config plan_config(const attn_run *r);
+
 static int check_memory(const attn_run *r, int64_t Sl)
 {
+    /* This rank's estimate; rank 0 also holds the global tensors (and the
+     * reference's results for --check). */
     const attn_cfg *c = &r->c;
-    double bytes = r->P * bundle_bytes(c, INPUTS | results(c), Sl);
-    if (r->P > 1)
+    double bytes = bundle_bytes(c, INPUTS | results(c), Sl);
+    if (r->P > 1 && tool_rank() == 0)
         bytes += bundle_bytes(c, glob_mask(c), c->S) + 4.0 * (double)max_shard(c, Sl);
-    if (c->check)
+    if (c->check && tool_rank() == 0)
         bytes += bundle_bytes(c, results(c), c->S);
-    double phys = tool_phys_mem_bytes();
-    if (phys <= 0 || bytes <= phys)
-        return EXIT_OK;
-    return fail("out of memory: the tensors need %.1f GiB but this machine has %.1f GiB "
-                "(--seq-length %lld, --micro-batch-size %lld)", bytes / 1073741824.0,
-                phys / 1073741824.0, (long long)c->S, (long long)c->B);
+    /* The plan's buffers and the kernel context come on top of the tensors. */
+    if (r->P > 1) {
+        cpa_cp_config pc = plan_config(r);
+        int64_t plan = cpa_plan_memory_bytes(&pc);
+        bytes += plan > 0 ? (double)plan : 0.0;
+    } else {
+        bytes += (double)cpa_attn_ctx_bytes(c->D > c->Dv ? c->D : c->Dv, (int)c->threads,
+                                            CPA_ISA_AUTO, c->B, c->H, c->G, Sl, Sl);
+    }
+    return tool_check_memory("this run (its tensors, plan and kernel context)", bytes);
 }
 
 static int alloc_bundle(const attn_run *r, bundle *b, unsigned mask, int64_t S)
@@ -571,9 +579,7 @@ static void free_bundle(bundle *b)
 static int alloc_run(attn_run *r, int64_t Sl)
 {
     const attn_cfg *c = &r->c;
-    int rc = check_memory(r, Sl);
-    if (!rc)
-        rc = alloc_bundle(r, &r->loc, INPUTS | results(c), Sl);
+    int rc = alloc_bundle(r, &r->loc, INPUTS | results(c), Sl);
     if (!rc && tool_rank() == 0 && r->P == 1) {
         r->glob = r->loc;
         r->glob.owned = 0;
@@ -975,7 +981,7 @@ static int run_timing(attn_run *r)
 /* ------------------------------------------------------------------------ */
 
 /* P > 1: the plan, which checks every context-parallel rule collectively. */
-static int make_plan(attn_run *r)
+static cpa_cp_config plan_config(const attn_run *r)
 {
     const attn_cfg *c = &r->c;
     cpa_cp_config cc = {
@@ -996,6 +1002,13 @@ static int make_plan(attn_run *r)
         .softmax_scale = r->scale_arg,
         .num_threads = (int)c->threads,
     };
+    return cc;
+}
+
+static int make_plan(attn_run *r)
+{
+    const attn_cfg *c = &r->c;
+    cpa_cp_config cc = plan_config(r);
     cpa_status st = cpa_plan_create(MPI_COMM_WORLD, &cc, &r->plan);
     int rc = EXIT_OK;
     if (st == CPA_ERR_ARG)
@@ -1052,6 +1065,9 @@ static int setup(attn_run *r)
     int rc;
     r->layout = layout_of_choice[c->layout];
     r->P = (int)c->cp;
+    /* Before the plan or any tensor is allocated: does it all fit? */
+    if ((rc = tool_agree(check_memory(r, c->S / r->P))))
+        return rc;
     if (r->P > 1 && (rc = make_plan(r)))
         return rc;
     if ((rc = alloc_run(r, c->S / r->P)))

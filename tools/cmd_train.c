@@ -140,6 +140,7 @@ typedef struct train_run {
     uint8_t *long_range; /* [S] */
     int64_t accum, start_iter, n;
     tool_ceilings ceil; /* this rank's FMA peak and sgemm, the minimum over ranks */
+    double mem_estimate; /* bytes per rank, estimated before allocating */
     char shape[512];
 } train_run;
 
@@ -217,6 +218,19 @@ static int setup(train_run *r)
     g.cp.mask = c->mask == 0 ? CPA_MASK_CAUSAL : CPA_MASK_NONE;
     g.cp.layout = c->bnsd ? CPA_LAYOUT_BNSD : CPA_LAYOUT_BSHD;
     g.cp.num_threads = (int)c->threads;
+    /* The peak memory, estimated before anything big is allocated: the
+     * model (parameters, gradients, activations, the attention plan), the
+     * AdamW moments, the batch, and an allowance for the libraries (MPI,
+     * OpenBLAS's buffers) and the start-up sgemm's 48 MiB, measured at
+     * 66-69 MiB for a tiny model.  Over the container's or machine's limit
+     * the run is refused here rather than OOM-killed later. */
+    int64_t np = 0;
+    int64_t model_bytes = cpa_gpt_memory_bytes(&g, (int)c->cp, &np);
+    r->mem_estimate = (model_bytes > 0 ? (double)model_bytes : 0.0) + 8.0 * (double)np +
+                      4.0 * (double)(c->B * (c->S + 1)) + (double)c->S + 96.0 * 1048576.0;
+    err = tool_check_memory("this training run", r->mem_estimate);
+    if ((err = tool_agree(err)))
+        return err;
     s = cpa_gpt_create(&g, r->cp_comm, &r->model);
     /* The plan's verdict is the same on every rank of a CP group, and every
      * group has the same configuration. */
@@ -536,6 +550,13 @@ static int train_main(int argc, char **argv)
         tool_say("# model: %lld parameters, %lld tokens per rank (S/CP), %lld micro-steps per "
                  "iteration\n", (long long)r.n, (long long)cpa_gpt_local_tokens(r.model),
                  (long long)r.accum);
+        char source[1200];
+        int ranks = 1;
+        double host = tool_host_total(r.mem_estimate, &ranks);
+        double limit = tool_memory_limit(source, sizeof source);
+        tool_say("# memory: estimated peak %.0f MiB per rank, %.0f MiB for the %d rank(s) of "
+                 "this host; limit %.0f MiB (%s)\n", r.mem_estimate / 1048576.0,
+                 host / 1048576.0, ranks, limit / 1048576.0, source);
         tool_say_platform(r.ceil.isa);
         tool_say_ceilings(&r.ceil);
         tool_say("# MFU = model TFLOP/s per rank / FMA peak per rank (model flops: docs/train.md)\n");

@@ -51,6 +51,106 @@ double tool_phys_mem_bytes(void)
     return pages > 0 && page > 0 ? (double)pages * (double)page : 0.0;
 }
 
+/* The smallest limit along a cgroup path: `file` in root+path and every
+ * parent up to root ("max" and absurd values mean none). */
+static void cgroup_walk(const char *root, const char *path, const char *file, double *limit,
+                        char *source, size_t cap)
+{
+    char dir[1024];
+    if (snprintf(dir, sizeof dir, "%s%s", root, path) >= (int)sizeof dir)
+        return;
+    for (;;) {
+        char f[1100];
+        snprintf(f, sizeof f, "%s/%s", dir, file);
+        FILE *fp = fopen(f, "r");
+        if (fp) {
+            char text[64] = "";
+            if (fgets(text, sizeof text, fp)) {
+                char *end;
+                double v = strtod(text, &end);
+                if (end != text && v > 0 && v < 1e18 && v < *limit) {
+                    *limit = v;
+                    snprintf(source, cap, "the cgroup limit %s", f);
+                }
+            }
+            fclose(fp);
+        }
+        char *slash = strrchr(dir, '/');
+        if (!slash || (size_t)(slash - dir) < strlen(root))
+            break;
+        *slash = '\0';
+    }
+}
+
+double tool_memory_limit(char *source, size_t cap)
+{
+    double limit = tool_phys_mem_bytes();
+    snprintf(source, cap, "physical memory");
+    if (limit <= 0)
+        limit = 1e30;
+    /* A container's or a job scheduler's limit is the cgroup's: v2
+     * (memory.max, possibly under /sys/fs/cgroup/unified) or v1
+     * (memory.limit_in_bytes of the memory controller). */
+    FILE *fp = fopen("/proc/self/cgroup", "r");
+    char line[1024];
+    while (fp && fgets(line, sizeof line, fp)) {
+        line[strcspn(line, "\n")] = '\0';
+        char *c1 = strchr(line, ':'), *c2 = c1 ? strchr(c1 + 1, ':') : NULL;
+        if (!c2)
+            continue;
+        *c2 = '\0';
+        const char *controllers = c1 + 1, *path = c2 + 1;
+        if (strcmp(path, "/") == 0)
+            path = "";
+        if (*controllers == '\0') {
+            cgroup_walk("/sys/fs/cgroup", path, "memory.max", &limit, source, cap);
+            cgroup_walk("/sys/fs/cgroup/unified", path, "memory.max", &limit, source, cap);
+        } else if (strstr(controllers, "memory")) {
+            cgroup_walk("/sys/fs/cgroup/memory", path, "memory.limit_in_bytes", &limit, source, cap);
+        }
+    }
+    if (fp)
+        fclose(fp);
+    /* Testing hook: a limit as if a container imposed it. */
+    const char *test = getenv("CPATTN_TEST_MEMORY_LIMIT");
+    if (test && *test && strtod(test, NULL) > 0 && strtod(test, NULL) < limit) {
+        limit = strtod(test, NULL);
+        snprintf(source, cap, "CPATTN_TEST_MEMORY_LIMIT");
+    }
+    return limit;
+}
+
+double tool_host_total(double mine, int *ranks)
+{
+    MPI_Comm host;
+    double total = mine;
+    *ranks = 1;
+    if (tool_world_size() > 1 &&
+        MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, tool_rank(), MPI_INFO_NULL,
+                            &host) == MPI_SUCCESS) {
+        MPI_Comm_size(host, ranks);
+        cpa_comm_allreduce(&total, 1, MPI_DOUBLE, MPI_SUM, host, "the memory estimate");
+        MPI_Comm_free(&host);
+    }
+    return total;
+}
+
+int tool_check_memory(const char *what, double bytes)
+{
+    /* The limit (a container, a node) covers every rank of this host. */
+    char source[1200];
+    int ranks = 1;
+    const double total = tool_host_total(bytes, &ranks);
+    const double limit = tool_memory_limit(source, sizeof source);
+    if (total <= limit)
+        return 0;
+    return tool_fail(EXIT_RUNTIME, "out of memory: %s needs an estimated %.1f GiB on this host "
+                     "(%d rank%s), but the processes here may use %.1f GiB (%s); use more hosts, "
+                     "more ranks for the same sequence, or a smaller shape", what,
+                     total / 1073741824.0, ranks, ranks == 1 ? "" : "s", limit / 1073741824.0,
+                     source);
+}
+
 static int cmp_double(const void *a, const void *b)
 {
     double x = *(const double *)a, y = *(const double *)b;

@@ -56,6 +56,21 @@ double tool_peak_rss_mib(void);
 /* Physical memory of the machine in bytes (0 if unknown). */
 double tool_phys_mem_bytes(void);
 
+/* What this process may use: the smallest of physical memory and the
+ * cgroup v2 / v1 limits of its cgroup and the cgroups above it (a
+ * container's or a job scheduler's limit); *source says which.  Testing
+ * hook: CPATTN_TEST_MEMORY_LIMIT=BYTES lowers it. */
+double tool_memory_limit(char *source, size_t cap);
+
+/* The sum of `mine` over the ranks of this host (collective over
+ * MPI_COMM_WORLD); *ranks gets their number. */
+double tool_host_total(double mine, int *ranks);
+
+/* 0 if this host's ranks' estimated peaks (this rank's: `bytes`) fit
+ * tool_memory_limit(), else a tool_fail(EXIT_RUNTIME) giving the estimate,
+ * the limit and its source; `what` names the job.  Collective. */
+int tool_check_memory(const char *what, double bytes);
+
 /* Median, minimum and maximum of x[0..n-1] (n >= 1); sorts x in place. */
 void tool_stats(double *x, int n, double *median, double *min, double *max);
 

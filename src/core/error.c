@@ -46,6 +46,11 @@ static long fail_alloc_countdown;
 
 void cpa_debug_fail_alloc_after(long n) { fail_alloc_countdown = n; }
 
+/* Bytes requested from cpa_malloc so far (tests compare memory estimates
+ * with what was really allocated). */
+static _Atomic long long alloc_bytes_total;
+long long cpa_debug_alloc_bytes(void) { return alloc_bytes_total; }
+
 void *cpa_malloc(size_t bytes, const char *what)
 {
     if (fail_alloc_countdown > 0 && --fail_alloc_countdown == 0) {
@@ -54,6 +59,8 @@ void *cpa_malloc(size_t bytes, const char *what)
         return NULL;
     }
     void *p = cpa_alloc_big(bytes);
+    if (p)
+        alloc_bytes_total += (long long)bytes;
     if (!p)
         cpa_error(CPA_ERR_NOMEM, "cannot allocate %zu bytes for %s", bytes, what);
     return p;

@@ -59,6 +59,9 @@ const char *cpa_escape(char *buf, size_t cap, const char *s, size_t n);
  * advised to use transparent huge pages.  Free with free() / cpa_free. */
 void *cpa_alloc_big(size_t bytes);
 
+/* Test hook: the bytes cpa_malloc/cpa_calloc handed out so far. */
+long long cpa_debug_alloc_bytes(void);
+
 /* Test hook: make the n-th following cpa_malloc/cpa_calloc fail (n >= 1);
  * 0 disables.  Not thread-safe; for unit tests only. */
 void cpa_debug_fail_alloc_after(long n);

@@ -41,6 +41,9 @@ typedef struct cpa_ring_shape {
     float scale;
 } cpa_ring_shape;
 
+/* Bytes cpa_ring_init allocates for a ring of R ranks. */
+int64_t cpa_ring_bytes(const cpa_ring_shape *shape, int R);
+
 /* `comm` is used as is (the caller owns it); with overlap a second
  * duplicate is made and owned by the ring. */
 cpa_status cpa_ring_init(cpa_ring *g, MPI_Comm comm, const cpa_ring_shape *shape,
@@ -136,6 +139,9 @@ typedef struct cpa_ulysses_shape {
 /* Local KV heads each group rank receives: G/U when U divides G, 1 when a
  * rank's query heads all share one KV head, else one per query head. */
 int64_t cpa_ulysses_kv_heads(int64_t H, int64_t G, int U);
+
+/* Bytes cpa_ulysses_init allocates for a group of U ranks. */
+int64_t cpa_ulysses_bytes(const cpa_ulysses_shape *shape, int U);
 
 cpa_status cpa_ulysses_init(cpa_ulysses *x, MPI_Comm comm, const cpa_ulysses_shape *shape,
                             cpa_ring *inner_ring, cpa_attn_ctx *ctx);

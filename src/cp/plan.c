@@ -35,6 +35,10 @@ typedef struct algo_entry {
     cpa_status (*validate)(const cpa_cp_config *c);
     cpa_split (*split)(const cpa_cp_config *c);
     cpa_status (*init)(cpa_plan *plan);
+    int64_t (*bytes)(const cpa_cp_config *c); /* what init allocates on one rank */
+    /* The largest local kernel call: q [B, *Sq, *H, .] against k [B, *Sk, *G, .]. */
+    void (*kernel_shape)(const cpa_cp_config *c, int64_t *H, int64_t *G, int64_t *Sq,
+                         int64_t *Sk);
     cpa_status (*forward)(cpa_plan *plan, cpa_tensor q, cpa_tensor k, cpa_tensor v,
                           cpa_tensor out, cpa_tensor lse);
     cpa_status (*backward)(cpa_plan *plan, cpa_tensor q, cpa_tensor k, cpa_tensor v,
@@ -129,6 +133,18 @@ static cpa_ring_shape ring_shape(const cpa_cp_config *c, int64_t H, int64_t G)
     return sh;
 }
 
+static int64_t ring_bytes(const cpa_cp_config *c)
+{
+    cpa_ring_shape sh = ring_shape(c, c->num_heads, c->num_kv_heads);
+    return cpa_ring_bytes(&sh, c->cp_size);
+}
+
+static void ring_kernel_shape(const cpa_cp_config *c, int64_t *H, int64_t *G, int64_t *Sq,
+                              int64_t *Sk)
+{
+    *H = c->num_heads, *G = c->num_kv_heads, *Sq = *Sk = c->seq_length / c->cp_size;
+}
+
 static cpa_status ring_init(cpa_plan *plan)
 {
     cpa_ring_shape sh = ring_shape(&plan->cfg, plan->cfg.num_heads, plan->cfg.num_kv_heads);
@@ -180,11 +196,30 @@ static cpa_status ulysses_validate(const cpa_cp_config *c)
     return CPA_OK;
 }
 
+static cpa_ulysses_shape ulysses_shape(const cpa_cp_config *c, int64_t S)
+{
+    cpa_ulysses_shape sh = {c->batch, S, c->num_heads, c->num_kv_heads, c->head_dim,
+                            c->v_head_dim, c->layout, c->mask, c->softmax_scale};
+    return sh;
+}
+
+static int64_t ulysses_bytes(const cpa_cp_config *c)
+{
+    cpa_ulysses_shape sh = ulysses_shape(c, c->seq_length);
+    return cpa_ulysses_bytes(&sh, c->cp_size);
+}
+
+static void ulysses_kernel_shape(const cpa_cp_config *c, int64_t *H, int64_t *G, int64_t *Sq,
+                                 int64_t *Sk)
+{
+    *H = c->num_heads / c->cp_size;
+    *G = cpa_ulysses_kv_heads(c->num_heads, c->num_kv_heads, c->cp_size);
+    *Sq = *Sk = c->seq_length;
+}
+
 static cpa_status ulysses_init(cpa_plan *plan)
 {
-    const cpa_cp_config *c = &plan->cfg;
-    cpa_ulysses_shape sh = {c->batch, c->seq_length, c->num_heads, c->num_kv_heads, c->head_dim,
-                            c->v_head_dim, c->layout, c->mask, c->softmax_scale};
+    cpa_ulysses_shape sh = ulysses_shape(&plan->cfg, plan->cfg.seq_length);
     return cpa_ulysses_init(&plan->uly, plan->comm, &sh, NULL, plan->ctx);
 }
 
@@ -250,18 +285,34 @@ static cpa_status hybrid_init(cpa_plan *plan)
     const int64_t Hl = c->num_heads / U, Gl = cpa_ulysses_kv_heads(c->num_heads, c->num_kv_heads, U);
     cpa_ring_shape rs = ring_shape(c, Hl, Gl);
     CPA_TRY(cpa_ring_init(&plan->ring, plan->rcomm, &rs, plan->ctx));
-    cpa_ulysses_shape us = {c->batch, c->seq_length / R, c->num_heads, c->num_kv_heads,
-                            c->head_dim, c->v_head_dim, c->layout, c->mask, c->softmax_scale};
+    cpa_ulysses_shape us = ulysses_shape(c, c->seq_length / R);
     return cpa_ulysses_init(&plan->uly, plan->ucomm, &us, &plan->ring, plan->ctx);
+}
+
+static void hybrid_kernel_shape(const cpa_cp_config *c, int64_t *H, int64_t *G, int64_t *Sq,
+                                int64_t *Sk)
+{
+    const int U = c->ulysses_degree, R = c->cp_size / U;
+    *H = c->num_heads / U, *G = cpa_ulysses_kv_heads(c->num_heads, c->num_kv_heads, U);
+    *Sq = *Sk = c->seq_length / R; /* the inner ring: blocks of the gathered rows */
+}
+
+static int64_t hybrid_bytes(const cpa_cp_config *c)
+{
+    const int U = c->ulysses_degree, R = c->cp_size / U;
+    const int64_t Hl = c->num_heads / U, Gl = cpa_ulysses_kv_heads(c->num_heads, c->num_kv_heads, U);
+    cpa_ring_shape rs = ring_shape(c, Hl, Gl);
+    cpa_ulysses_shape us = ulysses_shape(c, c->seq_length / R);
+    return cpa_ring_bytes(&rs, R) + cpa_ulysses_bytes(&us, U);
 }
 
 static const algo_entry algo_table[] = {
     {CPA_ALGO_ULYSSES, "ulysses_cp_algo", ulysses_validate, ulysses_split, ulysses_init,
-     ulysses_forward, ulysses_backward},
-    {CPA_ALGO_RING, "megatron_cp_algo", ring_validate, ring_split, ring_init, ring_forward,
-     ring_backward},
-    {CPA_ALGO_HYBRID, "hybrid_cp_algo", hybrid_validate, hybrid_split, hybrid_init,
-     ulysses_forward, ulysses_backward},
+     ulysses_bytes, ulysses_kernel_shape, ulysses_forward, ulysses_backward},
+    {CPA_ALGO_RING, "megatron_cp_algo", ring_validate, ring_split, ring_init, ring_bytes,
+     ring_kernel_shape, ring_forward, ring_backward},
+    {CPA_ALGO_HYBRID, "hybrid_cp_algo", hybrid_validate, hybrid_split, hybrid_init, hybrid_bytes,
+     hybrid_kernel_shape, ulysses_forward, ulysses_backward},
 };
 
 static const algo_entry *find_algo(cpa_algo id)
@@ -365,6 +416,11 @@ cpa_status cpa_plan_create(MPI_Comm comm, const cpa_cp_config *config, cpa_plan 
                                                                   : plan->cfg.v_head_dim;
         cpa_attn_ctx_config kc = {dmax, config->num_threads, config->isa};
         s = cpa_attn_ctx_create(&kc, &plan->ctx);
+        /* The backward's workspace for the largest call, now: no call allocates. */
+        int64_t H, G, Sq, Sk;
+        plan->algo->kernel_shape(&plan->cfg, &H, &G, &Sq, &Sk);
+        if (s == CPA_OK)
+            s = cpa_attn_ctx_reserve_for(plan->ctx, plan->cfg.batch, H, G, Sq, Sk);
     }
     if (s == CPA_OK)
         s = plan->algo->init(plan);
@@ -465,4 +521,22 @@ void cpa_plan_last_stats(const cpa_plan *plan, cpa_plan_stats *stats)
 {
     if (plan && stats)
         *stats = plan->stats;
+}
+
+int64_t cpa_plan_memory_bytes(const cpa_cp_config *c)
+{
+    const algo_entry *e = c ? find_algo(c->algo) : NULL;
+    if (!e || c->cp_size < 1 || c->batch < 1 || c->num_heads < 1 || c->num_kv_heads < 1 ||
+        c->head_dim < 1 || c->seq_length < c->cp_size)
+        return -1;
+    cpa_cp_config cfg = *c;
+    if (cfg.v_head_dim == 0)
+        cfg.v_head_dim = cfg.head_dim;
+    if (cfg.algo == CPA_ALGO_HYBRID && (cfg.ulysses_degree < 2 || cfg.cp_size % cfg.ulysses_degree))
+        return -1;
+    const int64_t dmax = cfg.head_dim > cfg.v_head_dim ? cfg.head_dim : cfg.v_head_dim;
+    int64_t H, G, Sq, Sk;
+    e->kernel_shape(&cfg, &H, &G, &Sq, &Sk);
+    return (int64_t)sizeof(cpa_plan) + e->bytes(&cfg) +
+           cpa_attn_ctx_bytes(dmax, cfg.num_threads, cfg.isa, cfg.batch, H, G, Sq, Sk);
 }

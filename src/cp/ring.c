@@ -72,6 +72,18 @@ void cpa_zero4(cpa_tensor t)
 
 /* ---- set-up ---------------------------------------------------------------- */
 
+/* KV buffers in use: the held block and the outer receive; a second inner
+ * buffer from W = 2; a third from W = 3 (the round's first block stays
+ * reserved for the outer send while the inner receives alternate). */
+static int kv_buffers(int W) { return W == 1 ? 2 : W == 2 ? 3 : 4; }
+
+int64_t cpa_ring_bytes(const cpa_ring_shape *sh, int R)
+{
+    const int64_t Sl = sh->S / R, kv = sh->B * Sl * sh->G * (sh->Dqk + sh->Dv);
+    return (int64_t)sizeof(float) *
+           ((kv_buffers(sh->W) + 3) * kv + sh->B * Sl * sh->H * sh->Dv + sh->B * sh->H * Sl);
+}
+
 cpa_status cpa_ring_init(cpa_ring *g, MPI_Comm comm, const cpa_ring_shape *sh, cpa_attn_ctx *ctx)
 {
     memset(g, 0, sizeof *g);
@@ -100,10 +112,8 @@ cpa_status cpa_ring_init(cpa_ring *g, MPI_Comm comm, const cpa_ring_shape *sh, c
     g->k_floats = g->B * g->Sl * g->G * g->Dqk;
     g->kv_floats = g->k_floats + g->B * g->Sl * g->G * g->Dv;
     const size_t kv_bytes = sizeof(float) * (size_t)g->kv_floats;
-    /* KV buffers: the held block and the outer receive; a second inner
-     * buffer from W = 2; a third from W = 3 (the round's first block stays
-     * reserved for the outer send while the inner receives alternate). */
-    g->nkv = g->W == 1 ? 2 : g->W == 2 ? 3 : 4;
+    /* What this allocates is cpa_ring_bytes(). */
+    g->nkv = kv_buffers(g->W);
     for (int i = 0; i < g->nkv; ++i)
         if (!(g->kv[i] = cpa_calloc(kv_bytes, "ring KV buffer")))
             goto fail;

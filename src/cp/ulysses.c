@@ -39,6 +39,17 @@ int64_t cpa_ulysses_kv_heads(int64_t H, int64_t G, int U)
     return Hl;
 }
 
+int64_t cpa_ulysses_bytes(const cpa_ulysses_shape *sh, int U)
+{
+    /* The buffers of cpa_ulysses_init (keep the two in step). */
+    const int64_t Hl = sh->H / U, Gl = cpa_ulysses_kv_heads(sh->H, sh->G, U);
+    const int64_t nmax = Hl > Gl ? Hl : Gl, D = sh->Dqk > sh->Dv ? sh->Dqk : sh->Dv;
+    const int64_t slab = sh->B * (sh->S / U) * nmax * D;
+    const int64_t qn = sh->B * sh->S * Hl, kn = sh->B * sh->S * Gl;
+    return (int64_t)sizeof(float) * (2 * U * slab + qn * (2 * sh->Dqk + 3 * sh->Dv + 1) +
+                                     kn * (2 * sh->Dqk + 2 * sh->Dv));
+}
+
 cpa_status cpa_ulysses_init(cpa_ulysses *x, MPI_Comm comm, const cpa_ulysses_shape *sh,
                             cpa_ring *inner_ring, cpa_attn_ctx *ctx)
 {

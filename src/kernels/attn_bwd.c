@@ -57,7 +57,7 @@ cpa_status cpa_attn_backward(cpa_attn_ctx *ctx, const cpa_attn_desc *d, cpa_tens
     const int64_t B = d->q.shape[0], H = d->q.shape[2], Sq = d->q.shape[1], Dv = d->v.shape[3];
     const int64_t ntasks = B * d->k.shape[2] * job.nk;
     const size_t chain_bytes = (sizeof(int64_t) * (size_t)ntasks + 63) / 64 * 64;
-    cpa_status s = cpa_attn_ctx_reserve(use, chain_bytes + sizeof(float) * (size_t)(B * H * Sq));
+    cpa_status s = cpa_attn_ctx_reserve_for(use, B, H, d->k.shape[2], Sq, d->k.shape[1]);
     if (s != CPA_OK) {
         cpa_attn_ctx_destroy(tmp);
         return s;

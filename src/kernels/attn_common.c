@@ -288,6 +288,44 @@ static int fwd_panels_for(const cpa_isa_kernels *k, int64_t max_head_dim)
     return n < 1 ? 1 : (n > CPA_FWD_MAX_PANELS ? CPA_FWD_MAX_PANELS : n);
 }
 
+/* The scratch floats per thread of a context. */
+static size_t ctx_scratch_floats(const cpa_isa_kernels *k, int64_t max_head_dim, int panels)
+{
+    size_t fwd = k->fwd_scratch_floats(max_head_dim, panels);
+    size_t bwd = k->bwd_scratch_floats(max_head_dim);
+    size_t n = fwd > bwd ? fwd : bwd;
+    return (n + 15) / 16 * 16; /* keep every thread's block 64-byte aligned */
+}
+
+size_t cpa_attn_work_bytes(int bwd_keys, int64_t B, int64_t H, int64_t G, int64_t Sq,
+                           int64_t Sk)
+{
+    /* One counter per key task: B·G chains of at most Sk/keys tiles (plus
+     * one partial tile per piece), 64-byte rounded; then Dr [B, H, Sq]. */
+    const int64_t tasks = B * G * ((Sk + bwd_keys - 1) / bwd_keys + CPA_MAX_PIECES);
+    return ((size_t)tasks * sizeof(int64_t) + 63) / 64 * 64 + sizeof(float) * (size_t)(B * H * Sq);
+}
+
+int64_t cpa_attn_ctx_bytes(int64_t max_head_dim, int num_threads, cpa_isa isa, int64_t B,
+                           int64_t H, int64_t G, int64_t Sq, int64_t Sk)
+{
+    cpa_isa use;
+    if (cpa_isa_resolve(isa, &use) != CPA_OK || max_head_dim < 1)
+        return 0;
+    const cpa_isa_kernels *k = cpa_isa_kernels_of(use);
+    const int threads = num_threads > 0 ? num_threads : omp_get_max_threads();
+    return (int64_t)(sizeof(cpa_attn_ctx) +
+                     ctx_scratch_floats(k, max_head_dim, fwd_panels_for(k, max_head_dim)) *
+                         sizeof(float) * (size_t)threads +
+                     cpa_attn_work_bytes(k->bwd_keys, B, H, G, Sq, Sk));
+}
+
+cpa_status cpa_attn_ctx_reserve_for(cpa_attn_ctx *ctx, int64_t B, int64_t H, int64_t G,
+                                    int64_t Sq, int64_t Sk)
+{
+    return cpa_attn_ctx_reserve(ctx, cpa_attn_work_bytes(ctx->kern->bwd_keys, B, H, G, Sq, Sk));
+}
+
 cpa_status cpa_attn_ctx_create(const cpa_attn_ctx_config *config, cpa_attn_ctx **out)
 {
     if (!config || !out)
@@ -308,10 +346,7 @@ cpa_status cpa_attn_ctx_create(const cpa_attn_ctx_config *config, cpa_attn_ctx *
     ctx->isa = isa;
     ctx->kern = cpa_isa_kernels_of(isa);
     ctx->fwd_panels = fwd_panels_for(ctx->kern, config->max_head_dim);
-    size_t fwd = ctx->kern->fwd_scratch_floats(config->max_head_dim, ctx->fwd_panels);
-    size_t bwd = ctx->kern->bwd_scratch_floats(config->max_head_dim);
-    size_t n = fwd > bwd ? fwd : bwd;
-    ctx->scratch_floats = (n + 15) / 16 * 16; /* keep every thread's block 64-byte aligned */
+    ctx->scratch_floats = ctx_scratch_floats(ctx->kern, config->max_head_dim, ctx->fwd_panels);
     ctx->scratch = cpa_malloc(ctx->scratch_floats * sizeof(float) * (size_t)ctx->num_threads,
                               "attention scratch");
     if (!ctx->scratch) {

@@ -165,6 +165,14 @@ static inline float *cpa_thread_begin(const cpa_attn_ctx *ctx, const cpa_attn_de
  * aligned). */
 cpa_status cpa_attn_ctx_reserve(cpa_attn_ctx *ctx, size_t bytes);
 
+/* The workspace a backward over q [B, Sq, H, .] and k [B, Sk, G, .]
+ * needs (task counters, Dr), and reserving it up front: a plan does this at
+ * creation so that no call allocates. */
+size_t cpa_attn_work_bytes(int bwd_keys, int64_t B, int64_t H, int64_t G, int64_t Sq,
+                           int64_t Sk);
+cpa_status cpa_attn_ctx_reserve_for(cpa_attn_ctx *ctx, int64_t B, int64_t H, int64_t G,
+                                    int64_t Sq, int64_t Sk);
+
 /* The reference implementations (attn_ref.c). */
 cpa_status cpa_attn_forward_ref(const cpa_attn_desc *d, cpa_tensor out, cpa_tensor lse);
 cpa_status cpa_attn_backward_ref(const cpa_attn_desc *d, cpa_tensor out, cpa_tensor lse,

@@ -120,6 +120,51 @@ static int64_t layout_acts(cpa_gpt *m, acts *a, float *base)
     return n;
 }
 
+/* The shape fields of a model of `cfg` on P ranks (what create sets). */
+static void shape_of(cpa_gpt *m, const cpa_gpt_config *cfg, int P)
+{
+    m->cfg = *cfg;
+    m->L = cfg->num_layers, m->C = cfg->hidden, m->F = cfg->ffn_hidden, m->H = cfg->heads;
+    m->G = cfg->kv_heads, m->D = cfg->hidden / cfg->heads, m->V = cfg->vocab;
+    m->S = cfg->seq_length, m->B = cfg->micro_batch, m->T = cfg->seq_length / P;
+    m->N = m->B * m->T, m->W = (m->H + 2 * m->G) * m->D, m->La = cfg->recompute ? 1 : m->L;
+}
+
+/* The attention plan's configuration for a model of `cfg` on P ranks. */
+static cpa_cp_config plan_config(const cpa_gpt *m, int P)
+{
+    cpa_cp_config cc = m->cfg.cp;
+    cc.cp_size = P;
+    cc.batch = m->B, cc.seq_length = m->S, cc.num_heads = m->H, cc.num_kv_heads = m->G;
+    cc.head_dim = m->D, cc.v_head_dim = m->D;
+    if (cc.tp_size < 1)
+        cc.tp_size = 1;
+    return cc;
+}
+
+int64_t cpa_gpt_memory_bytes(const cpa_gpt_config *cfg, int cp_size, int64_t *num_params)
+{
+    if (!cfg || cp_size < 1 || cfg->heads < 1 || cfg->hidden % cfg->heads != 0)
+        return -1;
+    cpa_gpt m;
+    memset(&m, 0, sizeof m);
+    shape_of(&m, cfg, cp_size);
+    cpa_gpt_params tmp;
+    acts atmp;
+    const int64_t np = layout_params(&m, &tmp, NULL), na = layout_acts(&m, &atmp, NULL);
+    if (num_params)
+        *num_params = np;
+    cpa_cp_config cc = plan_config(&m, cp_size);
+    const int64_t plan = cpa_plan_memory_bytes(&cc);
+    if (plan < 0)
+        return -1;
+    /* parameters and gradients (float), the decay mask (byte), activations,
+     * tokens and targets, flags, positions: the allocations of create. */
+    return (int64_t)sizeof m + np * (2 * (int64_t)sizeof(float) + 1) +
+           na * (int64_t)sizeof(float) + m.N * (2 * (int64_t)sizeof(int32_t) + 1) +
+           m.T * (int64_t)sizeof(int64_t) + plan;
+}
+
 cpa_status cpa_gpt_create(const cpa_gpt_config *cfg, MPI_Comm cp_comm, cpa_gpt **out)
 {
     int P = 1, rank = 0;
@@ -132,19 +177,10 @@ cpa_status cpa_gpt_create(const cpa_gpt_config *cfg, MPI_Comm cp_comm, cpa_gpt *
     cpa_gpt *m = cpa_calloc(sizeof *m, "model");
     if (!m)
         return CPA_ERR_NOMEM;
-    m->cfg = *cfg;
-    m->L = cfg->num_layers, m->C = cfg->hidden, m->F = cfg->ffn_hidden, m->H = cfg->heads;
-    m->G = cfg->kv_heads, m->D = cfg->hidden / cfg->heads, m->V = cfg->vocab;
-    m->S = cfg->seq_length, m->B = cfg->micro_batch, m->T = cfg->seq_length / P;
-    m->N = m->B * m->T, m->W = (m->H + 2 * m->G) * m->D, m->La = cfg->recompute ? 1 : m->L;
+    shape_of(m, cfg, P);
 
     /* The attention plan validates the CP rules collectively. */
-    cpa_cp_config cc = cfg->cp;
-    cc.cp_size = P;
-    cc.batch = m->B, cc.seq_length = m->S, cc.num_heads = m->H, cc.num_kv_heads = m->G;
-    cc.head_dim = m->D, cc.v_head_dim = m->D;
-    if (cc.tp_size < 1)
-        cc.tp_size = 1;
+    cpa_cp_config cc = plan_config(m, P);
     cpa_status s = cpa_plan_create(cp_comm, &cc, &m->plan);
     if (s != CPA_OK) {
         cpa_free(m);

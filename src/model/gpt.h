@@ -52,6 +52,13 @@ typedef struct cpa_gpt cpa_gpt;
 /* Make the model for this rank: `cp_comm` is the rank's CP group (its size
  * is the CP size).  Collective over cp_comm (the attention plan is). */
 cpa_status cpa_gpt_create(const cpa_gpt_config *config, MPI_Comm cp_comm, cpa_gpt **out);
+
+/* The bytes cpa_gpt_create allocates on one of cp_size ranks (parameters,
+ * gradients, activations, the attention plan and its kernel context),
+ * without allocating: what to check against the memory limit first; the
+ * parameter count in *num_params (may be NULL).  -1 for a configuration
+ * create would refuse outright. */
+int64_t cpa_gpt_memory_bytes(const cpa_gpt_config *config, int cp_size, int64_t *num_params);
 void cpa_gpt_destroy(cpa_gpt *model);
 
 int64_t cpa_gpt_num_params(const cpa_gpt *model);

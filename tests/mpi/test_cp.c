@@ -18,6 +18,7 @@
  */
 #include "cpattn.h"
 #include "kernel_test_util.h"
+#include "internal.h"
 #include "test.h"
 
 #include <mpi.h>
@@ -63,7 +64,9 @@ int main(int argc, char **argv)
     const int64_t D = c.head_dim, Dv = c.v_head_dim;
 
     cpa_plan *plan = NULL;
+    const long long bytes0 = cpa_debug_alloc_bytes();
     cpa_status st = cpa_plan_create(MPI_COMM_WORLD, &c, &plan);
+    const long long plan_bytes = cpa_debug_alloc_bytes() - bytes0; /* the reference's come next */
     CHECK_MSG(st == CPA_OK, "plan: %s", cpa_last_error());
     if (st != CPA_OK) {
         MPI_Finalize();
@@ -94,6 +97,7 @@ int main(int argc, char **argv)
     tu_tensor ldq = tu_attn(c.layout, B, Sl, H, D), ldk = tu_attn(c.layout, B, Sl, G, D);
     tu_tensor ldv = tu_attn(c.layout, B, Sl, G, Dv);
     tu_fill(ldq.t, 9, 3.0f); /* garbage: the plan must overwrite, not add */
+    const long long calls0 = cpa_debug_alloc_bytes();
     CHECK_OK(cpa_plan_forward(plan, lq.t, lk.t, lv.t, lo.t, ll.t));
     if (argc > 13 && atoi(argv[13])) {
         tu_tensor cp[5] = {tu_attn(c.layout, B, Sl, H, D), tu_attn(c.layout, B, Sl, G, D),
@@ -108,6 +112,19 @@ int main(int argc, char **argv)
             free(cp[i].buf);
     } else {
         CHECK_OK(cpa_plan_backward(plan, lq.t, lk.t, lv.t, lo.t, ll.t, ldo.t, ldq.t, ldk.t, ldv.t));
+    }
+
+    /* The memory estimate (what a run checks against the limit before
+     * creating the plan) covers what the plan and its kernel context really
+     * allocated, forward and backward included, and not by much more. */
+    {
+        const long long calls = cpa_debug_alloc_bytes() - calls0, used = plan_bytes + calls;
+        CHECK_MSG(calls == 0, "rank %d: forward and backward allocated %lld bytes (plans allocate "
+                  "everything at creation)", rank, calls);
+        const int64_t est = cpa_plan_memory_bytes(&c);
+        CHECK_MSG(est >= used && (double)est <= 1.10 * (double)used + (1 << 20),
+                  "rank %d: estimated %lld bytes for the plan, it allocated %lld", rank,
+                  (long long)est, used);
     }
 
     /* The reference's rows of this rank. */
