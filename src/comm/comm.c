@@ -89,6 +89,45 @@ cpa_status cpa_comm_bcast(void *buf, int count, MPI_Datatype type, int root, MPI
     return cpa_comm_wait(1, &req, "%s (broadcast from rank %d)", what, root);
 }
 
+/* ---- counts beyond MPI's int ------------------------------------------------ */
+
+/* The largest count passed to MPI as is; beyond it a derived type covers
+ * the floats.  A variable so that tests can lower it and exercise that
+ * path with small buffers. */
+static int64_t max_int_count = INT_MAX;
+void cpa_debug_set_max_mpi_count(int64_t n) { max_int_count = n > 0 ? n : INT_MAX; }
+
+cpa_status cpa_comm_float_type(int64_t count, MPI_Datatype *type, int *n)
+{
+    if (count < 0)
+        return cpa_error(CPA_ERR_ARG, "a transfer of %lld floats", (long long)count);
+    if (count <= max_int_count) {
+        *type = MPI_FLOAT;
+        *n = (int)count;
+        return CPA_OK;
+    }
+    /* count = q·block + r floats as one element: q blocks of `block`, then r. */
+    const int64_t block = max_int_count < ((int64_t)1 << 20) ? max_int_count : (int64_t)1 << 20;
+    const int64_t q = count / block, r = count % block;
+    if (q > INT_MAX)
+        return cpa_error(CPA_ERR_ARG, "a transfer of %lld floats is too large even in blocks",
+                         (long long)count);
+    MPI_Datatype blk;
+    int rc = MPI_Type_contiguous((int)block, MPI_FLOAT, &blk);
+    int lens[2] = {(int)q, (int)r};
+    MPI_Aint disp[2] = {0, (MPI_Aint)(q * block * (int64_t)sizeof(float))};
+    MPI_Datatype types[2] = {blk, MPI_FLOAT};
+    if (rc == MPI_SUCCESS)
+        rc = MPI_Type_create_struct(r ? 2 : 1, lens, disp, types, type);
+    if (rc == MPI_SUCCESS)
+        rc = MPI_Type_commit(type);
+    MPI_Type_free(&blk);
+    if (rc != MPI_SUCCESS)
+        return cpa_mpi_error(rc, "MPI_Type_create_struct (a large transfer)");
+    *n = 1;
+    return CPA_OK;
+}
+
 /* ---- communicators and transfers --------------------------------------------- */
 
 double cpa_wtime(void) { return MPI_Wtime(); }
@@ -132,27 +171,28 @@ cpa_status cpa_xfer_post(cpa_xfer *x, const float *sendbuf, int dest, MPI_Comm s
                          float *recvbuf, int src, MPI_Comm recv_comm, int64_t count, int tag,
                          const char *what, int *handle)
 {
-    if (count < 0 || count > INT_MAX)
-        return cpa_error(CPA_ERR_ARG, "a transfer of %lld floats exceeds MPI's int count "
-                         "(split the sequence over more ranks)", (long long)count);
+    MPI_Datatype type;
+    int n;
+    CPA_TRY(cpa_comm_float_type(count, &type, &n));
     int h = 0;
     while (h < CPA_XFER_SLOTS && x->busy[h])
         ++h;
     if (h == CPA_XFER_SLOTS)
         return cpa_error(CPA_ERR_INTERNAL, "more than %d transfers in flight", CPA_XFER_SLOTS);
-    int rc;
-    if (recvbuf) {
-        rc = MPI_Irecv(recvbuf, (int)count, MPI_FLOAT, src, tag, recv_comm, &x->req[2 * h]);
-        if (rc != MPI_SUCCESS)
-            return cpa_mpi_error(rc, "MPI_Irecv");
+    int rc = MPI_SUCCESS;
+    if (recvbuf)
+        rc = MPI_Irecv(recvbuf, n, type, src, tag, recv_comm, &x->req[2 * h]);
+    if (rc == MPI_SUCCESS && sendbuf) {
+        rc = MPI_Isend(sendbuf, n, type, dest, tag, send_comm, &x->req[2 * h + 1]);
+        if (rc == MPI_SUCCESS)
+            x->bytes_sent += (double)count * sizeof(float);
     }
-    if (sendbuf) {
-        rc = MPI_Isend(sendbuf, (int)count, MPI_FLOAT, dest, tag, send_comm, &x->req[2 * h + 1]);
-        if (rc != MPI_SUCCESS) {
-            cpa_xfer_drain(x);
-            return cpa_mpi_error(rc, "MPI_Isend");
-        }
-        x->bytes_sent += (double)count * sizeof(float);
+    /* A derived type may be freed while the transfers using it are pending. */
+    if (type != MPI_FLOAT)
+        MPI_Type_free(&type);
+    if (rc != MPI_SUCCESS) {
+        cpa_xfer_drain(x);
+        return cpa_mpi_error(rc, recvbuf ? "MPI_Irecv / MPI_Isend" : "MPI_Isend");
     }
     x->busy[h] = 1;
     x->peer_from[h] = recvbuf ? src : -1;

@@ -56,6 +56,15 @@ void cpa_xfer_progress(void *arg);
 /* Cancel-free cleanup after an error: wait for whatever is in flight. */
 void cpa_xfer_drain(cpa_xfer *x);
 
+/* `count` floats as MPI can take them: MPI_FLOAT and *n = count when it
+ * fits an int, else a committed derived type covering them all and *n = 1
+ * (the caller frees it with MPI_Type_free; allowed while transfers are
+ * pending).  So no transfer is limited to 2^31 floats. */
+cpa_status cpa_comm_float_type(int64_t count, MPI_Datatype *type, int *n);
+
+/* Test hook: counts above n take the derived-type path (0: INT_MAX). */
+void cpa_debug_set_max_mpi_count(int64_t n);
+
 /* MPI_Comm_dup with MPI_ERRORS_RETURN set on the copy. */
 cpa_status cpa_comm_dup(MPI_Comm comm, MPI_Comm *out);
 

@@ -525,15 +525,15 @@ void cpa_plan_last_stats(const cpa_plan *plan, cpa_plan_stats *stats)
 
 int64_t cpa_plan_memory_bytes(const cpa_cp_config *c)
 {
+    /* Only a configuration plan creation would accept has an estimate: the
+     * algorithms' shapes divide by the degrees the rules check.  The rule
+     * broken is left in cpa_last_error. */
     const algo_entry *e = c ? find_algo(c->algo) : NULL;
-    if (!e || c->cp_size < 1 || c->batch < 1 || c->num_heads < 1 || c->num_kv_heads < 1 ||
-        c->head_dim < 1 || c->seq_length < c->cp_size)
+    if (!e || c->cp_size < 1 || validate(c, c->cp_size) != CPA_OK)
         return -1;
     cpa_cp_config cfg = *c;
     if (cfg.v_head_dim == 0)
         cfg.v_head_dim = cfg.head_dim;
-    if (cfg.algo == CPA_ALGO_HYBRID && (cfg.ulysses_degree < 2 || cfg.cp_size % cfg.ulysses_degree))
-        return -1;
     const int64_t dmax = cfg.head_dim > cfg.v_head_dim ? cfg.head_dim : cfg.v_head_dim;
     int64_t H, G, Sq, Sk;
     e->kernel_shape(&cfg, &H, &G, &Sq, &Sk);

@@ -177,13 +177,15 @@ static void unpack(const float *src, cpa_tensor dst, int64_t row0, int64_t rows,
 
 static cpa_status alltoall(cpa_ulysses *x, int64_t count, const char *what)
 {
-    if (count > INT32_MAX)
-        return cpa_error(CPA_ERR_ARG, "an all-to-all slab of %lld floats exceeds MPI's int count",
-                         (long long)count);
+    /* Slabs beyond MPI's int count travel as one element of a derived type. */
+    MPI_Datatype type;
+    int n;
+    CPA_TRY(cpa_comm_float_type(count, &type, &n));
     double t0 = cpa_wtime();
     MPI_Request req;
-    int rc = MPI_Ialltoall(x->send, (int)count, MPI_FLOAT, x->recv, (int)count, MPI_FLOAT,
-                           x->comm, &req);
+    int rc = MPI_Ialltoall(x->send, n, type, x->recv, n, type, x->comm, &req);
+    if (type != MPI_FLOAT)
+        MPI_Type_free(&type);
     cpa_status st = rc == MPI_SUCCESS ? cpa_comm_wait(1, &req, "%s: Ulysses all-to-all of %lld "
                                                       "floats per rank over %d ranks", what,
                                                       (long long)count, x->U)

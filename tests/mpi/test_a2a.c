@@ -352,6 +352,11 @@ int main(int argc, char **argv)
     MPI_Comm_rank(MPI_COMM_WORLD, &rank_);
     MPI_Comm_size(MPI_COMM_WORLD, &P_);
     RUN_TEST(all_to_alls);
+    /* Again with every slab beyond a lowered "int count" of 7 floats, so
+     * each all-to-all moves one element of a derived type per rank. */
+    cpa_debug_set_max_mpi_count(7);
+    RUN_TEST(all_to_alls);
+    cpa_debug_set_max_mpi_count(0);
     int counts[2] = {test_passed_, test_failed_}, total[2];
     MPI_Allreduce(counts, total, 2, MPI_INT, MPI_SUM, MPI_COMM_WORLD);
     if (rank_ == 0)
