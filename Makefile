@@ -1,10 +1,11 @@
-# Thin front for CMake/CTest.  `make`, `make test`, `make bench`, `make asan`.
+# Thin front for CMake/CTest.  `make`, `make test`, `make bench`, `make asan`,
+# `make fuzz` (FUZZ_SECONDS per harness, default 30).
 BUILD ?= build
 ASAN_BUILD ?= build-asan
 JOBS ?= $(shell nproc)
 CMAKE_FLAGS ?=
 
-.PHONY: all build test bench asan clean
+.PHONY: all build test bench asan fuzz clean
 
 all: build
 
@@ -23,5 +24,8 @@ asan:
 	cmake --build $(ASAN_BUILD) -j $(JOBS)
 	cd $(ASAN_BUILD) && ctest --output-on-failure -j $(JOBS) -L unit
 
+fuzz:
+	bash tests/fuzz/run.sh $(or $(FUZZ_SECONDS),30)
+
 clean:
-	rm -rf $(BUILD) $(ASAN_BUILD)
+	rm -rf $(BUILD) $(ASAN_BUILD) build-fuzz

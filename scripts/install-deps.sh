@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Install the Debian packages cpattn needs, only those that are missing.
 # Safe to run again; needs root (or sudo) only when something is missing.
+#   scripts/install-deps.sh          what building and running cpattn needs
+#   scripts/install-deps.sh fuzz     also clang and libFuzzer (tests/fuzz)
 set -euo pipefail
 
 packages=(
@@ -8,6 +10,12 @@ packages=(
   libopenblas-openmp-dev    # OpenBLAS, OpenMP flavour (GEMMs of the kernels)
   openmpi-bin libopenmpi-dev  # MPI for the context-parallel algorithms
 )
+for group in "$@"; do
+  case "$group" in
+    fuzz) packages+=(clang libclang-rt-14-dev) ;;  # libFuzzer + ASan/UBSan runtimes
+    *) echo "install-deps.sh: unknown group '$group' (known: fuzz)" >&2; exit 2 ;;
+  esac
+done
 
 missing=()
 for p in "${packages[@]}"; do

@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
 # The README's test command: install what is missing, build with warnings as
 # errors, run the whole suite, then the unit tests again under AddressSanitizer
-# + UndefinedBehaviorSanitizer.  Prints "N passed, N failed" (CTest tests) at
+# + UndefinedBehaviorSanitizer, then the fuzz harnesses for 30 s each
+# (FUZZ_SECONDS).  Prints "N passed, N failed" (CTest tests) at
 # the end and exits non-zero if anything failed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh || exit 1
+# clang and libFuzzer for the fuzz harnesses; without them those are skipped.
+fuzz_ok=1
+scripts/install-deps.sh fuzz || fuzz_ok=0
 
 # Open MPI refuses to run as root unless told it is fine (CI runs as root).
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
@@ -50,6 +54,20 @@ if build build-asan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCPA_SANITIZE=ON; then
     run_suite "unit tests under ASan+UBSan" build-asan -L unit
 else
   echo "sanitizer build failed"; failed=$((failed + 1))
+fi
+
+# The libFuzzer harnesses (tests/fuzz): each for FUZZ_SECONDS (30) from its
+# seed corpus, under ASan+UBSan; one test each.
+if [ "$fuzz_ok" -eq 1 ] && command -v clang >/dev/null; then
+  echo "== fuzz harnesses, ${FUZZ_SECONDS:-30} s each"
+  log=$(mktemp)
+  bash tests/fuzz/run.sh "${FUZZ_SECONDS:-30}" 2>&1 | tee "$log"
+  p=$(grep -c '^ok   fuzz_' "$log") f=$(grep -c '^FAIL fuzz_' "$log")
+  [ $((p + f)) -eq 3 ] || f=$((3 - p))
+  passed=$((passed + p)) failed=$((failed + f))
+  rm -f "$log"
+else
+  echo "== fuzz harnesses skipped: clang or libclang-rt-14-dev missing and not installable"
 fi
 
 echo "$passed passed, $failed failed"

@@ -334,6 +334,20 @@ static int on_command_line(const cli_spec *spec, int i, int argc, char **argv)
     return 0;
 }
 
+/* The "unset" value of option i: the config struct need not be zeroed. */
+static void clear_value(const cli_args *args, int i)
+{
+    void *v = field(args, i);
+    switch (args->spec->options[i].type) {
+    case CLI_INT: *(int64_t *)v = 0; break;
+    case CLI_FLOAT: *(double *)v = 0.0; break;
+    case CLI_STRING: *(const char **)v = NULL; break;
+    case CLI_FLAG:
+    case CLI_CHOICE: *(int *)v = 0; break;
+    case CLI_INT_LIST: memset(v, 0, sizeof(cli_int_list)); break;
+    }
+}
+
 /* Defaults, then environment variables for the options the command line
  * does not set (a flag overrides its variable, which is then not even
  * parsed: a bad CPATTN_THREADS does not matter under --threads 1). */
@@ -342,6 +356,7 @@ static int apply_defaults_and_env(cli_args *args, int argc, char **argv)
     const cli_spec *spec = args->spec;
     for (int i = 0; i < spec->count; ++i) {
         const cli_option *o = &spec->options[i];
+        clear_value(args, i); /* unset: 0, NULL or an empty list, whatever cfg held */
         if (o->def || o->type == CLI_FLAG) { /* a flag without a default is off */
             if (set_value(args, i, o->def ? o->def : "0", NULL) != CLI_OK)
                 return CLI_USAGE; /* a bad default in a table is a bug, but say so */

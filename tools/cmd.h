@@ -12,4 +12,11 @@ int cmd_attn(int argc, char **argv);
 int cmd_bench(int argc, char **argv);
 int cmd_train(int argc, char **argv);
 
+/* The subcommands' flag tables (args.h), for the argument-parser fuzz
+ * harness (tests/fuzz/fuzz_args.c). */
+struct cli_spec;
+const struct cli_spec *cmd_attn_spec(void);
+const struct cli_spec *cmd_bench_spec(void);
+const struct cli_spec *cmd_train_spec(void);
+
 #endif

@@ -220,6 +220,8 @@ static const cli_spec attn_spec = {
         "      megatron_cp_algo --cp-window-size 2 --seq-length 4096 --check\n",
 };
 
+const cli_spec *cmd_attn_spec(void) { return &attn_spec; }
+
 /* ------------------------------------------------------------------------ */
 /* Messages                                                                  */
 /* ------------------------------------------------------------------------ */

@@ -113,6 +113,8 @@ static const cli_spec bench_spec = {
         "flagged with '!'.\n",
 };
 
+const cli_spec *cmd_bench_spec(void) { return &bench_spec; }
+
 /* ------------------------------------------------------------------------ */
 /* Timing                                                                    */
 /* ------------------------------------------------------------------------ */

@@ -126,6 +126,8 @@ static const cli_spec train_spec = {
               "hybrid_cp_algo --ulysses-degree-in-cp 2\n",
 };
 
+const cli_spec *cmd_train_spec(void) { return &train_spec; }
+
 /* ---- the run ------------------------------------------------------------------ */
 
 typedef struct train_run {
@@ -331,13 +333,10 @@ static int load(train_run *r)
                                           cpa_last_error());
     if ((err = tool_agree(err)))
         return err;
-    /* The iteration is covered by the checksum, which is no signature:
-     * check what it means too.  Resuming below it would rewind the run
-     * (and, with --save on the same folder, relabel the checkpoint). */
-    if (meta.iteration < 0)
-        err = tool_fail(1, "--load %s: the checkpoint says iteration %lld; iterations are >= 0 "
-                        "(the file was damaged or edited)", r->c.load, (long long)meta.iteration);
-    else if (meta.iteration > r->c.iters)
+    /* The loader refuses a negative iteration; resuming below one would
+     * rewind the run (and, with --save on the same folder, relabel the
+     * checkpoint). */
+    if (meta.iteration > r->c.iters)
         err = tool_fail(2, "--train-iters %lld is below the iteration of the checkpoint in --load "
                         "%s (%lld): resuming would rewind it; give --train-iters %lld or more",
                         (long long)r->c.iters, r->c.load, (long long)meta.iteration,

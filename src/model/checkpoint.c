@@ -400,22 +400,25 @@ typedef struct ckpt_header {
      * problem from a wrong one). */
     enum { MATCH, WRONG_NAME, WRONG_COUNT, WRONG_NARRAYS } mismatch;
     uint32_t at;                   /* the array that differs */
-    char name[CKPT_MAX_NAME + 1];  /* its name in the file */
+    char name[CKPT_MAX_NAME + 1];  /* its name in the file, escaped for messages */
     int64_t count;                 /* its count in the file */
     uint32_t narrays;              /* arrays in the file */
     char names[256];               /* their names, "params, adam_m, ..." */
 } ckpt_header;
 
-/* Append `name` to the list "params, adam_m, ..." while there is room. */
+/* Append `name` (bytes from the file, escaped) to the list "params,
+ * adam_m, ..." while there is room. */
 static void list_name(char *list, size_t cap, const char *name, size_t len)
 {
-    size_t used = strlen(list);
-    if (used + len + 8 >= cap) {
+    char shown[4 * 64 + 4];
+    cpa_escape(shown, sizeof shown, name, len > 64 ? 64 : len);
+    size_t used = strlen(list), slen = strlen(shown);
+    if (used + slen + 8 >= cap) {
         if (used + 5 < cap && (used < 4 || strcmp(list + used - 3, "...") != 0))
             snprintf(list + used, cap - used, "%s...", used ? ", " : "");
         return;
     }
-    snprintf(list + used, cap - used, "%s%.*s", used ? ", " : "", (int)len, name);
+    snprintf(list + used, cap - used, "%s%s", used ? ", " : "", shown);
 }
 
 /* Pass 1: structure and checksum of the whole file; fills `h`. */
@@ -490,9 +493,12 @@ static cpa_status scan_file(ckpt_reader *r, const cpa_ckpt_array *arrays, int na
         uint64_t count_bits;
         CPA_TRY(reader_u64(r, &count_bits, "an array size"));
         int64_t count = (int64_t)count_bits;
-        if (count < 0)
+        if (count < 0) {
+            char shown[4 * 64 + 4];
             return cpa_error(CPA_ERR_FORMAT, "%s: corrupted: array %s has %lld floats", r->path,
-                             name, (long long)count);
+                             cpa_escape(shown, sizeof shown, name, name_len > 64 ? 64 : name_len),
+                             (long long)count);
+        }
         if (count > body_left(r) / (int64_t)sizeof(float))
             return truncated(r, "the array data");
         CPA_TRY(reader_get(r, NULL, (size_t)count * sizeof(float), "the array data"));
@@ -506,7 +512,7 @@ static cpa_status scan_file(ckpt_reader *r, const cpa_ckpt_array *arrays, int na
             h->mismatch = WRONG_COUNT;
         if (h->mismatch != MATCH) {
             h->at = i;
-            memcpy(h->name, name, name_len + 1);
+            cpa_escape(h->name, sizeof h->name, name, name_len);
             h->count = count;
         }
     }
@@ -683,6 +689,15 @@ static cpa_status check_load_args(const char *dir, const cpa_ckpt_array *arrays,
     return CPA_OK;
 }
 
+/* The checksum is no signature: check what the iteration means too. */
+static cpa_status check_iteration(const char *path, int64_t iteration)
+{
+    if (iteration < 0)
+        return cpa_error(CPA_ERR_FORMAT, "%s: the checkpoint says iteration %lld; iterations are "
+                         ">= 0 (the file was damaged or edited)", path, (long long)iteration);
+    return CPA_OK;
+}
+
 cpa_status cpa_ckpt_load(const char *dir, const char *expected_config, cpa_ckpt_meta *meta,
                          const cpa_ckpt_array *arrays, int narrays)
 {
@@ -705,6 +720,8 @@ cpa_status cpa_ckpt_load(const char *dir, const char *expected_config, cpa_ckpt_
         goto free_buffers;
     }
     st = scan_file(&r, arrays, narrays, h);
+    if (st == CPA_OK)
+        st = check_iteration(path, (int64_t)h->iteration);
     if (st == CPA_OK && expected_config)
         st = compare_configs(path, h->config, expected_config);
     if (st == CPA_OK && h->mismatch != MATCH)
@@ -767,6 +784,8 @@ cpa_status cpa_ckpt_peek(const char *dir, cpa_ckpt_meta *meta)
         st = cpa_error(CPA_ERR_FORMAT, "%s: checkpoint format version %u", path, version);
     if (st == CPA_OK)
         st = reader_u64(&r, &iteration, "the iteration");
+    if (st == CPA_OK)
+        st = check_iteration(path, (int64_t)iteration);
     if (st == CPA_OK)
         st = reader_u64(&r, &rng, "the RNG state");
     if (st == CPA_OK)

@@ -319,6 +319,16 @@ static void test_corruption(void)
     CHECK(write_bytes(file, bad, n));
     EXPECT_LOAD_FAILURE(dir, CONFIG, CPA_ERR_FORMAT, "checksum mismatch");
 
+    /* A negative iteration with the checksum recomputed (as an edit
+     * would): the checksum is no signature, so what it means is checked. */
+    memcpy(bad, good, n);
+    set_le64(bad + 12, (uint64_t)(int64_t)-1000);
+    sha_of(bad, n - 32, bad + n - 32);
+    CHECK(write_bytes(file, bad, n));
+    EXPECT_LOAD_FAILURE(dir, CONFIG, CPA_ERR_FORMAT, "iteration -1000");
+    cpa_ckpt_meta peeked;
+    CHECK_STATUS(cpa_ckpt_peek(dir, &peeked), CPA_ERR_FORMAT);
+
     /* Truncated anywhere, the empty file and a partial magic included. */
     const size_t cuts[] = {0, 5, 8, 10, 20, 31, 40, n / 2, n - 33, n - 32, n - 1};
     for (size_t i = 0; i < sizeof cuts / sizeof *cuts; ++i) {
