@@ -144,11 +144,21 @@ int tool_check_memory(const char *what, double bytes)
     const double limit = tool_memory_limit(source, sizeof source);
     if (total <= limit)
         return 0;
-    return tool_fail(EXIT_RUNTIME, "out of memory: %s needs an estimated %.1f GiB on this host "
-                     "(%d rank%s), but the processes here may use %.1f GiB (%s); use more hosts, "
-                     "more ranks for the same sequence, or a smaller shape", what,
-                     total / 1073741824.0, ranks, ranks == 1 ? "" : "s", limit / 1073741824.0,
-                     source);
+    char need[32], have[32];
+    return tool_fail(EXIT_RUNTIME, "out of memory: %s needs an estimated %s on this host "
+                     "(%d rank%s), over the limit of %s (%s); use more hosts, more ranks for "
+                     "the same sequence, or a smaller shape", what,
+                     tool_format_bytes(total, need, sizeof need), ranks, ranks == 1 ? "" : "s",
+                     tool_format_bytes(limit, have, sizeof have), source);
+}
+
+const char *tool_format_bytes(double bytes, char *buf, size_t cap)
+{
+    if (bytes >= 1073741824.0)
+        snprintf(buf, cap, "%.2f GiB", bytes / 1073741824.0);
+    else
+        snprintf(buf, cap, "%.1f MiB", bytes / 1048576.0);
+    return buf;
 }
 
 static int cmp_double(const void *a, const void *b)

@@ -71,6 +71,9 @@ double tool_host_total(double mine, int *ranks);
  * the limit and its source; `what` names the job.  Collective. */
 int tool_check_memory(const char *what, double bytes);
 
+/* "812.4 MiB" or "3.25 GiB", into buf; returns buf. */
+const char *tool_format_bytes(double bytes, char *buf, size_t cap);
+
 /* Median, minimum and maximum of x[0..n-1] (n >= 1); sorts x in place. */
 void tool_stats(double *x, int n, double *median, double *min, double *max);
 

@@ -136,6 +136,17 @@ expect_usage "flag with bad value" "--check maybe" attn --check=maybe
 expect_usage "stray argument" "stray" attn stray
 expect_usage "save-inputs without save" "--save-inputs" attn --save-inputs
 CPATTN_SEED=abc expect_usage "bad env value" "CPATTN_SEED" attn
+# Above float's range, or so small it would round to 0 (once "the default"):
+# a usage error naming the flag and the range.
+expect_usage "--softmax-scale 1e39 is out of range" "--softmax-scale 1e39: must be between" \
+    attn --softmax-scale 1e39
+expect_usage "--softmax-scale 1e-50 is out of range" "--softmax-scale 1e-50: must be between" \
+    attn --softmax-scale 1e-50
+# A flag overrides its variable, which is then not even parsed.
+CPATTN_THREADS=abc expect_exit "an invalid CPATTN_THREADS under --threads 1 is ignored" 0 \
+    attn --threads 1 --seq-length 8 &&
+    expect_named "an invalid CPATTN_THREADS under --threads 1 is ignored" "kernel threads 1" "$OUT" \
+        attn --threads 1 && pass "an invalid CPATTN_THREADS under --threads 1 is ignored"
 expect_usage "bench missing name" "kernel" bench
 expect_usage "bench bad list" "--seq-lengths 1,,2" bench kernel --seq-lengths 1,,2
 expect_usage "bench bad threads" "--threads 0" bench kernel --threads 0
