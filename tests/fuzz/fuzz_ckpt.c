@@ -26,8 +26,7 @@ static char path[600];
 int LLVMFuzzerInitialize(int *argc, char ***argv)
 {
     (void)argc, (void)argv;
-    fuzz_make_dir();
-    snprintf(path, sizeof path, "%s/checkpoint.bin", fuzz_dir);
+    fuzz_init_file(path, sizeof path, "checkpoint.bin");
     return 0;
 }
 

@@ -30,6 +30,14 @@ static void fuzz_make_dir(void)
     }
 }
 
+/* LLVMFuzzerInitialize of a harness that reads one file, `name`, from the
+ * scratch folder: make the folder and the file's path. */
+static void fuzz_init_file(char *path, size_t cap, const char *name)
+{
+    fuzz_make_dir();
+    snprintf(path, cap, "%s/%s", fuzz_dir, name);
+}
+
 /* Write n bytes to `path` (replacing it). */
 static void fuzz_write(const char *path, const uint8_t *data, size_t n)
 {

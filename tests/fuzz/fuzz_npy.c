@@ -15,8 +15,7 @@ static char path[600];
 int LLVMFuzzerInitialize(int *argc, char ***argv)
 {
     (void)argc, (void)argv;
-    fuzz_make_dir();
-    snprintf(path, sizeof path, "%s/input.npy", fuzz_dir);
+    fuzz_init_file(path, sizeof path, "input.npy");
     return 0;
 }
 
