@@ -234,26 +234,75 @@ void cpa_rope_apply(cpa_tensor x, const int64_t *pos, float base, int inverse)
 /* SwiGLU                                                                    */
 /* ------------------------------------------------------------------------ */
 
-/* sigmoid without overflow: exp is only ever taken of a non-positive
- * number, so a large |g| gives 0 or 1 instead of inf/inf. */
-static inline float sigmoidf_stable(float g)
+/* e^-c for c >= 0, written so that the loops below vectorise (no calls,
+ * no branches; floorf and fminf do not vectorise in strict ISO C): c is
+ * clamped to 87 on its bits (e^-87 is still a normal float; a NaN becomes
+ * 87, see sigmoid_stable), -c split as n·ln2 + r with |r| <= ln2/2 (n by
+ * rounding through an int, ln2 in two parts so n·hi is exact), e^r by its
+ * degree-6 Taylor polynomial (relative error < 2e-7), 2^n put into the
+ * exponent bits. */
+static inline float exp_neg(float c)
 {
-    if (g >= 0.0f)
-        return 1.0f / (1.0f + expf(-g));
-    const float e = expf(g);
-    return e / (1.0f + e);
+    int32_t bits;
+    memcpy(&bits, &c, sizeof bits);
+    bits = bits < 0x42ae0000 ? bits : 0x42ae0000; /* min(c, 87): c's bits as an int */
+    memcpy(&c, &bits, sizeof c);
+    const float a = -c;
+    const float n = (float)(int32_t)(a * 1.44269504f - 0.5f); /* round(a·log2 e), a <= 0 */
+    const float r = (a - n * 0.693145752f) - n * 1.42860677e-6f;
+    float p = 1.0f / 720.0f;
+    p = p * r + 1.0f / 120.0f;
+    p = p * r + 1.0f / 24.0f;
+    p = p * r + 1.0f / 6.0f;
+    p = p * r + 0.5f;
+    p = p * r + 1.0f;
+    p = p * r + 1.0f;
+    const int32_t scale_bits = ((int32_t)n + 127) << 23;
+    float scale;
+    memcpy(&scale, &scale_bits, sizeof scale);
+    return p * scale;
+}
+
+/* sigmoid without overflow: the exponential is only ever taken of -|g|, so
+ * a large |g| gives 0 or 1 instead of inf/inf.  A NaN g gives a finite s
+ * here, but every use multiplies by g, so NaN still propagates. */
+static inline float sigmoid_stable(float g)
+{
+    const float e = exp_neg(fabsf(g));
+    const float positive = (float)(g >= 0.0f); /* 1 or 0, not a branch */
+    return (e + positive * (1.0f - e)) / (1.0f + e);
+}
+
+/* One row of SwiGLU and of its gradient, compiled for AVX-512, AVX2 and
+ * the baseline and picked at run time (the loops vectorise; the library's
+ * default build targets plain x86-64). */
+#define CPA_VECTOR_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+
+CPA_VECTOR_CLONES
+static void swiglu_row(float *restrict o, const float *restrict g, const float *restrict u,
+                       int64_t F)
+{
+    for (int64_t f = 0; f < F; ++f)
+        o[f] = g[f] * sigmoid_stable(g[f]) * u[f];
+}
+
+CPA_VECTOR_CLONES
+static void swiglu_row_backward(float *restrict dg, float *restrict du, const float *restrict d,
+                                const float *restrict g, const float *restrict u, int64_t F)
+{
+    for (int64_t f = 0; f < F; ++f) {
+        const float s = sigmoid_stable(g[f]);
+        dg[f] += d[f] * u[f] * (s * (1.0f + g[f] * (1.0f - s)));
+        du[f] += d[f] * (g[f] * s);
+    }
 }
 
 void cpa_swiglu_forward(float *out, const float *gate_up, int64_t N, int64_t F)
 {
     /* out [N, F], gate_up [N, 2F] = [gate | up] */
 #pragma omp parallel for if (N * F >= LAYERS_PAR_MIN)
-    for (int64_t n = 0; n < N; ++n) {
-        const float *g = gate_up + n * 2 * F, *u = g + F;
-        float *o = out + n * F;
-        for (int64_t f = 0; f < F; ++f)
-            o[f] = g[f] * sigmoidf_stable(g[f]) * u[f];
-    }
+    for (int64_t n = 0; n < N; ++n)
+        swiglu_row(out + n * F, gate_up + n * 2 * F, gate_up + n * 2 * F + F, F);
 }
 
 /* With s = sigmoid(g): silu'(g) = s + g·s·(1 - s) = s·(1 + g·(1 - s)), so
@@ -264,16 +313,9 @@ void cpa_swiglu_backward(float *dgate_up, const float *dout, const float *gate_u
     /* dgate_up, gate_up [N, 2F], dout [N, F] */
 #pragma omp parallel for if (N * F >= LAYERS_PAR_MIN)
     for (int64_t n = 0; n < N; ++n) {
-        const float *g = gate_up + n * 2 * F, *u = g + F;
-        const float *d = dout + n * F;
-        float *dg = dgate_up + n * 2 * F, *du = dg + F;
-        for (int64_t f = 0; f < F; ++f) {
-            const float s = sigmoidf_stable(g[f]);
-            const float dgate = d[f] * u[f] * (s * (1.0f + g[f] * (1.0f - s)));
-            const float dup = d[f] * (g[f] * s);
-            dg[f] += dgate;
-            du[f] += dup;
-        }
+        const float *g = gate_up + n * 2 * F;
+        float *dg = dgate_up + n * 2 * F;
+        swiglu_row_backward(dg, dg + F, dout + n * F, g, g + F, F);
     }
 }
 

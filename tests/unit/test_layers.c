@@ -478,6 +478,51 @@ static void test_swiglu(void)
               "swiglu grads at ±200: %g %g %g %g", d[0], d[1], d[2], d[3]);
 }
 
+/* The vectorised sigmoid against double precision over the whole range:
+ * 8001 gates in [-100, 100] (through the clamp at |g| = 87 and the
+ * denormal tail), relative error of silu and of both gradients; NaN gates
+ * still give NaN. */
+static void test_swiglu_accuracy(void)
+{
+    enum { F = 8001 };
+    static float gu[2 * F], out[F], dgu[2 * F], ones[F];
+    for (int f = 0; f < F; ++f) {
+        gu[f] = (float)(-100.0 + 200.0 * f / (F - 1));
+        gu[F + f] = 1.0f;
+        ones[f] = 1.0f;
+    }
+    gu[F / 2] = 0.0f;
+    gu[F / 2 + 1] = 1e-30f;
+    cpa_swiglu_forward(out, gu, 1, F);
+    memset(dgu, 0, sizeof dgu);
+    cpa_swiglu_backward(dgu, ones, gu, 1, F);
+    double worst = 0.0, worst_dg = 0.0, worst_du = 0.0, tail = 0.0;
+    for (int f = 0; f < F; ++f) {
+        const double g = gu[f], sg = 1.0 / (1.0 + exp(-g)), silu = g * sg;
+        const double dsilu = sg * (1.0 + g * (1.0 - sg));
+        if (g < -87.0) { /* the clamped tail: silu and its gradients are below 1e-35 */
+            tail = fmax(tail, fmax(fabs(out[f]), fmax(fabs(dgu[f]), fabs(dgu[F + f]))));
+            continue;
+        }
+        const double tiny = 1e-37;
+        worst = fmax(worst, fabs(out[f] - silu) / (fabs(silu) + tiny));
+        /* d silu = s + g·s·(1 - s) crosses 0 near g = -1.28: relative to
+         * the size of its terms, not to the (cancelling) sum. */
+        const double terms = sg + fabs(g) * sg * (1.0 - sg);
+        worst_dg = fmax(worst_dg, fabs(dgu[f] - dsilu) / (terms + tiny));
+        worst_du = fmax(worst_du, fabs(dgu[F + f] - silu) / (fabs(silu) + tiny));
+    }
+    CHECK_MSG(worst < 1e-6, "silu relative error %.3e", worst);
+    CHECK_MSG(worst_dg < 2e-6, "d gate relative error %.3e", worst_dg);
+    CHECK_MSG(worst_du < 1e-6, "d up relative error %.3e", worst_du);
+    CHECK_MSG(tail < 1e-35, "below g = -87: |silu| and gradients up to %.3e", tail);
+    const float nan_gu[2] = {NAN, 1.0f};
+    float o = 0.0f, d[2] = {0.0f, 0.0f};
+    cpa_swiglu_forward(&o, nan_gu, 1, 1);
+    cpa_swiglu_backward(d, ones, nan_gu, 1, 1);
+    CHECK_MSG(isnan(o) && isnan(d[0]) && isnan(d[1]), "NaN gate: %g %g %g", o, d[0], d[1]);
+}
+
 /* ------------------------------------------------------------------------ */
 /* Cross-entropy                                                             */
 /* ------------------------------------------------------------------------ */
@@ -705,6 +750,7 @@ int main(void)
     RUN_TEST(test_rope_relative);
     RUN_TEST(test_rope_strided);
     RUN_TEST(test_swiglu);
+    RUN_TEST(test_swiglu_accuracy);
     RUN_TEST(test_crossentropy_grad);
     RUN_TEST(test_crossentropy_values);
     RUN_TEST(test_residual);
