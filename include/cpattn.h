@@ -129,6 +129,19 @@ cpa_status cpa_tensor_check_finite(cpa_tensor t, const char *name, int64_t index
 /* Number of elements (product of the shape). */
 int64_t cpa_tensor_numel(const cpa_tensor *t);
 
+/* Deterministic inputs for tests and benchmarks: fill the logical
+ * [B, S, N, D] view `t` (4 dims) with values uniform in [-1, 1), exact in
+ * fp32, that depend only on (seed, tensor_id) and the element's GLOBAL
+ * index (b, s_offset + s, n, d) in a sequence of s_global positions — so
+ * each rank can generate its own rows of a sharded tensor and get the same
+ * values as one process generating all of them, in any layout. */
+void cpa_tensor_fill_uniform(cpa_tensor t, uint64_t seed, uint64_t tensor_id, int64_t s_global,
+                             int64_t s_offset);
+
+/* FNV-1a over the float bits of `t` (1..4 dims) in logical order: equal
+ * digests mean bitwise-equal values, whatever the strides. */
+uint64_t cpa_tensor_digest(cpa_tensor t);
+
 /* "bshd", "sbhd", "bnsd"; and the reverse (CPA_ERR_ARG on an unknown name). */
 const char *cpa_layout_name(cpa_layout layout);
 cpa_status cpa_layout_parse(const char *name, cpa_layout *out);
@@ -446,6 +459,14 @@ cpa_status cpa_comm_wait(int n, MPI_Request *reqs, const char *what, ...);
  * timeout, in pieces of at most 2^30 elements so any int64 count works. */
 cpa_status cpa_comm_allreduce(void *buf, int64_t count, MPI_Datatype type, MPI_Op op,
                               MPI_Comm comm, const char *what);
+
+/* Agreement on an error, so that every rank stops with the same verdict:
+ * each rank passes its own *code (0: fine) and, if it failed, its message
+ * in msg (cap bytes, the same cap on every rank).  On return every rank
+ * has the code and message of the lowest-numbered failing rank (*code 0
+ * and msg untouched if none failed) and that rank in *who (-1: none).  One
+ * all-reduce and, on failure, one broadcast, both under the timeout. */
+cpa_status cpa_comm_agree(MPI_Comm comm, int *code, char *msg, size_t cap, int *who);
 
 /* MPI_Bcast under the timeout. */
 cpa_status cpa_comm_bcast(void *buf, int count, MPI_Datatype type, int root, MPI_Comm comm,

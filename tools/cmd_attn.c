@@ -640,7 +640,7 @@ static int fill_random(attn_run *r)
     int rc = EXIT_OK;
     for (int i = 0; i < 4 && !rc; ++i) {
         if (r->P == 1) {
-            tool_fill_uniform(bt(r, &r->loc, i), (uint64_t)c->seed, (uint64_t)i, c->S, 0);
+            cpa_tensor_fill_uniform(bt(r, &r->loc, i), (uint64_t)c->seed, (uint64_t)i, c->S, 0);
             continue;
         }
         if (tool_fill_shard(bt(r, &r->loc, i), r->split, c->S, r->shard, (uint64_t)c->seed,
@@ -648,7 +648,7 @@ static int fill_random(attn_run *r)
             rc = fail("internal error: cannot fill rank %d's shard of %s", r->shard,
                       t_names[i]);
         if (r->glob.t[i])
-            tool_fill_uniform(bt(r, &r->glob, i), (uint64_t)c->seed, (uint64_t)i, c->S, 0);
+            cpa_tensor_fill_uniform(bt(r, &r->glob, i), (uint64_t)c->seed, (uint64_t)i, c->S, 0);
     }
     return tool_agree(rc);
 }
@@ -739,7 +739,7 @@ static void print_digests(const attn_run *r)
     for (int i = T_OUT; i < T_COUNT; ++i)
         if (results(&r->c) & BIT(i))
             printf(" %s=%016llx", t_names[i],
-                   (unsigned long long)tool_digest(bt(r, &r->glob, i)));
+                   (unsigned long long)cpa_tensor_digest(bt(r, &r->glob, i)));
     printf("\n");
 }
 

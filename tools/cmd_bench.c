@@ -255,7 +255,7 @@ static int kernel_setup(kernel_case *k, const bench_cfg *c, const bench_row *r)
     k->dv = cpa_tensor_attn(k->buf[8], CPA_LAYOUT_BSHD, B, S, G, Dv);
     cpa_tensor in[4] = {k->desc.q, k->desc.k, k->desc.v, k->dout};
     for (int i = 0; i < 4; ++i)
-        tool_fill_uniform(in[i], 1234, (uint64_t)i, S, 0);
+        cpa_tensor_fill_uniform(in[i], 1234, (uint64_t)i, S, 0);
     return EXIT_OK;
 }
 

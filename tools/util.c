@@ -177,32 +177,6 @@ void tool_stats(double *x, int n, double *median, double *min, double *max)
 
 float *tool_alloc_floats(int64_t count) { return cpa_alloc_floats(count); }
 
-/* splitmix64's output function: a bijective 64-bit mixer. */
-static uint64_t mix64(uint64_t z)
-{
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-    return z ^ (z >> 31);
-}
-
-void tool_fill_uniform(cpa_tensor t, uint64_t seed, uint64_t tensor_id, int64_t s_global,
-                       int64_t s_offset)
-{
-    const int64_t B = t.shape[0], S = t.shape[1], N = t.shape[2], D = t.shape[3];
-    const uint64_t key = mix64(seed ^ mix64(tensor_id + 0x9e3779b97f4a7c15ULL));
-    for (int64_t b = 0; b < B; ++b)
-        for (int64_t s = 0; s < S; ++s)
-            for (int64_t n = 0; n < N; ++n) {
-                float *row = t.data + b * t.stride[0] + s * t.stride[1] + n * t.stride[2];
-                uint64_t base = (uint64_t)(((b * s_global + s_offset + s) * N + n) * D);
-                for (int64_t d = 0; d < D; ++d) {
-                    uint64_t r = mix64(key + (base + (uint64_t)d) * 0x9e3779b97f4a7c15ULL);
-                    /* top 24 bits -> [0, 1) exactly representable, then [-1, 1) */
-                    row[d * t.stride[3]] = (float)(r >> 40) * 0x1p-23f - 1.0f;
-                }
-            }
-}
-
 cpa_status tool_fill_shard(cpa_tensor local, cpa_split split, int64_t s_global, int r,
                            uint64_t seed, uint64_t tensor_id)
 {
@@ -217,31 +191,9 @@ cpa_status tool_fill_shard(cpa_tensor local, cpa_split split, int64_t s_global, 
         cpa_tensor sub = local;
         sub.data += pieces[i].row * local.stride[1];
         sub.shape[1] = pieces[i].len;
-        tool_fill_uniform(sub, seed, tensor_id, s_global, pieces[i].pos);
+        cpa_tensor_fill_uniform(sub, seed, tensor_id, s_global, pieces[i].pos);
     }
     return CPA_OK;
-}
-
-uint64_t tool_digest(cpa_tensor t)
-{
-    uint64_t h = 0xcbf29ce484222325ULL;
-    int64_t sh[4] = {1, 1, 1, 1}, st[4] = {0, 0, 0, 0};
-    for (int i = 0; i < t.ndim; ++i) {
-        sh[4 - t.ndim + i] = t.shape[i];
-        st[4 - t.ndim + i] = t.stride[i];
-    }
-    for (int64_t a = 0; a < sh[0]; ++a)
-        for (int64_t b = 0; b < sh[1]; ++b)
-            for (int64_t c = 0; c < sh[2]; ++c)
-                for (int64_t d = 0; d < sh[3]; ++d) {
-                    uint32_t bits;
-                    memcpy(&bits, t.data + a * st[0] + b * st[1] + c * st[2] + d * st[3], 4);
-                    for (int byte = 0; byte < 4; ++byte) {
-                        h ^= (bits >> (8 * byte)) & 0xffu;
-                        h *= 0x100000001b3ULL;
-                    }
-                }
-    return h;
 }
 
 /* ------------------------------------------------------------------------ */
@@ -460,22 +412,16 @@ int tool_fail_mpi(int rc, int mpi_err, const char *what)
 
 int tool_agree(int rc)
 {
-    /* One reduction: the worst code, and minus the lowest failing rank. */
-    int out[2] = {rc, rc ? -g_rank : INT_MIN};
-    if (g_size > 1)
-        cpa_comm_allreduce(out, 2, MPI_INT, MPI_MAX, MPI_COMM_WORLD, "the ranks' agreement");
-    if (out[0] != 0) {
-        int who = -out[1];
-        if (g_size > 1 && who != 0)
-            cpa_comm_bcast(g_msg, (int)sizeof g_msg, MPI_CHAR, who, MPI_COMM_WORLD,
-                           "the failing rank's message");
-        if (g_rank == 0 && g_msg[0] && who != 0)
-            fprintf(stderr, "%s: rank %d: %s\n", g_command, who, g_msg);
-        else if (g_rank == 0 && g_msg[0])
-            fprintf(stderr, "%s: %s\n", g_command, g_msg);
-    }
+    /* The lowest failing rank's code and message, on every rank. */
+    int code = rc, who = -1;
+    if (cpa_comm_agree(MPI_COMM_WORLD, &code, g_msg, sizeof g_msg, &who) != CPA_OK)
+        code = EXIT_RUNTIME; /* a timeout has already aborted the job */
+    if (code != 0 && g_rank == 0 && g_msg[0] && who > 0)
+        fprintf(stderr, "%s: rank %d: %s\n", g_command, who, g_msg);
+    else if (code != 0 && g_rank == 0 && g_msg[0])
+        fprintf(stderr, "%s: %s\n", g_command, g_msg);
     g_msg[0] = '\0';
-    return out[0];
+    return code;
 }
 
 void tool_max_to_root(double *x, int n)

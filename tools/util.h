@@ -80,26 +80,13 @@ void tool_stats(double *x, int n, double *median, double *min, double *max);
 /* 64-byte aligned buffer of `count` floats (NULL on failure); free() it. */
 float *tool_alloc_floats(int64_t count);
 
-/* Fill the logical [B, S, N, D] view `t` with uniform values in [-1, 1)
- * that depend only on (seed, tensor_id, global logical index), where the
- * view's rows are rows [s_offset, s_offset + S) of a global sequence of
- * s_global rows.  So a tensor has the same values in every layout, and a
- * rank holding a slice of the sequence generates exactly its slice of the
- * global tensor, for any rank count. */
-void tool_fill_uniform(cpa_tensor t, uint64_t seed, uint64_t tensor_id, int64_t s_global,
-                       int64_t s_offset);
-
-/* The same values as tool_fill_uniform over the global tensor, generated
+/* The same values as cpa_tensor_fill_uniform over the global tensor, generated
  * only for rank r's rows of `split`: `local` is the rank's [B, S/P, N, D]
  * view, filled piece by piece (cpa_split_pieces) at the pieces' global
  * positions.  Fails (CPA_ERR_ARG) only if the split does not fit s_global or
  * the view. */
 cpa_status tool_fill_shard(cpa_tensor local, cpa_split split, int64_t s_global, int r,
                            uint64_t seed, uint64_t tensor_id);
-
-/* FNV-1a over the float bits of `t` (1..4 dims) in logical order: equal
- * digests mean bitwise-equal values, whatever the strides. */
-uint64_t tool_digest(cpa_tensor t);
 
 /* Differences between a result and its reference (same shape, 1..4 dims,
  * any strides): the largest |a - ref| over entries finite in both, the
@@ -154,9 +141,9 @@ int tool_fail_mpi(int rc, int mpi_err, const char *what);
 
 /* After a step that may fail on some ranks only (collective over
  * MPI_COMM_WORLD: every rank calls it at the same point): every rank
- * returns the worst (largest) exit code, and rank 0 prints, once, the
- * recorded message of the lowest failing rank ("<command>: rank R: ..."
- * when R is not 0).  Clears the recorded message. */
+ * returns the exit code of the lowest failing rank (cpa_comm_agree), and
+ * rank 0 prints, once, that rank's recorded message ("<command>: rank R:
+ * ..." when R is not 0).  Clears the recorded message. */
 int tool_agree(int rc);
 
 /* Element-wise maximum over the ranks of x[0..n-1], into rank 0's x. */

@@ -8,6 +8,7 @@
 #include <limits.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 /* ---- the watchdog ------------------------------------------------------------ */
@@ -87,6 +88,39 @@ cpa_status cpa_comm_bcast(void *buf, int count, MPI_Datatype type, int root, MPI
     if (rc != MPI_SUCCESS)
         return cpa_mpi_error(rc, "MPI_Ibcast");
     return cpa_comm_wait(1, &req, "%s (broadcast from rank %d)", what, root);
+}
+
+cpa_status cpa_comm_agree(MPI_Comm comm, int *code, char *msg, size_t cap, int *who)
+{
+    int rank = 0, size = 1;
+    MPI_Comm_rank(comm, &rank);
+    MPI_Comm_size(comm, &size);
+    int first = *code ? rank : INT_MAX;
+    *who = -1;
+    if (size > 1)
+        CPA_TRY(cpa_comm_allreduce(&first, 1, MPI_INT, MPI_MIN, comm, "the ranks' agreement"));
+    if (first == INT_MAX)
+        return CPA_OK;
+    *who = first;
+    if (size == 1 || cap == 0)
+        return CPA_OK;
+    /* The failing rank's code travels in front of its message. */
+    char *both = malloc(sizeof(int) + cap);
+    if (!both)
+        return cpa_error(CPA_ERR_NOMEM, "the ranks' agreement: %zu bytes", sizeof(int) + cap);
+    memcpy(both, code, sizeof(int));
+    memcpy(both + sizeof(int), msg, cap);
+    cpa_status st = cap + sizeof(int) > (size_t)INT_MAX
+                        ? cpa_error(CPA_ERR_ARG, "the ranks' agreement: a message of %zu bytes", cap)
+                        : cpa_comm_bcast(both, (int)(sizeof(int) + cap), MPI_BYTE, first, comm,
+                                         "the failing rank's message");
+    if (st == CPA_OK) {
+        memcpy(code, both, sizeof(int));
+        memcpy(msg, both + sizeof(int), cap);
+        msg[cap - 1] = '\0';
+    }
+    free(both);
+    return st;
 }
 
 /* ---- counts beyond MPI's int ------------------------------------------------ */

@@ -12,6 +12,7 @@
 #include "cpattn.h"
 
 #include <stddef.h>
+#include <stdint.h>
 
 #if defined(__GNUC__)
 #define CPA_PRINTF(a, b) __attribute__((format(printf, a, b)))
@@ -36,6 +37,28 @@ cpa_status cpa_error(cpa_status status, const char *fmt, ...) CPA_PRINTF(2, 3);
 void *cpa_malloc(size_t bytes, const char *what);
 void *cpa_calloc(size_t bytes, const char *what);
 void cpa_free(void *p);
+/* Hashing.  cpa_mix64: splitmix64's finaliser (Steele, Lea, Flood 2014),
+ * a bijection on 64 bits with full avalanche, for counter-based random
+ * values; cpa_fnv1a64: FNV-1a over bytes, for digests and the format-1
+ * checkpoint checksum (start from CPA_FNV_OFFSET). */
+#define CPA_GOLDEN_GAMMA 0x9e3779b97f4a7c15ULL
+#define CPA_FNV_OFFSET 0xcbf29ce484222325ULL
+
+static inline uint64_t cpa_mix64(uint64_t z)
+{
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    return z ^ (z >> 31);
+}
+
+static inline uint64_t cpa_fnv1a64(uint64_t h, const void *data, size_t n)
+{
+    const unsigned char *p = (const unsigned char *)data;
+    for (size_t i = 0; i < n; ++i)
+        h = (h ^ p[i]) * 0x100000001b3ULL;
+    return h;
+}
+
 /* SHA-256 (sha256.c), streaming. */
 typedef struct cpa_sha256 {
     uint32_t h[8];

@@ -119,3 +119,38 @@ cpa_status cpa_tensor_check_finite(cpa_tensor t, const char *name, int64_t index
                 }
     return CPA_OK;
 }
+
+void cpa_tensor_fill_uniform(cpa_tensor t, uint64_t seed, uint64_t tensor_id, int64_t s_global,
+                             int64_t s_offset)
+{
+    /* t [B, S, N, D], rows [s_offset, s_offset + S) of s_global */
+    const int64_t B = t.shape[0], S = t.shape[1], N = t.shape[2], D = t.shape[3];
+    const uint64_t key = cpa_mix64(seed ^ cpa_mix64(tensor_id + CPA_GOLDEN_GAMMA));
+    for (int64_t b = 0; b < B; ++b)
+        for (int64_t s = 0; s < S; ++s)
+            for (int64_t n = 0; n < N; ++n) {
+                float *row = t.data + b * t.stride[0] + s * t.stride[1] + n * t.stride[2];
+                const uint64_t base = (uint64_t)(((b * s_global + s_offset + s) * N + n) * D);
+                for (int64_t d = 0; d < D; ++d) {
+                    const uint64_t r = cpa_mix64(key + (base + (uint64_t)d) * CPA_GOLDEN_GAMMA);
+                    /* top 24 bits -> [0, 1) exactly representable, then [-1, 1) */
+                    row[d * t.stride[3]] = (float)(r >> 40) * 0x1p-23f - 1.0f;
+                }
+            }
+}
+
+uint64_t cpa_tensor_digest(cpa_tensor t)
+{
+    uint64_t h = CPA_FNV_OFFSET;
+    int64_t sh[4] = {1, 1, 1, 1}, st[4] = {0, 0, 0, 0};
+    for (int i = 0; i < t.ndim; ++i) {
+        sh[4 - t.ndim + i] = t.shape[i];
+        st[4 - t.ndim + i] = t.stride[i];
+    }
+    for (int64_t a = 0; a < sh[0]; ++a)
+        for (int64_t b = 0; b < sh[1]; ++b)
+            for (int64_t c = 0; c < sh[2]; ++c)
+                for (int64_t d = 0; d < sh[3]; ++d) /* the bytes of a little-endian float */
+                    h = cpa_fnv1a64(h, t.data + a * st[0] + b * st[1] + c * st[2] + d * st[3], 4);
+    return h;
+}

@@ -366,17 +366,12 @@ static cpa_status check_same_everywhere(MPI_Comm comm, const cpa_cp_config *c)
  * status and message of the lowest failing rank. */
 static cpa_status agree(MPI_Comm comm, int rank, cpa_status mine)
 {
-    int first = mine == CPA_OK ? INT_MAX : rank;
+    (void)rank;
+    int code = (int)mine, who = -1;
     char msg[1024];
-    snprintf(msg, sizeof msg, "%s", cpa_last_error());
-    CPA_TRY(cpa_comm_allreduce(&first, 1, MPI_INT, MPI_MIN, comm, "plan creation: agreement"));
-    if (first == INT_MAX)
-        return CPA_OK;
-    int status = (int)mine;
-    CPA_TRY(cpa_comm_bcast(&status, 1, MPI_INT, first, comm, "plan creation: agreement"));
-    CPA_TRY(cpa_comm_bcast(msg, (int)sizeof msg, MPI_CHAR, first, comm, "plan creation: agreement"));
-    msg[sizeof msg - 1] = '\0';
-    return cpa_error((cpa_status)status, "%s", msg);
+    snprintf(msg, sizeof msg, "%s", mine == CPA_OK ? "" : cpa_last_error());
+    CPA_TRY(cpa_comm_agree(comm, &code, msg, sizeof msg, &who));
+    return code == CPA_OK ? CPA_OK : cpa_error((cpa_status)code, "%s", msg);
 }
 
 /* ---- plans ------------------------------------------------------------------ */

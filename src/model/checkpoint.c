@@ -76,20 +76,10 @@
 #define CKPT_PATH_CAP 4200
 #define CKPT_CONFIG_CAP ((int)sizeof(((cpa_ckpt_meta *)0)->config))
 
-#define FNV_OFFSET 0xcbf29ce484222325ULL
-#define FNV_PRIME 0x100000001b3ULL
 
 /* ------------------------------------------------------------------------ */
 /* Small helpers                                                             */
 /* ------------------------------------------------------------------------ */
-
-static uint64_t fnv1a(uint64_t h, const void *data, size_t n)
-{
-    const unsigned char *p = data;
-    for (size_t i = 0; i < n; ++i)
-        h = (h ^ p[i]) * FNV_PRIME;
-    return h;
-}
 
 static void put_u32(unsigned char *p, uint32_t v)
 {
@@ -356,7 +346,7 @@ static cpa_status reader_get(ckpt_reader *r, void *dst, size_t n, const char *wh
         size_t take = r->end - r->start < n ? r->end - r->start : n;
         if (r->hashing) {
             if (r->version == 1)
-                r->fnv = fnv1a(r->fnv, r->buf + r->start, take);
+                r->fnv = cpa_fnv1a64(r->fnv, r->buf + r->start, take);
             else
                 cpa_sha256_update(&r->sha, r->buf + r->start, take);
         }
@@ -449,7 +439,7 @@ static cpa_status scan_file(ckpt_reader *r, const cpa_ckpt_array *arrays, int na
     r->version = version;
     r->sum_len = version == 1 ? CKPT_SUM_LEN_V1 : CKPT_SUM_LEN;
     if (version == 1) {
-        r->fnv = fnv1a(fnv1a(FNV_OFFSET, CKPT_MAGIC, CKPT_MAGIC_LEN), vb, sizeof vb);
+        r->fnv = cpa_fnv1a64(cpa_fnv1a64(CPA_FNV_OFFSET, CKPT_MAGIC, CKPT_MAGIC_LEN), vb, sizeof vb);
     }
     CPA_TRY(reader_u64(r, &h->iteration, "the iteration"));
     CPA_TRY(reader_u64(r, &h->rng_state, "the RNG state"));

@@ -62,16 +62,8 @@ struct cpa_data {
 /* Hashing                                                                   */
 /* ------------------------------------------------------------------------ */
 
-#define GOLDEN_GAMMA 0x9e3779b97f4a7c15ULL
-
-/* The splitmix64 finaliser (Steele, Lea, Flood 2014): a bijection on 64 bits
- * with full avalanche, so nearby inputs give unrelated outputs. */
-static uint64_t mix64(uint64_t z)
-{
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-    return z ^ (z >> 31);
-}
+/* cpa_mix64 (internal.h) is splitmix64's finaliser: nearby inputs give
+ * unrelated outputs. */
 
 /* The key of one sample.  Each argument goes through a full mix before the
  * next is added, so (seed, split, index) triples do not alias the way a
@@ -79,16 +71,16 @@ static uint64_t mix64(uint64_t z)
  * streams. */
 static uint64_t sample_key(uint64_t seed, int split, int64_t index)
 {
-    uint64_t k = mix64(seed + GOLDEN_GAMMA);
-    k = mix64(k ^ (0x5eed0000d47aULL + (uint64_t)(uint32_t)split * GOLDEN_GAMMA));
-    return mix64(k + (uint64_t)index * GOLDEN_GAMMA);
+    uint64_t k = cpa_mix64(seed + CPA_GOLDEN_GAMMA);
+    k = cpa_mix64(k ^ (0x5eed0000d47aULL + (uint64_t)(uint32_t)split * CPA_GOLDEN_GAMMA));
+    return cpa_mix64(k + (uint64_t)index * CPA_GOLDEN_GAMMA);
 }
 
 /* The j-th value of a sample's stream: splitmix64's output for state
  * key + (j+1)·gamma. */
 static uint64_t stream_value(uint64_t key, int64_t j)
 {
-    return mix64(key + (uint64_t)(j + 1) * GOLDEN_GAMMA);
+    return cpa_mix64(key + (uint64_t)(j + 1) * CPA_GOLDEN_GAMMA);
 }
 
 /* ------------------------------------------------------------------------ */

@@ -253,19 +253,12 @@ void cpa_gpt_shape_string(const cpa_gpt *m, char *buf, size_t n)
 
 /* ---- initialisation --------------------------------------------------------- */
 
-static uint64_t mix64(uint64_t x)
-{
-    x += 0x9e3779b97f4a7c15ULL;
-    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
-    x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
-    return x ^ (x >> 31);
-}
-
-/* A normal value that depends only on (seed, i): Box-Muller on two hashes. */
+/* A normal value that depends only on (seed, i): Box-Muller on two
+ * splitmix64 outputs. */
 static float normal_at(uint64_t seed, uint64_t i)
 {
-    double u1 = ((double)(mix64(seed ^ (2 * i)) >> 11) + 0.5) * 0x1.0p-53;
-    double u2 = (double)(mix64(seed ^ (2 * i + 1)) >> 11) * 0x1.0p-53;
+    double u1 = ((double)(cpa_mix64((seed ^ (2 * i)) + CPA_GOLDEN_GAMMA) >> 11) + 0.5) * 0x1.0p-53;
+    double u2 = (double)(cpa_mix64((seed ^ (2 * i + 1)) + CPA_GOLDEN_GAMMA) >> 11) * 0x1.0p-53;
     return (float)(sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2));
 }
 

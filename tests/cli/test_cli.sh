@@ -109,7 +109,7 @@ else fail "bench kernel --help lists flags and defaults" "exit $rc or flags miss
 # Usage errors: exit 2, one line naming the flag (or value) and the rule
 # ---------------------------------------------------------------------------
 
-# (cpattn.c follows this message with the subcommand list, so not one line.)
+# (main.c follows this message with the subcommand list, so not one line.)
 run frobnicate
 if [ "$rc" -eq 2 ] && grep -q "unknown subcommand 'frobnicate'" "$ERR"; then pass "unknown subcommand"
 else fail "unknown subcommand" "exit $rc, expected 2 naming it"; fi

@@ -98,6 +98,24 @@ static void ring_shift(int overlap)
     comms_free(overlap, c);
 }
 
+/* cpa_comm_agree: nobody failed; then ranks 1.. fail with different codes
+ * and messages and every rank gets rank 1's (the lowest failing). */
+static void agreement(void)
+{
+    MPI_Comm c;
+    CHECK_OK(cpa_comm_dup(MPI_COMM_WORLD, &c));
+    char msg[64] = "untouched";
+    int code = 0, who = 7;
+    CHECK_OK(cpa_comm_agree(c, &code, msg, sizeof msg, &who));
+    CHECK(code == 0 && who == -1 && strcmp(msg, "untouched") == 0);
+    code = rank_ >= 1 ? 10 + rank_ : 0;
+    snprintf(msg, sizeof msg, rank_ >= 1 ? "rank %d failed" : "fine %d", rank_);
+    CHECK_OK(cpa_comm_agree(c, &code, msg, sizeof msg, &who));
+    CHECK_MSG(code == 11 && who == 1 && strcmp(msg, "rank 1 failed") == 0,
+              "rank %d: code %d who %d msg '%s'", rank_, code, who, msg);
+    MPI_Comm_free(&c);
+}
+
 static void ring_shift_overlap_off(void) { ring_shift(0); }
 static void ring_shift_overlap_on(void) { ring_shift(1); }
 
@@ -306,6 +324,7 @@ int main(int argc, char **argv)
     RUN_TEST(double_ring_overlap_on);
     RUN_TEST(post_limits);
     RUN_TEST(dup_errhandler);
+    RUN_TEST(agreement);
     int counts[2] = {test_passed_, test_failed_}, total[2];
     MPI_Allreduce(counts, total, 2, MPI_INT, MPI_SUM, MPI_COMM_WORLD);
     if (rank_ == 0)

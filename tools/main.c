@@ -1,5 +1,5 @@
 /*
- * cpattn.c — entry point of the `cpattn` program: picks the subcommand and
+ * main.c — entry point of the `cpattn` program: picks the subcommand and
  * hands it the rest of the command line.  Each subcommand lives in its own
  * cmd_*.c file and is a thin layer over the library's public API.
  */
