@@ -27,7 +27,7 @@ int tool_measure_ceilings(cpa_isa isa, int threads, int sgemm_n, int reps, tool_
         return EXIT_USAGE;
     c->fma_gflops = cpa_fma_peak_gflops(c->isa, threads);
     const int64_t nn = (int64_t)sgemm_n * sgemm_n;
-    float *a = tool_alloc_floats(3 * nn);
+    float *a = cpa_alloc_floats(3 * nn);
     double *t = malloc(sizeof(double) * (size_t)(reps > 0 ? reps : 1));
     if (!a || !t) {
         free(a);

@@ -563,7 +563,7 @@ static int alloc_bundle(const attn_run *r, bundle *b, unsigned mask, int64_t S)
         if (!(mask & BIT(i)))
             continue;
         int64_t n = numel(&r->c, i, S);
-        if (!(b->t[i] = tool_alloc_floats(n)))
+        if (!(b->t[i] = cpa_alloc_floats(n)))
             return fail("out of memory: cannot allocate %lld floats for %s", (long long)n,
                         t_names[i]);
     }
@@ -587,7 +587,7 @@ static int alloc_run(attn_run *r, int64_t Sl)
         r->glob.owned = 0;
     } else if (!rc && tool_rank() == 0) {
         rc = alloc_bundle(r, &r->glob, glob_mask(c), c->S);
-        if (!rc && !(r->tmp = tool_alloc_floats(max_shard(c, Sl))))
+        if (!rc && !(r->tmp = cpa_alloc_floats(max_shard(c, Sl))))
             rc = fail("out of memory: cannot allocate the transit buffer (%lld floats)",
                       (long long)max_shard(c, Sl));
         if (!rc && !(r->shards = malloc(sizeof(int) * (size_t)r->P)))

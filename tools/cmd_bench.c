@@ -235,7 +235,7 @@ static int kernel_setup(kernel_case *k, const bench_cfg *c, const bench_row *r)
     int64_t counts[9] = {bs * H * Dk, bs * G * Dk, bs * G * Dv, bs * H * Dv, bs * H * Dv,
                          bs * H,      bs * H * Dk, bs * G * Dk, bs * G * Dv};
     for (int i = 0; i < 9; ++i) {
-        if (!(k->buf[i] = tool_alloc_floats(counts[i]))) {
+        if (!(k->buf[i] = cpa_alloc_floats(counts[i]))) {
             fprintf(stderr, "cpattn bench kernel: out of memory at S=%lld D=%lld/%lld\n",
                     (long long)S, (long long)Dk, (long long)Dv);
             return EXIT_RUNTIME;

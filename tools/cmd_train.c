@@ -241,8 +241,8 @@ static int setup(train_run *r)
         return err;
 
     r->n = cpa_gpt_num_params(r->model);
-    r->adam_m = tool_alloc_floats(r->n);
-    r->adam_v = tool_alloc_floats(r->n);
+    r->adam_m = cpa_alloc_floats(r->n);
+    r->adam_v = cpa_alloc_floats(r->n);
     r->tokens = malloc(sizeof(int32_t) * (size_t)(c->B * (c->S + 1)));
     r->long_range = malloc((size_t)c->S);
     err = (!r->adam_m || !r->adam_v || !r->tokens || !r->long_range)

@@ -175,8 +175,6 @@ void tool_stats(double *x, int n, double *median, double *min, double *max)
     *median = n % 2 ? x[n / 2] : 0.5 * (x[n / 2 - 1] + x[n / 2]);
 }
 
-float *tool_alloc_floats(int64_t count) { return cpa_alloc_floats(count); }
-
 cpa_status tool_fill_shard(cpa_tensor local, cpa_split split, int64_t s_global, int r,
                            uint64_t seed, uint64_t tensor_id)
 {

@@ -77,9 +77,6 @@ const char *tool_format_bytes(double bytes, char *buf, size_t cap);
 /* Median, minimum and maximum of x[0..n-1] (n >= 1); sorts x in place. */
 void tool_stats(double *x, int n, double *median, double *min, double *max);
 
-/* 64-byte aligned buffer of `count` floats (NULL on failure); free() it. */
-float *tool_alloc_floats(int64_t count);
-
 /* The same values as cpa_tensor_fill_uniform over the global tensor, generated
  * only for rank r's rows of `split`: `local` is the rank's [B, S/P, N, D]
  * view, filled piece by piece (cpa_split_pieces) at the pieces' global

@@ -364,9 +364,8 @@ static cpa_status check_same_everywhere(MPI_Comm comm, const cpa_cp_config *c)
 
 /* Every rank learns whether any rank failed; if one did, all return the
  * status and message of the lowest failing rank. */
-static cpa_status agree(MPI_Comm comm, int rank, cpa_status mine)
+static cpa_status agree(MPI_Comm comm, cpa_status mine)
 {
-    (void)rank;
     int code = (int)mine, who = -1;
     char msg[1024];
     snprintf(msg, sizeof msg, "%s", mine == CPA_OK ? "" : cpa_last_error());
@@ -388,7 +387,7 @@ cpa_status cpa_plan_create(MPI_Comm comm, const cpa_cp_config *config, cpa_plan 
         s = cpa_error(CPA_ERR_ARG, "cpa_plan_create: config and out must not be NULL");
     else
         s = validate(config, world);
-    CPA_TRY(agree(comm, rank, s));
+    CPA_TRY(agree(comm, s));
 
     CPA_TRY(check_same_everywhere(comm, config));
 
@@ -420,7 +419,7 @@ cpa_status cpa_plan_create(MPI_Comm comm, const cpa_cp_config *config, cpa_plan 
     if (s == CPA_OK)
         s = plan->algo->init(plan);
     /* Allocation can fail on one rank only: agree before anyone proceeds. */
-    cpa_status all = agree(comm, rank, s);
+    cpa_status all = agree(comm, s);
     if (all != CPA_OK) {
         cpa_plan_destroy(plan);
         return all;

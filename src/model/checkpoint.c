@@ -411,9 +411,10 @@ static void list_name(char *list, size_t cap, const char *name, size_t len)
     snprintf(list + used, cap - used, "%s%s", used ? ", " : "", shown);
 }
 
-/* Pass 1: structure and checksum of the whole file; fills `h`. */
-static cpa_status scan_file(ckpt_reader *r, const cpa_ckpt_array *arrays, int narrays,
-                            ckpt_header *h)
+/* The header: magic, format version (which decides the checksum), the
+ * iteration, RNG state and configuration, each length checked against the
+ * file size.  Shared by loading (pass 1) and peeking. */
+static cpa_status read_header(ckpt_reader *r, ckpt_header *h)
 {
     /* The magic first, so a foreign file is named as one even if short. */
     unsigned char magic[CKPT_MAGIC_LEN];
@@ -457,6 +458,14 @@ static cpa_status scan_file(ckpt_reader *r, const cpa_ckpt_array *arrays, int na
     if (strlen(h->config) != config_len)
         return cpa_error(CPA_ERR_FORMAT, "%s: corrupted: NUL byte inside the configuration",
                          r->path);
+    return CPA_OK;
+}
+
+/* Pass 1: structure and checksum of the whole file; fills `h`. */
+static cpa_status scan_file(ckpt_reader *r, const cpa_ckpt_array *arrays, int narrays,
+                            ckpt_header *h)
+{
+    CPA_TRY(read_header(r, h));
 
     uint32_t file_narrays;
     CPA_TRY(reader_u32(r, &file_narrays, "the array count"));
@@ -517,7 +526,7 @@ static cpa_status scan_file(ckpt_reader *r, const cpa_ckpt_array *arrays, int na
                          "%lld bytes)",
                          r->path, (long long)body_left(r), (long long)r->size);
     r->hashing = false;
-    if (version == 1) {
+    if (r->version == 1) {
         uint64_t stored;
         CPA_TRY(reader_u64(r, &stored, "the checksum"));
         if (stored != r->fnv)
@@ -760,37 +769,17 @@ cpa_status cpa_ckpt_peek(const char *dir, cpa_ckpt_meta *meta)
     CPA_TRY(cpa_open_read(path, &r.fd, &sb));
     r.size = (int64_t)sb.st_size;
     r.buf = cpa_malloc(CKPT_CHUNK, "checkpoint read buffer");
-    cpa_status st = r.buf ? CPA_OK : cpa_nomem_for(path);
-    unsigned char magic[CKPT_MAGIC_LEN];
-    uint32_t version = 0, config_len = 0;
-    uint64_t iteration = 0, rng = 0;
+    ckpt_header *h = cpa_malloc(sizeof *h, "checkpoint header");
+    cpa_status st = r.buf && h ? read_header(&r, h) : cpa_nomem_for(path);
     if (st == CPA_OK)
-        st = reader_get(&r, magic, sizeof magic, "the magic");
-    if (st == CPA_OK && memcmp(magic, CKPT_MAGIC, CKPT_MAGIC_LEN) != 0)
-        st = cpa_error(CPA_ERR_FORMAT, "%s: not a cpattn checkpoint", path);
-    if (st == CPA_OK)
-        st = reader_u32(&r, &version, "the format version");
-    if (st == CPA_OK && version != 1 && version != CKPT_VERSION)
-        st = cpa_error(CPA_ERR_FORMAT, "%s: checkpoint format version %u", path, version);
-    if (st == CPA_OK)
-        st = reader_u64(&r, &iteration, "the iteration");
-    if (st == CPA_OK)
-        st = check_iteration(path, (int64_t)iteration);
-    if (st == CPA_OK)
-        st = reader_u64(&r, &rng, "the RNG state");
-    if (st == CPA_OK)
-        st = reader_u32(&r, &config_len, "the configuration length");
-    if (st == CPA_OK && config_len >= (uint32_t)CKPT_CONFIG_CAP)
-        st = cpa_error(CPA_ERR_FORMAT, "%s: corrupted: configuration of %u bytes", path,
-                       config_len);
+        st = check_iteration(path, (int64_t)h->iteration);
     if (st == CPA_OK) {
+        meta->iteration = (int64_t)h->iteration;
+        meta->rng_state = h->rng_state;
         memset(meta->config, 0, sizeof meta->config);
-        st = reader_get(&r, meta->config, config_len, "the configuration");
+        memcpy(meta->config, h->config, strlen(h->config));
     }
-    if (st == CPA_OK) {
-        meta->iteration = (int64_t)iteration;
-        meta->rng_state = rng;
-    }
+    cpa_free(h);
     cpa_free(r.buf);
     close(r.fd);
     return st;
