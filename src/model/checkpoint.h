@@ -1,31 +1,32 @@
 /*
- * checkpoint.h — training checkpoints: one file DIR/checkpoint.bin holding a
- * header (magic, format version, iteration, RNG state, the configuration
- * as "key=value" lines), a list of float arrays (parameters, AdamW moments)
- * and a 64-bit checksum of everything before it.  Written atomically:
- * temporary file in DIR, fsync, rename; a failed save leaves the previous
- * checkpoint intact.  Loading verifies magic, version, sizes and checksum,
- * and compares the configuration with the running one, naming the first
- * key that differs ("saved with hidden_size=256, this run has 128").
+ * checkpoint.h — training checkpoints: one file DIR/checkpoint.bin in the
+ * library's checkpoint container (src/core/ckpt_file.h: header, named float
+ * arrays, SHA-256 checksum, written atomically — temporary file in DIR,
+ * fsync, rename; a failed save leaves the previous checkpoint intact).
+ * This layer says what a trainer's checkpoint holds: the iteration and the
+ * RNG state in the header words, the configuration as "key=value" lines in
+ * the header text, and the caller's arrays (parameters, AdamW moments).
+ * Loading verifies magic, version, sizes and checksum, checks that the
+ * iteration is >= 0, and compares the configuration with the running one,
+ * naming the first key that differs ("saved with hidden_size=256, this run
+ * has 128").
  */
 #ifndef CPATTN_MODEL_CHECKPOINT_H
 #define CPATTN_MODEL_CHECKPOINT_H
 
 #include "cpattn.h"
+/* cpa_ckpt_array and the text capacity; the path is relative so that the
+ * trainer (tools/) needs no core include folder: that header includes only
+ * cpattn.h. */
+#include "../core/ckpt_file.h"
 
 #include <stdint.h>
 
 typedef struct cpa_ckpt_meta {
     int64_t iteration;   /* iterations completed */
     uint64_t rng_state;  /* the trainer's RNG state */
-    char config[4096];   /* "key=value\n" lines describing the model shape */
+    char config[CPA_CKPT_FILE_TEXT_CAP]; /* "key=value\n" lines describing the model shape */
 } cpa_ckpt_meta;
-
-typedef struct cpa_ckpt_array {
-    const char *name;    /* for messages: "params", "adam_m", ... */
-    float *data;
-    int64_t count;
-} cpa_ckpt_array;
 
 /* Create DIR if missing and write DIR/checkpoint.bin atomically. */
 cpa_status cpa_ckpt_save(const char *dir, const cpa_ckpt_meta *meta, const cpa_ckpt_array *arrays,
