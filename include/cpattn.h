@@ -126,6 +126,11 @@ float *cpa_alloc_floats(int64_t count);
  * up front instead. */
 cpa_status cpa_tensor_check_finite(cpa_tensor t, const char *name, int64_t index[CPA_MAX_DIMS]);
 
+/* Copy between 4-d views of the same shape (any strides); set a 4-d view
+ * to zero. */
+void cpa_tensor_copy(cpa_tensor dst, cpa_tensor src);
+void cpa_tensor_zero(cpa_tensor t);
+
 /* Number of elements (product of the shape). */
 int64_t cpa_tensor_numel(const cpa_tensor *t);
 
@@ -141,6 +146,7 @@ void cpa_tensor_fill_uniform(cpa_tensor t, uint64_t seed, uint64_t tensor_id, in
 /* FNV-1a over the float bits of `t` (1..4 dims) in logical order: equal
  * digests mean bitwise-equal values, whatever the strides. */
 uint64_t cpa_tensor_digest(cpa_tensor t);
+
 
 /* "bshd", "sbhd", "bnsd"; and the reverse (CPA_ERR_ARG on an unknown name). */
 const char *cpa_layout_name(cpa_layout layout);
@@ -168,6 +174,16 @@ typedef struct cpa_rows {
     const cpa_piece *pieces;
     int count;
 } cpa_rows;
+
+/* A digest of a sharded tensor: t is a logical [B, S, N, D] view whose S
+ * local rows sit at the global positions `rows` gives (count 0: 0, 1, ...)
+ * of a sequence of s_global.  Each (b, position) row is hashed (FNV-1a over
+ * its float bits) and keyed by its global index, and the rows are summed,
+ * so the digests of every rank's rows add up (mod 2^64, MPI_SUM on
+ * MPI_UINT64_T) to the digest of the whole tensor held by one process:
+ * equal sums mean bitwise-equal tensors, for any P and any split.
+ * An lse [B, H, S] is passed as its [B, S, H, 1] view. */
+uint64_t cpa_tensor_digest_rows(cpa_tensor t, int64_t s_global, cpa_rows rows);
 
 typedef enum cpa_mask_kind {
     CPA_MASK_NONE = 0,   /* every query sees every key ("general") */
@@ -349,18 +365,33 @@ cpa_status cpa_unshard(cpa_split split, int r, cpa_tensor local, cpa_tensor glob
 /* Context-parallel attention plans                                          */
 /* ------------------------------------------------------------------------ */
 
-/* The algorithms, by MindSpeed's --context-parallel-algo names. */
+/* The algorithms, by MindSpeed's --context-parallel-algo names (and
+ * TransformerEngine's cp_comm_type=all_gather for the fourth). */
 typedef enum cpa_algo {
     CPA_ALGO_ULYSSES = 0,  /* ulysses_cp_algo */
     CPA_ALGO_RING = 1,     /* megatron_cp_algo (window > 1: double ring) */
-    CPA_ALGO_HYBRID = 2    /* hybrid_cp_algo */
+    CPA_ALGO_HYBRID = 2,   /* hybrid_cp_algo */
+    CPA_ALGO_ALLGATHER = 3 /* allgather_cp_algo: all-gather K/V, attend the own query rows */
 } cpa_algo;
 
-/* The algorithm table: ids 0 .. cpa_algo_count()-1, their names, and the
- * reverse lookup (CPA_ERR_ARG naming the valid choices). */
+/* The algorithm table: ids 0 .. cpa_algo_count()-1 (in this order), their
+ * names, and the reverse lookup (CPA_ERR_ARG naming the valid choices).
+ * Tools build their flags, help and test matrices from it. */
 int cpa_algo_count(void);
 const char *cpa_algo_name(cpa_algo algo);
 cpa_status cpa_algo_parse(const char *name, cpa_algo *out);
+
+/* What a row of the table says of itself, for help texts and sweeps. */
+typedef struct cpa_algo_info {
+    const char *name;        /* "megatron_cp_algo", ... */
+    const char *summary;     /* one line: how it communicates */
+    int uses_window;         /* --cp-window-size applies (double ring) */
+    int uses_ulysses_degree; /* --ulysses-degree-in-cp applies (and is required) */
+    int uses_overlap;        /* --use-cp-send-recv-overlap applies */
+} cpa_algo_info;
+
+/* CPA_ERR_ARG for an id outside the table. */
+cpa_status cpa_algo_describe(cpa_algo algo, cpa_algo_info *info);
 
 /* Everything a plan needs; identical on every rank of the group.  Sizes
  * are GLOBAL (S is the whole sequence). */
@@ -371,7 +402,10 @@ typedef struct cpa_cp_config {
     int ulysses_degree;       /* --ulysses-degree-in-cp U (hybrid) */
     int tp_size;              /* --tensor-model-parallel-size (head rules), 1 */
     int send_recv_overlap;    /* --use-cp-send-recv-overlap */
-    cpa_mask_kind mask;       /* --attention-mask-type: causal or general (NONE) */
+    cpa_mask mask;            /* the whole mask: .kind = --attention-mask-type (causal or
+                                 general = CPA_MASK_NONE) */
+    cpa_impl impl;            /* CPA_IMPL_FAST (0), or the reference kernel inside every step
+                                 of the algorithm (every exchange still happens) */
     cpa_layout layout;        /* local tensors' layout (bnsd = --megatron-cp-in-bnsd) */
     int64_t batch;            /* B */
     int64_t seq_length;       /* S, global */
@@ -400,23 +434,50 @@ void cpa_plan_destroy(cpa_plan *plan);
  * that cpa_plan_create would refuse outright. */
 int64_t cpa_plan_memory_bytes(const cpa_cp_config *config);
 
+/* The configuration the plan runs (v_head_dim resolved). */
+const cpa_cp_config *cpa_plan_config(const cpa_plan *plan);
+
 /* The split of this plan's local rows, this rank's index in the group, and
  * the local sequence length S/P. */
 cpa_split cpa_plan_split(const cpa_plan *plan);
 int cpa_plan_rank(const cpa_plan *plan);
 int64_t cpa_plan_local_seq(const cpa_plan *plan);
 
+/* What one layer's forward keeps for its backward (autograd's
+ * save_for_backward), owned by the caller: one per layer in flight.  Sized
+ * by the plan (Ulysses and hybrid keep the head-sharded q, k, v, out and
+ * lse; the ring keeps nothing beyond the caller's tensors) and made once,
+ * so forward and backward allocate nothing. */
+typedef struct cpa_plan_saved cpa_plan_saved;
+
+cpa_status cpa_plan_saved_create(const cpa_plan *plan, cpa_plan_saved **out);
+void cpa_plan_saved_destroy(cpa_plan_saved *saved);
+/* Bytes one cpa_plan_saved of `config` allocates (-1: a configuration the
+ * plan would refuse). */
+int64_t cpa_plan_saved_bytes(const cpa_cp_config *config);
+
 /* Local shards, in the plan's layout:
  *   q, dq, dout, out: [B, S/P, H, D*]   k, v, dk, dv: [B, S/P, G, D*]
  *   lse: [B, H, S/P] (any strides)
- * forward writes out and lse; backward takes the forward's out and lse and
- * WRITES (not adds) dq, dk, dv for the local rows.  Collective over the
- * plan's group. */
-cpa_status cpa_plan_forward(cpa_plan *plan, cpa_tensor q, cpa_tensor k, cpa_tensor v,
-                            cpa_tensor out, cpa_tensor lse);
-cpa_status cpa_plan_backward(cpa_plan *plan, cpa_tensor q, cpa_tensor k, cpa_tensor v,
-                             cpa_tensor out, cpa_tensor lse, cpa_tensor dout, cpa_tensor dq,
-                             cpa_tensor dk, cpa_tensor dv);
+ * forward writes out and lse, and fills `saved` (NULL: keep nothing).
+ * backward takes the forward's q, k, v, out and lse and WRITES (not adds)
+ * dq, dk, dv for the local rows.  Given the `saved` its forward filled it
+ * starts from that state; given NULL it rebuilds what it needs from its
+ * arguments (Ulysses and hybrid: 5 more all-to-alls).  A `saved` that no
+ * forward of this plan filled is refused.  Collective over the plan's
+ * group. */
+cpa_status cpa_plan_forward(cpa_plan *plan, cpa_plan_saved *saved, cpa_tensor q, cpa_tensor k,
+                            cpa_tensor v, cpa_tensor out, cpa_tensor lse);
+cpa_status cpa_plan_backward(cpa_plan *plan, const cpa_plan_saved *saved, cpa_tensor q,
+                             cpa_tensor k, cpa_tensor v, cpa_tensor out, cpa_tensor lse,
+                             cpa_tensor dout, cpa_tensor dq, cpa_tensor dk, cpa_tensor dv);
+
+/* The bytes one rank sends in one forward and in one backward of `config`,
+ * from the algorithm's schedule (what the stats of a call will count):
+ * the communication volume, without running anything.  CPA_ERR_ARG for a
+ * configuration the plan would refuse. */
+cpa_status cpa_plan_volume(const cpa_cp_config *config, double *forward_bytes,
+                           double *backward_bytes);
 
 /* Counters of the last forward or backward call on this rank. */
 typedef struct cpa_plan_stats {
@@ -492,6 +553,32 @@ cpa_status cpa_npy_load_into(const char *path, cpa_tensor dst);
  * temporary file in the same folder which is renamed into place, so `path`
  * is either the old file or the complete new one. */
 cpa_status cpa_npy_save(const char *path, cpa_tensor src);
+
+/* Sharded .npy files over MPI: every rank of `comm` reads or writes only
+ * its own rows of one global array, with collective MPI-IO at the header's
+ * data offset, so no rank ever holds the whole array.
+ *
+ * `axis` is the array's sequence dim (1 for [B, S, N, D], 2 for an lse
+ * [B, H, S]); `rows` places the local rows: local row pieces[i].row + j
+ * along `axis` is global position pieces[i].pos + j (count 0: local row j
+ * is global position j).  `local` has the file's shape except along
+ * `axis`, where its length is the sum of the pieces' lengths; any strides.
+ * Both calls are collective and return the same status and message on
+ * every rank (a malformed or missing file, a shape that does not match,
+ * pieces outside the array: named on every rank). */
+cpa_status cpa_npy_read_rows(MPI_Comm comm, const char *path, int axis, cpa_rows rows,
+                             cpa_tensor local);
+
+/* Write `local` as the rows of a global float32 C-order array of `ndim`
+ * dims `global_shape`.  Rank 0 writes the header once; every rank writes
+ * its rows; the pieces of all ranks must cover each position exactly once.
+ * The data go to a temporary file in the same folder, which is renamed
+ * into place only after every rank has written successfully, so `path` is
+ * either the old file or the complete new one (the temporary file is
+ * removed on failure). */
+cpa_status cpa_npy_write_rows(MPI_Comm comm, const char *path, int ndim,
+                              const int64_t *global_shape, int axis, cpa_rows rows,
+                              cpa_tensor local);
 
 #ifdef __cplusplus
 }

@@ -11,6 +11,7 @@ enum { EXIT_OK = 0, EXIT_RUNTIME = 1, EXIT_USAGE = 2 };
 int cmd_attn(int argc, char **argv);
 int cmd_bench(int argc, char **argv);
 int cmd_train(int argc, char **argv);
+int cmd_algos(int argc, char **argv);
 
 /* The subcommands' flag tables (args.h), for the argument-parser fuzz
  * harness (tests/fuzz/fuzz_args.c). */

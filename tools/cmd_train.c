@@ -6,17 +6,21 @@
  * the mean over every token of the global batch; parameter gradients are
  * summed over all ranks.  Flags use Megatron's names.
  *
- * This file is the loop and the logging; the model (src/model/gpt.c), the
- * optimizer, the data and the checkpoints are library code.
+ * This file is the configuration, the loop and the logging; the process
+ * grid and its reductions (src/model/parallel.c), the model
+ * (src/model/gpt.c), the optimizer, the data and the checkpoints are
+ * library code.
  */
 #include "args.h"
 #include "cmd.h"
+#include "cp_flags.h"
 #include "util.h"
 
 #include "checkpoint.h"
 #include "data.h"
 #include "gpt.h"
 #include "optim.h"
+#include "parallel.h"
 
 #include <math.h>
 #include <mpi.h>
@@ -27,10 +31,10 @@
 
 typedef struct train_cfg {
     int64_t L, C, F, H, G, S, B, GB, iters, warmup, log_interval, eval_interval, eval_iters;
-    int64_t save_interval, exit_interval, vocab, cp, tp, window, ulysses, threads, seed;
-    int gqa, overlap, bnsd, recompute, algo, mask, overwrite_save;
+    int64_t save_interval, exit_interval, vocab, tp, threads, seed;
+    int gqa, recompute, overwrite_save;
     double lr, min_lr, wd, clip;
-    double comm_timeout;
+    cp_flags cpf; /* the context-parallel flags, shared with attn (cp_flags.h) */
     const char *save, *load, *data_path;
 } train_cfg;
 
@@ -88,37 +92,23 @@ static const cli_option train_options[] = {
     {.flag = "--recompute-granularity", .type = CLI_CHOICE, .def = "none", .choices = "none|full",
      .help = "full: keep only each block's input and recompute the block in backward.",
      .offset = AT(recompute)},
-    INT_FLAG("--context-parallel-size", "1", "CP ranks per sequence (world = CP x DP).", cp, 1,
-             1 << 20),
-    {.flag = "--context-parallel-algo", .type = CLI_CHOICE, .def = "ulysses_cp_algo",
-     .choices = "ulysses_cp_algo|megatron_cp_algo|hybrid_cp_algo",
-     .help = "Context-parallel attention algorithm.", .offset = AT(algo)},
-    INT_FLAG("--ulysses-degree-in-cp", "0", "hybrid_cp_algo: Ulysses group size U.", ulysses, 0,
-             1 << 20),
-    INT_FLAG("--cp-window-size", "1", "Double-ring window W (1: plain ring).", window, 1, 1 << 20),
-    {.flag = "--use-cp-send-recv-overlap", .type = CLI_FLAG,
-     .help = "Ring send and receive on separate communicators.", .offset = AT(overlap)},
-    {.flag = "--attention-mask-type", .type = CLI_CHOICE, .def = "causal",
-     .choices = "causal|general", .help = "causal for language modelling.", .offset = AT(mask)},
-    {.flag = "--megatron-cp-in-bnsd", .type = CLI_FLAG,
-     .help = "Attention buffers in [B, N, S, D].", .offset = AT(bnsd)},
+#define TRAIN_CP_AT 27 /* the CP rows (cp_flags.h) go here */
     INT_FLAG("--tensor-model-parallel-size", "1", "Accepted for Megatron's head rules; the "
              "trainer itself runs TP = 1.", tp, 1, 1),
-    {.flag = "--comm-timeout", .type = CLI_FLOAT, .def = "600", .metavar = "SECONDS", .fmin = 0,
-     .fmax = 1e9, .help = "Bound on every wait for another rank; on expiry the rank names what "
-     "it waited for and aborts the job (0: wait forever).", .offset = AT(comm_timeout)},
     {.flag = "--threads", .env = "CPATTN_THREADS", .type = CLI_INT, .def = "1",
      .help = "OpenMP threads per rank (kernels and GEMMs).", .min = 1, .max = 1024,
      .offset = AT(threads)},
 };
 
-static const cli_spec train_spec = {
+#define TRAIN_OWN ((int)(sizeof train_options / sizeof train_options[0]))
+static cli_option train_table[TRAIN_OWN + CP_FLAG_COUNT];
+
+static cli_spec train_spec = {
     .command = "cpattn train",
     .synopsis = "[flags]",
     .description = "Train a GPT (RMSNorm, RoPE, GQA, SwiGLU) with context-parallel attention, "
                    "Megatron style, under mpiexec -n CP*DP.",
-    .options = train_options,
-    .count = (int)(sizeof train_options / sizeof train_options[0]),
+    .options = train_table, /* train_options with the CP flags: see cmd_train_spec() */
     .epilog = "Examples:\n"
               "  mpiexec -n 2 cpattn train --context-parallel-size 2 --context-parallel-algo "
               "megatron_cp_algo\n"
@@ -126,14 +116,20 @@ static const cli_spec train_spec = {
               "hybrid_cp_algo --ulysses-degree-in-cp 2\n",
 };
 
-const cli_spec *cmd_train_spec(void) { return &train_spec; }
+const cli_spec *cmd_train_spec(void)
+{
+    if (!train_spec.count)
+        train_spec.count = cp_build_table(train_table, train_options, TRAIN_OWN, TRAIN_CP_AT,
+                                          AT(cpf), "CP ranks per sequence (world = CP x DP).");
+    return &train_spec;
+}
 
 /* ---- the run ------------------------------------------------------------------ */
 
 typedef struct train_run {
     train_cfg c;
-    int rank, world, dp, dp_rank, cp_rank;
-    MPI_Comm cp_comm;
+    int rank, world;
+    cpa_grid *grid; /* CP groups of consecutive ranks, DP across them */
     cpa_gpt *model;
     cpa_data *data;
     cpa_adamw opt;
@@ -148,7 +144,7 @@ typedef struct train_run {
 
 static int check_rules(cli_args *args, train_cfg *c, int world)
 {
-    const cli_spec *sp = &train_spec;
+    const cli_spec *sp = cmd_train_spec();
     if (!cli_given(args, "--num-query-groups")) {
         c->G = c->gqa ? 1 : c->H;
         cli_mark_derived(args, "--num-query-groups", c->gqa ? "--group-query-attention" : "= H");
@@ -164,13 +160,10 @@ static int check_rules(cli_args *args, train_cfg *c, int world)
         return cli_usage(sp, "--hidden-size %lld / --num-attention-heads %lld = head dim %lld: "
                          "must be even (RoPE rotates pairs)", (long long)c->C, (long long)c->H,
                          (long long)(c->C / c->H));
-    if (c->H % c->G != 0)
-        return cli_usage(sp, "--num-query-groups %lld: must divide --num-attention-heads %lld "
-                         "(H %% G == 0)", (long long)c->G, (long long)c->H);
-    if (world % c->cp != 0)
+    if (world % c->cpf.cp != 0)
         return cli_usage(sp, "--context-parallel-size %lld: must divide the %d MPI ranks (world "
-                         "= CP x DP)", (long long)c->cp, world);
-    const int64_t dp = world / c->cp;
+                         "= CP x DP)", (long long)c->cpf.cp, world);
+    const int64_t dp = world / c->cpf.cp;
     if (!cli_given(args, "--global-batch-size")) {
         c->GB = c->B * dp;
         cli_mark_derived(args, "--global-batch-size", "= micro batch x DP");
@@ -190,14 +183,8 @@ static int check_rules(cli_args *args, train_cfg *c, int world)
 static int setup(train_run *r)
 {
     train_cfg *c = &r->c;
-    r->dp = r->world / (int)c->cp;
-    r->cp_rank = r->rank % (int)c->cp;
-    r->dp_rank = r->rank / (int)c->cp;
-    r->accum = c->GB / (c->B * r->dp);
+    r->accum = c->GB / (c->B * cpa_grid_size(r->grid, CPA_GRID_DP));
     omp_set_num_threads((int)c->threads);
-    int rc = MPI_Comm_split(MPI_COMM_WORLD, r->dp_rank, r->cp_rank, &r->cp_comm);
-    if (rc != MPI_SUCCESS)
-        return tool_agree(tool_fail_mpi(1, rc, "MPI_Comm_split (CP groups)"));
 
     cpa_status s = c->data_path
                        ? cpa_data_text_create(c->data_path, c->S, 0.1, (uint64_t)c->seed, &r->data)
@@ -208,17 +195,14 @@ static int setup(train_run *r)
     if ((err = tool_agree(err)))
         return err;
 
-    static const cpa_algo algos[] = {CPA_ALGO_ULYSSES, CPA_ALGO_RING, CPA_ALGO_HYBRID};
     cpa_gpt_config g;
     memset(&g, 0, sizeof g);
     g.num_layers = c->L, g.hidden = c->C, g.ffn_hidden = c->F, g.heads = c->H, g.kv_heads = c->G;
     g.vocab = cpa_data_vocab(r->data), g.seq_length = c->S, g.micro_batch = c->B;
     g.recompute = c->recompute, g.rope_base = 10000.0f, g.norm_eps = 1e-5f;
-    g.cp.algo = algos[c->algo];
-    g.cp.window = (int)c->window, g.cp.ulysses_degree = (int)c->ulysses;
-    g.cp.tp_size = (int)c->tp, g.cp.send_recv_overlap = c->overlap;
-    g.cp.mask = c->mask == 0 ? CPA_MASK_CAUSAL : CPA_MASK_NONE;
-    g.cp.layout = c->bnsd ? CPA_LAYOUT_BNSD : CPA_LAYOUT_BSHD;
+    cp_flags_apply(&c->cpf, &g.cp);
+    g.cp.tp_size = (int)c->tp;
+    g.cp.layout = c->cpf.bnsd ? CPA_LAYOUT_BNSD : CPA_LAYOUT_BSHD;
     g.cp.num_threads = (int)c->threads;
     /* The peak memory, estimated before anything big is allocated: the
      * model (parameters, gradients, activations, the attention plan), the
@@ -227,13 +211,13 @@ static int setup(train_run *r)
      * 66-69 MiB for a tiny model.  Over the container's or machine's limit
      * the run is refused here rather than OOM-killed later. */
     int64_t np = 0;
-    int64_t model_bytes = cpa_gpt_memory_bytes(&g, (int)c->cp, &np);
+    int64_t model_bytes = cpa_gpt_memory_bytes(&g, (int)c->cpf.cp, &np);
     r->mem_estimate = (model_bytes > 0 ? (double)model_bytes : 0.0) + 8.0 * (double)np +
                       4.0 * (double)(c->B * (c->S + 1)) + (double)c->S + 96.0 * 1048576.0;
     err = tool_check_memory("this training run", r->mem_estimate);
     if ((err = tool_agree(err)))
         return err;
-    s = cpa_gpt_create(&g, r->cp_comm, &r->model);
+    s = cpa_gpt_create(&g, cpa_grid_comm(r->grid, CPA_GRID_CP), &r->model);
     /* The plan's verdict is the same on every rank of a CP group, and every
      * group has the same configuration. */
     err = s == CPA_OK ? 0 : tool_fail(s == CPA_ERR_ARG ? 2 : 1, "%s", cpa_last_error());
@@ -264,20 +248,14 @@ static int setup(train_run *r)
     /* The ceilings are what one rank's cores do undisturbed, a property of
      * the host's cores: the first rank of each host measures while the
      * others wait, and the slowest host's figures are the ceiling. */
-    MPI_Comm host;
     err = 0;
-    if (MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, r->rank, MPI_INFO_NULL, &host) !=
-        MPI_SUCCESS)
-        return tool_agree(tool_fail(1, "MPI error: MPI_Comm_split_type (ranks per host)"));
-    int hrank = 0;
-    MPI_Comm_rank(host, &hrank);
     double ce[2] = {INFINITY, INFINITY}; /* a host's other ranks do not count in the minimum */
-    if (hrank == 0) {
+    if (cpa_grid_host_rank(r->grid) == 0) {
         err = tool_measure_ceilings(CPA_ISA_AUTO, (int)c->threads, 2048, 3, &r->ceil);
         ce[0] = r->ceil.fma_gflops, ce[1] = r->ceil.sgemm_gflops;
     }
-    cpa_comm_bcast(&r->ceil, (int)sizeof r->ceil, MPI_BYTE, 0, host, "the ceiling measurement");
-    MPI_Comm_free(&host);
+    cpa_comm_bcast(&r->ceil, (int)sizeof r->ceil, MPI_BYTE, 0, cpa_grid_host(r->grid),
+                   "the ceiling measurement");
     if ((err = tool_agree(err ? tool_fail(err, "%s", cpa_last_error()) : 0)))
         return err;
     cpa_comm_allreduce(ce, 2, MPI_DOUBLE, MPI_MIN, MPI_COMM_WORLD, "the ceilings");
@@ -293,8 +271,7 @@ static void teardown(train_run *r)
     free(r->adam_v);
     free(r->tokens);
     free(r->long_range);
-    if (r->cp_comm != MPI_COMM_NULL && r->cp_comm != 0)
-        MPI_Comm_free(&r->cp_comm);
+    cpa_grid_destroy(r->grid);
 }
 
 static cpa_ckpt_array *ckpt_arrays(train_run *r, cpa_ckpt_array a[3])
@@ -387,10 +364,12 @@ static int batch_pass(train_run *r, int split, int64_t it, int backward, double 
 {
     const train_cfg *c = &r->c;
     const float scale = 1.0f / (float)(c->GB * c->S);
+    const int dp = cpa_grid_size(r->grid, CPA_GRID_DP);
+    const int dp_rank = cpa_grid_rank(r->grid, CPA_GRID_DP);
     sums[0] = sums[1] = sums[2] = 0.0;
     for (int64_t m = 0; m < r->accum; ++m) {
         for (int64_t b = 0; b < c->B; ++b) {
-            int64_t index = it * c->GB + (m * r->dp + r->dp_rank) * c->B + b;
+            int64_t index = it * c->GB + (m * dp + dp_rank) * c->B + b;
             cpa_data_sample(r->data, split, index, r->tokens + b * (c->S + 1));
         }
         double l, ls, lc;
@@ -399,7 +378,7 @@ static int batch_pass(train_run *r, int split, int64_t it, int backward, double 
             return tool_agree(tool_fail(1, "step %lld: %s", (long long)it, cpa_last_error()));
         sums[0] += l, sums[1] += ls, sums[2] += lc;
     }
-    if (cpa_comm_allreduce(sums, 3, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD, "the loss sums") != CPA_OK)
+    if (cpa_grid_sum_losses(r->grid, sums, 3) != CPA_OK)
         return tool_agree(tool_fail(1, "%s", cpa_last_error()));
     return tool_agree(0);
 }
@@ -440,9 +419,7 @@ static int train(train_run *r)
         int err = batch_pass(r, CPA_DATA_TRAIN, it, 1, sums);
         if (err)
             return err;
-        /* Chunked: the parameter count may exceed MPI's int count. */
-        if (cpa_comm_allreduce(grads, r->n, MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD,
-                               "the gradient all-reduce") != CPA_OK)
+        if (cpa_grid_sum_grads(r->grid, grads, r->n) != CPA_OK)
             return tool_agree(tool_fail(1, "%s", cpa_last_error()));
         double norm = cpa_grad_norm(grads, r->n);
         /* Megatron's guard: a NaN or Inf loss or gradient stops the run
@@ -527,12 +504,12 @@ static int train_main(int argc, char **argv)
     memset(&r, 0, sizeof r);
     r.rank = tool_rank(), r.world = tool_world_size();
     cli_args args;
-    cli_result pr = cli_parse(&args, &train_spec, &r.c, argc, argv);
+    cli_result pr = cli_parse(&args, cmd_train_spec(), &r.c, argc, argv);
     if (pr == CLI_HELP)
         return 0;
     if (pr == CLI_USAGE)
         return 2;
-    cpa_set_comm_timeout(r.c.comm_timeout);
+    cpa_set_comm_timeout(r.c.cpf.comm_timeout);
     int rc = check_rules(&args, &r.c, r.world);
     if (rc)
         return rc;
@@ -540,9 +517,15 @@ static int train_main(int argc, char **argv)
      * with --save-interval 0, after the whole run. */
     if (r.c.save && (rc = tool_agree(r.rank == 0 ? tool_check_output_dir("--save", r.c.save) : 0)))
         return rc;
+    cpa_grid_config grid = {.cp_size = (int)r.c.cpf.cp};
+    cpa_status gs = cpa_grid_create(MPI_COMM_WORLD, &grid, &r.grid);
+    rc = gs == CPA_OK ? 0 : tool_fail(gs == CPA_ERR_ARG ? 2 : 1, "%s", cpa_last_error());
+    if ((rc = tool_agree(rc)))
+        return rc;
     if (r.rank == 0) {
+        char layout[128];
         cli_print_config(&args, stdout, "# ");
-        printf("# world %d = CP %lld x DP %d\n", r.world, (long long)r.c.cp, r.world / (int)r.c.cp);
+        printf("# %s\n", cpa_grid_describe(r.grid, layout, sizeof layout));
     }
     rc = setup(&r);
     if (!rc) {

@@ -20,6 +20,8 @@ static const struct {
                        "mpiexec, --check against the reference"},
     {"train", cmd_train, "Megatron-style GPT pretraining with context parallelism (under mpiexec)"},
     {"bench", cmd_bench, "benchmarks (`cpattn bench kernel`: kernel GFLOP/s vs same-run sgemm)"},
+    {"algos", cmd_algos, "the context-parallel algorithms; with --context-parallel-size P, every valid configuration "
+                         "with its memory and communication volume"},
 };
 
 static void usage(FILE *f)
@@ -50,7 +52,7 @@ int main(int argc, char **argv)
     for (size_t i = 0; i < sizeof subcommands / sizeof subcommands[0]; ++i)
         if (!strcmp(argv[1], subcommands[i].name))
             return subcommands[i].run(argc - 1, argv + 1);
-    fprintf(stderr, "cpattn: unknown subcommand '%s' (expected one of: attn, train, bench; see cpattn --help)\n",
+    fprintf(stderr, "cpattn: unknown subcommand '%s' (expected one of: attn, train, bench, algos; see cpattn --help)\n",
             argv[1]);
     return EXIT_USAGE;
 }

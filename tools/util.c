@@ -175,25 +175,6 @@ void tool_stats(double *x, int n, double *median, double *min, double *max)
     *median = n % 2 ? x[n / 2] : 0.5 * (x[n / 2 - 1] + x[n / 2]);
 }
 
-cpa_status tool_fill_shard(cpa_tensor local, cpa_split split, int64_t s_global, int r,
-                           uint64_t seed, uint64_t tensor_id)
-{
-    cpa_piece pieces[CPA_SPLIT_MAX_PIECES];
-    int count = 0;
-    cpa_status st = cpa_split_pieces(split, s_global, r, pieces, &count);
-    if (st != CPA_OK)
-        return st;
-    for (int i = 0; i < count; ++i) {
-        if (local.ndim != 4 || pieces[i].row + pieces[i].len > local.shape[1])
-            return CPA_ERR_ARG;
-        cpa_tensor sub = local;
-        sub.data += pieces[i].row * local.stride[1];
-        sub.shape[1] = pieces[i].len;
-        cpa_tensor_fill_uniform(sub, seed, tensor_id, s_global, pieces[i].pos);
-    }
-    return CPA_OK;
-}
-
 /* ------------------------------------------------------------------------ */
 /* Paths                                                                     */
 /* ------------------------------------------------------------------------ */
@@ -265,8 +246,6 @@ int tool_check_output_dir(const char *flag, const char *dir)
     return EXIT_OK;
 }
 
-/* ------------------------------------------------------------------------ */
-/* Moving tensors between ranks                                              */
 /* ------------------------------------------------------------------------ */
 
 #define TOOL_MPI_CHUNK ((int64_t)1 << 28)
@@ -458,58 +437,4 @@ int tool_barrier(const char *what)
     if (MPI_Ibarrier(MPI_COMM_WORLD, &req) != MPI_SUCCESS)
         return tool_fail(EXIT_RUNTIME, "MPI error: MPI_Ibarrier (%s)", what);
     return cpa_comm_wait(1, &req, "%s (barrier)", what) == CPA_OK ? 0 : EXIT_RUNTIME;
-}
-
-/* Rank 0's side of a scatter (to_local) or gather: every rank's shard
- * through `tmp`, cut from or pasted into `global`. */
-static int move_shards_root(cpa_split split, const int *shards, cpa_tensor global,
-                            cpa_tensor local, float *tmp, int tag, int to_local)
-{
-    const int64_t n = cpa_tensor_numel(&local);
-    int rc = EXIT_OK;
-    for (int q = 0; q < g_size; ++q) {
-        cpa_tensor shard = local;
-        if (q > 0)
-            shard.data = tmp;
-        int err = MPI_SUCCESS;
-        if (!to_local && q > 0)
-            err = tool_recv_floats(tmp, n, q, tag, MPI_COMM_WORLD);
-        cpa_status st = to_local ? cpa_shard(split, shards[q], global, shard)
-                                 : cpa_unshard(split, shards[q], shard, global);
-        if (to_local && q > 0) /* sent even after a failed cut: no rank is left waiting */
-            err = tool_send_floats(tmp, n, q, tag, MPI_COMM_WORLD);
-        if (st != CPA_OK && !rc)
-            rc = tool_fail(EXIT_RUNTIME, "%s: %s", cpa_status_string(st), cpa_last_error());
-        if (err != MPI_SUCCESS && !rc)
-            rc = tool_fail_mpi(EXIT_RUNTIME, err, to_local ? "scatter" : "gather");
-    }
-    return rc;
-}
-
-int tool_scatter_shards(cpa_split split, const int *shards, cpa_tensor global, cpa_tensor local,
-                        float *tmp, int tag)
-{
-    int rc = EXIT_OK;
-    if (g_rank == 0) {
-        rc = move_shards_root(split, shards, global, local, tmp, tag, 1);
-    } else {
-        int err = tool_recv_floats(local.data, cpa_tensor_numel(&local), 0, tag, MPI_COMM_WORLD);
-        if (err != MPI_SUCCESS)
-            rc = tool_fail_mpi(EXIT_RUNTIME, err, "scatter");
-    }
-    return tool_agree(rc);
-}
-
-int tool_gather_shards(cpa_split split, const int *shards, cpa_tensor local, cpa_tensor global,
-                       float *tmp, int tag)
-{
-    int rc = EXIT_OK;
-    if (g_rank == 0) {
-        rc = move_shards_root(split, shards, global, local, tmp, tag, 0);
-    } else {
-        int err = tool_send_floats(local.data, cpa_tensor_numel(&local), 0, tag, MPI_COMM_WORLD);
-        if (err != MPI_SUCCESS)
-            rc = tool_fail_mpi(EXIT_RUNTIME, err, "gather");
-    }
-    return tool_agree(rc);
 }

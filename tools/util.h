@@ -77,14 +77,6 @@ const char *tool_format_bytes(double bytes, char *buf, size_t cap);
 /* Median, minimum and maximum of x[0..n-1] (n >= 1); sorts x in place. */
 void tool_stats(double *x, int n, double *median, double *min, double *max);
 
-/* The same values as cpa_tensor_fill_uniform over the global tensor, generated
- * only for rank r's rows of `split`: `local` is the rank's [B, S/P, N, D]
- * view, filled piece by piece (cpa_split_pieces) at the pieces' global
- * positions.  Fails (CPA_ERR_ARG) only if the split does not fit s_global or
- * the view. */
-cpa_status tool_fill_shard(cpa_tensor local, cpa_split split, int64_t s_global, int r,
-                           uint64_t seed, uint64_t tensor_id);
-
 /* Differences between a result and its reference (same shape, 1..4 dims,
  * any strides): the largest |a - ref| over entries finite in both, the
  * largest finite |ref|, and the entries where one side is non-finite and
@@ -150,25 +142,5 @@ void tool_max_to_root(double *x, int n);
 int tool_barrier(const char *what);
 /* MPI_Gather of `count` elements per rank to rank 0, under the watchdog. */
 int tool_gather(const void *send, int count, MPI_Datatype type, void *recv, const char *what);
-
-/* Rank 0 cuts its whole [B, S, N, D] tensor `global` (ignored on other
- * ranks) into the shards of `split` and sends rank q the shard of index
- * shards[q]; each rank's shard lands in `local` ([B, S/P, N, D], dense:
- * its elements contiguous from data in any dim order).  `tmp` (rank 0)
- * holds one shard in transit; `tag` tells concurrent transfers apart.
- * Collective over MPI_COMM_WORLD; an agreed exit code. */
-int tool_scatter_shards(cpa_split split, const int *shards, cpa_tensor global, cpa_tensor local,
-                        float *tmp, int tag);
-
-/* The reverse: every rank's `local` shard to its rows of rank 0's
- * `global`. */
-int tool_gather_shards(cpa_split split, const int *shards, cpa_tensor local, cpa_tensor global,
-                       float *tmp, int tag);
-
-/* Blocking send / receive of `count` floats (any count: sent in pieces of
- * at most 2^28 elements, so counts above INT_MAX work).  MPI_SUCCESS or the
- * failing call's MPI error code. */
-int tool_send_floats(const float *buf, int64_t count, int dest, int tag, MPI_Comm comm);
-int tool_recv_floats(float *buf, int64_t count, int source, int tag, MPI_Comm comm);
 
 #endif /* CPATTN_TOOLS_UTIL_H */

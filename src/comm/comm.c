@@ -130,6 +130,7 @@ cpa_status cpa_comm_agree(MPI_Comm comm, int *code, char *msg, size_t cap, int *
  * path with small buffers. */
 static int64_t max_int_count = INT_MAX;
 void cpa_debug_set_max_mpi_count(int64_t n) { max_int_count = n > 0 ? n : INT_MAX; }
+int64_t cpa_comm_max_count(void) { return max_int_count; }
 
 cpa_status cpa_comm_float_type(int64_t count, MPI_Datatype *type, int *n)
 {

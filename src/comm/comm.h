@@ -64,6 +64,9 @@ cpa_status cpa_comm_float_type(int64_t count, MPI_Datatype *type, int *n);
 
 /* Test hook: counts above n take the derived-type path (0: INT_MAX). */
 void cpa_debug_set_max_mpi_count(int64_t n);
+/* The largest count one MPI call is given (INT_MAX, or the test hook's n):
+ * collectives that reduce are cut into pieces of at most this many. */
+int64_t cpa_comm_max_count(void);
 
 /* MPI_Comm_dup with MPI_ERRORS_RETURN set on the copy. */
 cpa_status cpa_comm_dup(MPI_Comm comm, MPI_Comm *out);

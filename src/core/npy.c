@@ -22,9 +22,14 @@
  * "<dir>/.<name>.tmp.<pid>.<n>" in the folder of `path`, are fsync'd and
  * renamed over `path`, and the folder is fsync'd; on any failure the
  * temporary is removed and an existing file at `path` is left as it was.
+ *
+ * The sharded reader and writer over MPI-IO (src/comm/npy_rows.c) use the
+ * same header check, header bytes and view copies through npy_internal.h,
+ * so a sharded file is byte for byte what cpa_npy_save writes.
  */
 #include "atomic_file.h"
 #include "internal.h"
+#include "npy_internal.h"
 
 #include <errno.h>
 #include <stdbool.h>
@@ -505,6 +510,7 @@ typedef struct npy_header {
     int ndim;
     int64_t shape[CPA_MAX_DIMS];
     int64_t numel;
+    int64_t data_offset; /* bytes before the first data byte */
 } npy_header;
 
 /* Read the length-prefixed header text after the magic; on success returns
@@ -604,6 +610,7 @@ static cpa_status npy_open(const char *path, int *fd_out, npy_header *h)
     h->ndim = d.ndim;
     memcpy(h->shape, d.shape, sizeof h->shape);
     h->numel = numel;
+    h->data_offset = offset;
     cpa_free(text);
     *fd_out = fd;
     return CPA_OK;
@@ -714,13 +721,13 @@ close_file:
  * spaces and ended by '\n' so the data start at a multiple of 64 bytes.  With
  * at most 4 dims the dict is under 200 bytes, far below the 65535 limit that
  * would call for version 2.0, so 1.0 is always right.  Returns the length. */
-static size_t build_header(const cpa_tensor *t, char *out, size_t cap)
+static size_t build_header(int ndim, const int64_t *dims, char *out, size_t cap)
 {
     char shape[SHAPE_TEXT_CAP];
     char dict[SHAPE_TEXT_CAP + 64];
     int dict_len = snprintf(dict, sizeof dict,
                             "{'descr': '<f4', 'fortran_order': False, 'shape': %s, }",
-                            shape_text(shape, sizeof shape, t->ndim, t->shape));
+                            shape_text(shape, sizeof shape, ndim, dims));
     size_t pre = NPY_MAGIC_LEN + 4;
     size_t total = (pre + (size_t)dict_len + 1 + NPY_ALIGN - 1) / NPY_ALIGN * NPY_ALIGN;
     size_t hlen = total - pre;
@@ -743,8 +750,8 @@ static size_t build_header(const cpa_tensor *t, char *out, size_t cap)
 static cpa_status write_temp(int fd, const char *path, const char *tmp, const cpa_tensor *src,
                              int64_t numel, float *buf, size_t chunk)
 {
-    char header[256];
-    size_t header_len = build_header(src, header, sizeof header);
+    char header[CPA_NPY_HEADER_CAP];
+    size_t header_len = build_header(src->ndim, src->shape, header, sizeof header);
     if (header_len == 0)
         return cpa_error(CPA_ERR_INTERNAL, "%s: .npy header does not fit its buffer", path);
     if (!cpa_write_full(fd, header, header_len))
@@ -793,4 +800,45 @@ cpa_status cpa_npy_save(const char *path, cpa_tensor src)
     }
     cpa_free(buf);
     return st;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Internal: shared with the sharded reader and writer (npy_internal.h)     */
+/* ------------------------------------------------------------------------ */
+
+cpa_status cpa_npy_read_header(const char *path, cpa_npy_info *info)
+{
+    int fd;
+    npy_header h;
+    CPA_TRY(npy_open(path, &fd, &h));
+    close(fd);
+    publish_shape(&h, &info->ndim, info->shape);
+    info->numel = h.numel;
+    info->data_offset = h.data_offset;
+    return CPA_OK;
+}
+
+size_t cpa_npy_header_build(int ndim, const int64_t *shape, char *out, size_t cap)
+{
+    return build_header(ndim, shape, out, cap);
+}
+
+cpa_status cpa_npy_check_view(const char *path, const cpa_tensor *t, const char *role,
+                              int64_t *numel)
+{
+    return check_view(path, t, role, numel);
+}
+
+void cpa_npy_view_copy(const cpa_tensor *t, float *buf, bool into_view)
+{
+    int64_t numel = 1;
+    for (int d = 0; d < t->ndim; ++d)
+        numel *= t->shape[d];
+    view_cursor cur = {t, {0}};
+    view_copy(&cur, buf, numel, into_view);
+}
+
+const char *cpa_npy_shape_text(char *buf, size_t cap, int ndim, const int64_t *shape)
+{
+    return shape_text(buf, cap, ndim, shape);
 }

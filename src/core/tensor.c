@@ -154,3 +154,52 @@ uint64_t cpa_tensor_digest(cpa_tensor t)
                     h = cpa_fnv1a64(h, t.data + a * st[0] + b * st[1] + c * st[2] + d * st[3], 4);
     return h;
 }
+
+uint64_t cpa_tensor_digest_rows(cpa_tensor t, int64_t s_global, cpa_rows rows)
+{
+    /* t [B, S, N, D]: each (b, global position) row hashed on its own,
+     * keyed by its global index, and the rows summed, so that the parts of
+     * a sharded tensor add up (mod 2^64) to the digest of the whole. */
+    const cpa_piece all = {0, t.shape[1], 0};
+    const cpa_piece *pc = rows.count ? rows.pieces : &all;
+    const int np = rows.count ? rows.count : 1;
+    uint64_t sum = 0;
+    for (int64_t b = 0; b < t.shape[0]; ++b)
+        for (int i = 0; i < np; ++i)
+            for (int64_t s = 0; s < pc[i].len; ++s) {
+                uint64_t h = CPA_FNV_OFFSET;
+                const float *row = t.data + b * t.stride[0] + (pc[i].row + s) * t.stride[1];
+                for (int64_t n = 0; n < t.shape[2]; ++n)
+                    for (int64_t d = 0; d < t.shape[3]; ++d)
+                        h = cpa_fnv1a64(h, row + n * t.stride[2] + d * t.stride[3], 4);
+                const uint64_t index = (uint64_t)(b * s_global + pc[i].pos + s);
+                sum += cpa_mix64(h ^ cpa_mix64(index + CPA_GOLDEN_GAMMA));
+            }
+    return sum;
+}
+
+void cpa_tensor_copy(cpa_tensor dst, cpa_tensor src)
+{
+    for (int64_t b = 0; b < src.shape[0]; ++b)
+        for (int64_t s = 0; s < src.shape[1]; ++s)
+            for (int64_t n = 0; n < src.shape[2]; ++n) {
+                float *d = dst.data + b * dst.stride[0] + s * dst.stride[1] + n * dst.stride[2];
+                const float *x = src.data + b * src.stride[0] + s * src.stride[1] + n * src.stride[2];
+                if (dst.stride[3] == 1 && src.stride[3] == 1)
+                    memcpy(d, x, sizeof(float) * (size_t)src.shape[3]);
+                else
+                    for (int64_t c = 0; c < src.shape[3]; ++c)
+                        d[c * dst.stride[3]] = x[c * src.stride[3]];
+            }
+}
+
+void cpa_tensor_zero(cpa_tensor t)
+{
+    for (int64_t b = 0; b < t.shape[0]; ++b)
+        for (int64_t s = 0; s < t.shape[1]; ++s)
+            for (int64_t n = 0; n < t.shape[2]; ++n) {
+                float *d = t.data + b * t.stride[0] + s * t.stride[1] + n * t.stride[2];
+                for (int64_t c = 0; c < t.shape[3]; ++c)
+                    d[c * t.stride[3]] = 0.0f;
+            }
+}

@@ -20,7 +20,8 @@ typedef struct cpa_ring {
     cpa_split split;
     int64_t S, B, Sl, H, G, Dqk, Dv; /* Sl = S / R local rows */
     cpa_layout layout;
-    cpa_mask_kind mask;
+    cpa_mask mask;           /* by global position; the split follows mask.kind */
+    cpa_impl impl;           /* the kernel every step calls */
     float scale;
     cpa_attn_ctx *ctx;       /* borrowed */
     int64_t k_floats, kv_floats;
@@ -35,7 +36,8 @@ typedef struct cpa_ring {
 
 typedef struct cpa_ring_shape {
     int W, overlap;
-    cpa_mask_kind mask;
+    cpa_mask mask;
+    cpa_impl impl;
     cpa_layout layout;
     int64_t S, B, H, G, Dqk, Dv;
     float scale;
@@ -54,6 +56,10 @@ cpa_status cpa_ring_forward(cpa_ring *g, cpa_tensor q, cpa_tensor k, cpa_tensor 
 cpa_status cpa_ring_backward(cpa_ring *g, cpa_tensor q, cpa_tensor k, cpa_tensor v,
                              cpa_tensor out, cpa_tensor lse, cpa_tensor dout, cpa_tensor dq,
                              cpa_tensor dk, cpa_tensor dv);
+/* Bytes one rank sends in a forward and in a backward; the last call's
+ * counters. */
+void cpa_ring_volume(const cpa_ring_shape *shape, int R, double *fwd, double *bwd);
+void cpa_ring_stats(const cpa_ring *g, cpa_plan_stats *st);
 
 /* The block a rank processes at (round j, inner step i), as a ring index:
  * forward visits window w-j at positions p, p-1, ...; backward the exact
@@ -118,13 +124,15 @@ typedef struct cpa_ulysses {
     int *ident;              /* 0, 1, ... */
     float *send, *recv;      /* all-to-all slabs [U, slab] */
     int64_t slab;            /* floats per destination, the largest tensor's */
-    /* head-sharded tensors, in `layout`: [B, Sf, Hl or Gl, D], lse [B, Hl, Sf] */
-    float *q, *k, *v, *out, *lse, *dout, *dq, *dk, *dv;
-    const float *saved[5];   /* the last forward's q, k, v, out, lse (see ulysses.c) */
+    /* head-sharded tensors, in `layout`: [B, Sf, Hl or Gl, D], lse [B, Hl, Sf].
+     * q, k, v, out, lse are the forward's state: a caller's saved buffer
+     * (cpa_ulysses_saved_floats) or, without one, `scratch`. */
+    float *scratch, *dout, *dq, *dk, *dv;
     /* inner attention */
     cpa_ring *ring;          /* NULL: the local kernel */
     cpa_attn_ctx *ctx;
-    cpa_mask_kind mask;
+    cpa_mask mask;
+    cpa_impl impl;
     float scale;
     double wait_s, bytes_sent, compute_s, flops;
 } cpa_ulysses;
@@ -132,7 +140,8 @@ typedef struct cpa_ulysses {
 typedef struct cpa_ulysses_shape {
     int64_t B, S, H, G, Dqk, Dv; /* S: the rows the group holds in all (U*Sl) */
     cpa_layout layout;
-    cpa_mask_kind mask;
+    cpa_mask mask;
+    cpa_impl impl;
     float scale;
 } cpa_ulysses_shape;
 
@@ -143,14 +152,29 @@ int64_t cpa_ulysses_kv_heads(int64_t H, int64_t G, int U);
 /* Bytes cpa_ulysses_init allocates for a group of U ranks. */
 int64_t cpa_ulysses_bytes(const cpa_ulysses_shape *shape, int U);
 
+/* Floats of the forward's saved state: the head-sharded q, k, v, out, lse. */
+int64_t cpa_ulysses_saved_floats(const cpa_ulysses_shape *shape, int U);
+
+/* Bytes one rank sends in a forward and in a backward given its saved
+ * state (the all-to-alls only; an inner ring adds its own). */
+void cpa_ulysses_volume(const cpa_ulysses_shape *shape, int U, double *fwd, double *bwd);
+
 cpa_status cpa_ulysses_init(cpa_ulysses *x, MPI_Comm comm, const cpa_ulysses_shape *shape,
                             cpa_ring *inner_ring, cpa_attn_ctx *ctx);
 void cpa_ulysses_free(cpa_ulysses *x);
-cpa_status cpa_ulysses_forward(cpa_ulysses *x, cpa_tensor q, cpa_tensor k, cpa_tensor v,
-                               cpa_tensor out, cpa_tensor lse);
-cpa_status cpa_ulysses_backward(cpa_ulysses *x, cpa_tensor q, cpa_tensor k, cpa_tensor v,
-                                cpa_tensor out, cpa_tensor lse, cpa_tensor dout, cpa_tensor dq,
-                                cpa_tensor dk, cpa_tensor dv);
+/* `saved` (cpa_ulysses_saved_floats, may be NULL) receives the forward's
+ * state; the backward starts from it (5 all-to-alls fewer) or, given NULL,
+ * rebuilds it from q, k, v, out, lse. */
+cpa_status cpa_ulysses_forward(cpa_ulysses *x, float *saved, cpa_tensor q, cpa_tensor k,
+                               cpa_tensor v, cpa_tensor out, cpa_tensor lse);
+cpa_status cpa_ulysses_backward(cpa_ulysses *x, const float *saved, cpa_tensor q, cpa_tensor k,
+                                cpa_tensor v, cpa_tensor out, cpa_tensor lse, cpa_tensor dout,
+                                cpa_tensor dq, cpa_tensor dk, cpa_tensor dv);
+
+/* The last call's counters; the engine's shape for a plan of `c` over S
+ * gathered rows (hybrid.c reuses it). */
+void cpa_ulysses_stats(const cpa_ulysses *x, cpa_plan_stats *st);
+cpa_ulysses_shape cpa_ulysses_shape_of(const cpa_cp_config *c, int64_t S);
 
 /* The two all-to-alls (exposed for the exact communication tests).
  * seq_to_heads: sequence-sharded `local` [B, Sl, N, D] -> head-sharded
@@ -162,9 +186,53 @@ cpa_status cpa_ulysses_seq_to_heads(cpa_ulysses *x, cpa_tensor local, const int 
 cpa_status cpa_ulysses_heads_to_seq(cpa_ulysses *x, cpa_tensor mine, const int *heads,
                                     int64_t nl, cpa_tensor local, int accumulate);
 
-/* Copy between 4-d views of the same shape (any strides). */
-void cpa_copy4(cpa_tensor dst, cpa_tensor src);
-/* Set a 4-d view to zero. */
-void cpa_zero4(cpa_tensor t);
+/* ---- the algorithm table's rows ------------------------------------------- */
+
+/* One context-parallel algorithm, as the plan sees it.  Each algorithm's
+ * file defines its row over its own state type (ring.c: cpa_ring, ulysses.c:
+ * cpa_ulysses, hybrid.c, allgather.c); plan.c holds the table, the common
+ * rules and the collective validation, and calls nothing else.  `c` always
+ * has v_head_dim resolved and has passed the common rules. */
+typedef struct cpa_algo_row {
+    cpa_algo id;
+    const char *name;
+    const char *summary;          /* one line, for help texts */
+    int uses_window, uses_ulysses_degree, uses_overlap;
+    cpa_status (*validate)(const cpa_cp_config *c); /* the algorithm's own rules */
+    cpa_split (*split)(const cpa_cp_config *c);
+    /* What init allocates on one rank, and the floats of one saved state. */
+    int64_t (*state_bytes)(const cpa_cp_config *c);
+    int64_t (*saved_floats)(const cpa_cp_config *c);
+    /* The largest local kernel call: q [B, *Sq, *H, .] against k [B, *Sk, *G, .]. */
+    void (*kernel_shape)(const cpa_cp_config *c, int64_t *H, int64_t *G, int64_t *Sq,
+                         int64_t *Sk);
+    /* Bytes one rank sends per forward and per backward (with saved state). */
+    void (*volume)(const cpa_cp_config *c, double *fwd, double *bwd);
+    /* `comm` is the plan's (borrowed); the state may make sub-communicators. */
+    cpa_status (*init)(MPI_Comm comm, const cpa_cp_config *c, cpa_attn_ctx *ctx, void **state);
+    void (*destroy)(void *state);
+    /* saved: saved_floats(c) floats or NULL (keep nothing / rebuild). */
+    cpa_status (*forward)(void *state, float *saved, cpa_tensor q, cpa_tensor k, cpa_tensor v,
+                          cpa_tensor out, cpa_tensor lse);
+    cpa_status (*backward)(void *state, const float *saved, cpa_tensor q, cpa_tensor k,
+                           cpa_tensor v, cpa_tensor out, cpa_tensor lse, cpa_tensor dout,
+                           cpa_tensor dq, cpa_tensor dk, cpa_tensor dv);
+    /* Counters of the last call: wait, bytes sent, compute, flops. */
+    void (*stats)(const void *state, cpa_plan_stats *st);
+} cpa_algo_row;
+
+extern const cpa_algo_row cpa_ulysses_row, cpa_ring_row, cpa_hybrid_row, cpa_allgather_row;
+
+/* A row's counters into the plan's stats (total_s is the plan's). */
+static inline void cpa_stats_set(cpa_plan_stats *st, double wait_s, double bytes_sent,
+                                 double compute_s, double flops)
+{
+    st->wait_s = wait_s, st->bytes_sent = bytes_sent;
+    st->compute_s = compute_s, st->flops = flops;
+}
+
+/* Rules shared by rows: the double ring's window (of `of` = R ranks). */
+cpa_status cpa_window_rule(int W, int R, const char *of);
+
 
 #endif

@@ -42,34 +42,6 @@
 enum { TAG_KV_INNER = 11, TAG_KV_OUTER = 12, TAG_DKV_INTRA = 13, TAG_DKV_INTER = 14,
        TAG_SHIFT = 15 };
 
-/* ---- tensor helpers ------------------------------------------------------ */
-
-void cpa_copy4(cpa_tensor dst, cpa_tensor src)
-{
-    for (int64_t b = 0; b < src.shape[0]; ++b)
-        for (int64_t s = 0; s < src.shape[1]; ++s)
-            for (int64_t n = 0; n < src.shape[2]; ++n) {
-                float *d = cpa_at4(&dst, b, s, n);
-                const float *x = cpa_at4(&src, b, s, n);
-                if (dst.stride[3] == 1 && src.stride[3] == 1)
-                    memcpy(d, x, sizeof(float) * (size_t)src.shape[3]);
-                else
-                    for (int64_t c = 0; c < src.shape[3]; ++c)
-                        d[c * dst.stride[3]] = x[c * src.stride[3]];
-            }
-}
-
-void cpa_zero4(cpa_tensor t)
-{
-    for (int64_t b = 0; b < t.shape[0]; ++b)
-        for (int64_t s = 0; s < t.shape[1]; ++s)
-            for (int64_t n = 0; n < t.shape[2]; ++n) {
-                float *d = cpa_at4(&t, b, s, n);
-                for (int64_t c = 0; c < t.shape[3]; ++c)
-                    d[c * t.stride[3]] = 0.0f;
-            }
-}
-
 /* ---- set-up ---------------------------------------------------------------- */
 
 /* KV buffers in use: the held block and the outer receive; a second inner
@@ -79,6 +51,8 @@ static int kv_buffers(int W) { return W == 1 ? 2 : W == 2 ? 3 : 4; }
 
 int64_t cpa_ring_bytes(const cpa_ring_shape *sh, int R)
 {
+    if (R == 1) /* one rank: the kernel on the caller's tensors, no buffers */
+        return 0;
     const int64_t Sl = sh->S / R, kv = sh->B * Sl * sh->G * (sh->Dqk + sh->Dv);
     return (int64_t)sizeof(float) *
            ((kv_buffers(sh->W) + 3) * kv + sh->B * Sl * sh->H * sh->Dv + sh->B * sh->H * Sl);
@@ -95,13 +69,14 @@ cpa_status cpa_ring_init(cpa_ring *g, MPI_Comm comm, const cpa_ring_shape *sh, c
     g->I = g->R / g->W;
     g->w = g->idx / g->W;
     g->p = g->idx % g->W;
-    g->split.kind = sh->mask == CPA_MASK_CAUSAL ? CPA_SPLIT_ZIGZAG : CPA_SPLIT_CONTIGUOUS;
+    g->split.kind = sh->mask.kind == CPA_MASK_CAUSAL ? CPA_SPLIT_ZIGZAG : CPA_SPLIT_CONTIGUOUS;
     g->split.P = g->R;
     g->split.U = 1;
     g->S = sh->S, g->B = sh->B, g->H = sh->H, g->G = sh->G, g->Dqk = sh->Dqk, g->Dv = sh->Dv;
     g->Sl = sh->S / g->R;
     g->layout = sh->layout;
     g->mask = sh->mask;
+    g->impl = sh->impl;
     g->scale = sh->scale;
     g->ctx = ctx;
     if (sh->overlap && g->R > 1)
@@ -113,6 +88,8 @@ cpa_status cpa_ring_init(cpa_ring *g, MPI_Comm comm, const cpa_ring_shape *sh, c
     g->kv_floats = g->k_floats + g->B * g->Sl * g->G * g->Dv;
     const size_t kv_bytes = sizeof(float) * (size_t)g->kv_floats;
     /* What this allocates is cpa_ring_bytes(). */
+    if (g->R == 1)
+        return CPA_OK;
     g->nkv = kv_buffers(g->W);
     for (int i = 0; i < g->nkv; ++i)
         if (!(g->kv[i] = cpa_calloc(kv_bytes, "ring KV buffer")))
@@ -168,12 +145,13 @@ static void block_desc(const cpa_ring *g, int k, cpa_tensor q, float *kvbuf, cpa
     d->k = k_view(g, kvbuf);
     d->v = v_view(g, kvbuf);
     d->softmax_scale = g->scale;
+    d->impl = g->impl;
     d->q_rows = (cpa_rows){qp, nq};
     d->kv_rows = (cpa_rows){kp, nk};
     d->mask.kind = CPA_MASK_NONE;
     d->progress = cpa_xfer_progress;
     d->progress_arg = (void *)&g->xfer;
-    if (g->mask != CPA_MASK_CAUSAL)
+    if (g->mask.kind != CPA_MASK_CAUSAL)
         return;
     if (k == g->idx)
         d->mask.kind = CPA_MASK_CAUSAL;       /* diagonal: local order is global order */
@@ -255,8 +233,15 @@ cpa_status cpa_ring_forward(cpa_ring *g, cpa_tensor q, cpa_tensor k, cpa_tensor 
 {
     cpa_xfer_reset_counters(&g->xfer);
     g->compute_s = g->flops = 0.0;
-    cpa_copy4(k_view(g, g->kv[0]), k);
-    cpa_copy4(v_view(g, g->kv[0]), v);
+    if (g->R == 1) { /* one block, the caller's own K/V */
+        cpa_attn_desc d;
+        cpa_piece qp[2], kp[2];
+        block_desc(g, 0, q, k.data, &d, qp, kp); /* views replaced below */
+        d.k = k, d.v = v;
+        return timed_forward(g, &d, out, lse);
+    }
+    cpa_tensor_copy(k_view(g, g->kv[0]), k);
+    cpa_tensor_copy(v_view(g, g->kv[0]), v);
     const int W = g->W, I = g->I, w = g->w, p = g->p;
     const cpa_dring_peers pr = cpa_dring_peers_of(W, I, w, p, 0);
     int cur = 0, first = 1;
@@ -316,10 +301,22 @@ cpa_status cpa_ring_backward(cpa_ring *g, cpa_tensor q, cpa_tensor k, cpa_tensor
     const cpa_dring_peers pr = cpa_dring_peers_of(W, I, w, p, 1);
     cpa_status s = CPA_OK;
     int h = -1;
+    if (g->R == 1) { /* one block: gradients straight into the caller's */
+        cpa_attn_desc d;
+        cpa_piece qp[2], kp[2];
+        block_desc(g, 0, q, k.data, &d, qp, kp); /* views replaced below */
+        d.k = k, d.v = v;
+        cpa_tensor_zero(dq), cpa_tensor_zero(dk), cpa_tensor_zero(dv);
+        double t0 = cpa_wtime();
+        s = cpa_attn_backward(g->ctx, &d, out, lse, dout, dq, dk, dv);
+        g->compute_s += cpa_wtime() - t0;
+        g->flops += 2.5 * cpa_attn_forward_flops(&d);
+        return s;
+    }
 
     /* Fetch block (w+1, p+1), the one the forward ended with. */
-    cpa_copy4(k_view(g, g->kv[1]), k);
-    cpa_copy4(v_view(g, g->kv[1]), v);
+    cpa_tensor_copy(k_view(g, g->kv[1]), k);
+    cpa_tensor_copy(v_view(g, g->kv[1]), v);
     if (steps > 1) {
         say_step(g, "backward", 0);
         CPA_TRY(post(g, g->kv[1], pr.shift_to, w, g->kv[0], pr.shift_from, (w + 1) % I,
@@ -328,7 +325,7 @@ cpa_status cpa_ring_backward(cpa_ring *g, cpa_tensor q, cpa_tensor k, cpa_tensor
     } else {
         memcpy(g->kv[0], g->kv[1], sizeof(float) * (size_t)g->kv_floats);
     }
-    cpa_zero4(dq);
+    cpa_tensor_zero(dq);
 
     int cur = 0, acc = 1, step = 0, hd = -1; /* hd: the dKV transfer in flight */
     for (int j = 0; j < I && s == CPA_OK; ++j) {
@@ -395,7 +392,135 @@ cpa_status cpa_ring_backward(cpa_ring *g, cpa_tensor q, cpa_tensor k, cpa_tensor
     }
     /* The last block visited is my own, and its accumulator holds all R
      * contributions. */
-    cpa_copy4(dk, k_view(g, g->dkv[acc]));
-    cpa_copy4(dv, v_view(g, g->dkv[acc]));
+    cpa_tensor_copy(dk, k_view(g, g->dkv[acc]));
+    cpa_tensor_copy(dv, v_view(g, g->dkv[acc]));
     return CPA_OK;
 }
+
+/* ---- the table row (megatron_cp_algo) --------------------------------------- */
+
+cpa_status cpa_window_rule(int W, int R, const char *of)
+{
+    if (W != 1 && (W < 1 || W >= R || R % W != 0))
+        return cpa_error(CPA_ERR_ARG, "--cp-window-size %d with %s %d: the window must be 1, or "
+                         "satisfy 1 < W < %s and %s %% W == 0 (double ring: windows of W ranks)",
+                         W, of, R, of, of);
+    return CPA_OK;
+}
+
+static cpa_split ring_split(const cpa_cp_config *c)
+{
+    cpa_split s = {c->mask.kind == CPA_MASK_CAUSAL ? CPA_SPLIT_ZIGZAG : CPA_SPLIT_CONTIGUOUS,
+                   c->cp_size, 1};
+    return s;
+}
+
+static cpa_status ring_validate(const cpa_cp_config *c)
+{
+    return cpa_window_rule(c->window, c->cp_size, "--context-parallel-size");
+}
+
+static cpa_ring_shape ring_shape(const cpa_cp_config *c)
+{
+    cpa_ring_shape sh = {.W = c->window, .overlap = c->send_recv_overlap, .mask = c->mask,
+                         .impl = c->impl, .layout = c->layout, .S = c->seq_length,
+                         .B = c->batch, .H = c->num_heads, .G = c->num_kv_heads,
+                         .Dqk = c->head_dim, .Dv = c->v_head_dim, .scale = c->softmax_scale};
+    return sh;
+}
+
+static int64_t ring_state_bytes(const cpa_cp_config *c)
+{
+    cpa_ring_shape sh = ring_shape(c);
+    return (int64_t)sizeof(cpa_ring) + cpa_ring_bytes(&sh, c->cp_size);
+}
+
+static int64_t ring_saved_floats(const cpa_cp_config *c)
+{
+    (void)c; /* the backward needs only the caller's q, k, v, out, lse */
+    return 0;
+}
+
+static void ring_kernel_shape(const cpa_cp_config *c, int64_t *H, int64_t *G, int64_t *Sq,
+                              int64_t *Sk)
+{
+    *H = c->num_heads, *G = c->num_kv_heads, *Sq = *Sk = c->seq_length / c->cp_size;
+}
+
+void cpa_ring_volume(const cpa_ring_shape *sh, int R, double *fwd, double *bwd)
+{
+    /* Forward: R-1 K/V blocks in; backward: the first block's fetch, R-1
+     * K/V blocks and R-1 dK/dV accumulators (ring.c's schedule). */
+    const double kv = 4.0 * (double)(sh->B * (sh->S / R) * sh->G * (sh->Dqk + sh->Dv));
+    *fwd = R > 1 ? (R - 1) * kv : 0.0;
+    *bwd = R > 1 ? (2.0 * R - 1) * kv : 0.0;
+}
+
+static void ring_volume(const cpa_cp_config *c, double *fwd, double *bwd)
+{
+    cpa_ring_shape sh = ring_shape(c);
+    cpa_ring_volume(&sh, c->cp_size, fwd, bwd);
+}
+
+static cpa_status ring_row_init(MPI_Comm comm, const cpa_cp_config *c, cpa_attn_ctx *ctx,
+                                void **state)
+{
+    cpa_ring *g = cpa_calloc(sizeof *g, "ring state");
+    if (!g)
+        return CPA_ERR_NOMEM;
+    *state = g;
+    cpa_ring_shape sh = ring_shape(c);
+    return cpa_ring_init(g, comm, &sh, ctx);
+}
+
+static void ring_row_destroy(void *state)
+{
+    if (state)
+        cpa_ring_free(state);
+    cpa_free(state);
+}
+
+static cpa_status ring_row_forward(void *state, float *saved, cpa_tensor q, cpa_tensor k,
+                                   cpa_tensor v, cpa_tensor out, cpa_tensor lse)
+{
+    (void)saved;
+    return cpa_ring_forward(state, q, k, v, out, lse);
+}
+
+static cpa_status ring_row_backward(void *state, const float *saved, cpa_tensor q, cpa_tensor k,
+                                    cpa_tensor v, cpa_tensor out, cpa_tensor lse,
+                                    cpa_tensor dout, cpa_tensor dq, cpa_tensor dk, cpa_tensor dv)
+{
+    (void)saved;
+    return cpa_ring_backward(state, q, k, v, out, lse, dout, dq, dk, dv);
+}
+
+void cpa_ring_stats(const cpa_ring *g, cpa_plan_stats *st)
+{
+    cpa_stats_set(st, g->xfer.wait_s, g->xfer.bytes_sent, g->compute_s, g->flops);
+}
+
+static void ring_row_stats(const void *state, cpa_plan_stats *st)
+{
+    cpa_ring_stats(state, st);
+}
+
+const cpa_algo_row cpa_ring_row = {
+    .id = CPA_ALGO_RING,
+    .name = "megatron_cp_algo",
+    .summary = "ring attention: K/V blocks travel around the ranks while each attends its "
+               "zigzag rows; --cp-window-size W > 1 is the double ring",
+    .uses_window = 1,
+    .uses_overlap = 1,
+    .validate = ring_validate,
+    .split = ring_split,
+    .state_bytes = ring_state_bytes,
+    .saved_floats = ring_saved_floats,
+    .kernel_shape = ring_kernel_shape,
+    .volume = ring_volume,
+    .init = ring_row_init,
+    .destroy = ring_row_destroy,
+    .forward = ring_row_forward,
+    .backward = ring_row_backward,
+    .stats = ring_row_stats,
+};

@@ -17,12 +17,15 @@
  * backward sums the replicas' gradients while unpacking (in rank order, so
  * the sum is deterministic).
  *
- * What the backward reuses.  Like an autograd function, the forward keeps
- * the head-sharded q, k, v, out and lse it made; a backward given the same
- * tensors (the same data pointers as the last forward of this plan) starts
- * from them and needs 4 all-to-alls.  Given other tensors it rebuilds them
- * first (5 more), so it is always correct; a caller that interleaves
- * several layers on one plan should use one plan per layer for speed.
+ * What the backward reuses.  Like an autograd function, the forward
+ * leaves the head-sharded q, k, v, out and lse in a saved state the caller
+ * owns (one per layer: cpa_plan_saved); a backward given it needs 4
+ * all-to-alls, so a layer costs 9.  Without one the forward works in the
+ * engine's scratch and the backward rebuilds the state from its arguments
+ * (5 all-to-alls more): always correct, never a guess from pointers.
+ *
+ * This file also holds the table row of ulysses_cp_algo (the local kernel
+ * inside); hybrid.c puts a ring inside the same engine.
  */
 #include "cp_internal.h"
 #include "kernel_internal.h"
@@ -39,15 +42,37 @@ int64_t cpa_ulysses_kv_heads(int64_t H, int64_t G, int U)
     return Hl;
 }
 
+int64_t cpa_ulysses_saved_floats(const cpa_ulysses_shape *sh, int U)
+{
+    const int64_t Hl = sh->H / U, Gl = cpa_ulysses_kv_heads(sh->H, sh->G, U);
+    const int64_t qn = sh->B * sh->S * Hl, kn = sh->B * sh->S * Gl;
+    return qn * (sh->Dqk + sh->Dv + 1) + kn * (sh->Dqk + sh->Dv);
+}
+
 int64_t cpa_ulysses_bytes(const cpa_ulysses_shape *sh, int U)
 {
-    /* The buffers of cpa_ulysses_init (keep the two in step). */
+    /* The buffers of cpa_ulysses_init (keep the two in step): the slabs,
+     * the scratch state and dout, dq, dk, dv. */
     const int64_t Hl = sh->H / U, Gl = cpa_ulysses_kv_heads(sh->H, sh->G, U);
     const int64_t nmax = Hl > Gl ? Hl : Gl, D = sh->Dqk > sh->Dv ? sh->Dqk : sh->Dv;
     const int64_t slab = sh->B * (sh->S / U) * nmax * D;
     const int64_t qn = sh->B * sh->S * Hl, kn = sh->B * sh->S * Gl;
-    return (int64_t)sizeof(float) * (2 * U * slab + qn * (2 * sh->Dqk + 3 * sh->Dv + 1) +
-                                     kn * (2 * sh->Dqk + 2 * sh->Dv));
+    return (int64_t)sizeof(float) * (2 * U * slab + cpa_ulysses_saved_floats(sh, U) +
+                                     qn * (sh->Dqk + sh->Dv) + kn * (sh->Dqk + sh->Dv)) +
+           (int64_t)sizeof(int) * (U * (Hl + Gl) + nmax); /* the head maps */
+}
+
+void cpa_ulysses_volume(const cpa_ulysses_shape *sh, int U, double *fwd, double *bwd)
+{
+    /* Each all-to-all keeps 1/U of a rank's rows and sends the rest:
+     * forward q, k, v in and out, lse back; backward dout in and dq, dk, dv
+     * back. */
+    const int64_t Hl = sh->H / U, Gl = cpa_ulysses_kv_heads(sh->H, sh->G, U);
+    const double rows = (double)(sh->B * (sh->S / U)) * (U - 1) * 4.0;
+    const double q = rows * Hl * sh->Dqk, kk = rows * Gl * sh->Dqk, v = rows * Gl * sh->Dv;
+    const double o = rows * Hl * sh->Dv, l = rows * Hl;
+    *fwd = q + kk + v + o + l;
+    *bwd = o + q + kk + v;
 }
 
 cpa_status cpa_ulysses_init(cpa_ulysses *x, MPI_Comm comm, const cpa_ulysses_shape *sh,
@@ -63,6 +88,7 @@ cpa_status cpa_ulysses_init(cpa_ulysses *x, MPI_Comm comm, const cpa_ulysses_sha
     x->Gl = cpa_ulysses_kv_heads(sh->H, sh->G, U);
     x->layout = sh->layout;
     x->mask = sh->mask;
+    x->impl = sh->impl;
     x->scale = sh->scale;
     x->ring = inner_ring;
     x->ctx = ctx;
@@ -94,9 +120,8 @@ cpa_status cpa_ulysses_init(cpa_ulysses *x, MPI_Comm comm, const cpa_ulysses_sha
         const char *what;
     } bufs[] = {{&x->send, U * x->slab, "Ulysses send slabs"},
                 {&x->recv, U * x->slab, "Ulysses receive slabs"},
-                {&x->q, qn * x->Dqk, "Ulysses q"},       {&x->k, kn * x->Dqk, "Ulysses k"},
-                {&x->v, kn * x->Dv, "Ulysses v"},        {&x->out, qn * x->Dv, "Ulysses out"},
-                {&x->lse, qn, "Ulysses lse"},            {&x->dout, qn * x->Dv, "Ulysses dout"},
+                {&x->scratch, cpa_ulysses_saved_floats(sh, U), "Ulysses forward state"},
+                {&x->dout, qn * x->Dv, "Ulysses dout"},
                 {&x->dq, qn * x->Dqk, "Ulysses dq"},     {&x->dk, kn * x->Dqk, "Ulysses dk"},
                 {&x->dv, kn * x->Dv, "Ulysses dv"}};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; ++i)
@@ -109,7 +134,7 @@ cpa_status cpa_ulysses_init(cpa_ulysses *x, MPI_Comm comm, const cpa_ulysses_sha
 
 void cpa_ulysses_free(cpa_ulysses *x)
 {
-    float *bufs[] = {x->send, x->recv, x->q, x->k, x->v, x->out, x->lse, x->dout, x->dq, x->dk, x->dv};
+    float *bufs[] = {x->send, x->recv, x->scratch, x->dout, x->dq, x->dk, x->dv};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; ++i)
         cpa_free(bufs[i]);
     cpa_free(x->q_heads);
@@ -133,10 +158,23 @@ static cpa_tensor lse_as_rows(cpa_tensor lse)
     return t;
 }
 
-static cpa_tensor hlse(const cpa_ulysses *x)
+/* The forward's state carved out of a saved buffer (or the scratch). */
+typedef struct uly_state {
+    cpa_tensor q, k, v, out, lse;
+} uly_state;
+
+static uly_state state_views(const cpa_ulysses *x, const float *buf)
 {
-    int64_t shape[3] = {x->B, x->Hl, x->Sf};
-    return cpa_tensor_make(x->lse, 3, shape);
+    float *p = (float *)buf; /* the backward only reads it */
+    const int64_t qn = x->B * x->Sf * x->Hl, kn = x->B * x->Sf * x->Gl;
+    const int64_t lse_shape[3] = {x->B, x->Hl, x->Sf};
+    uly_state st;
+    st.q = hview(x, p, x->Hl, x->Dqk), p += qn * x->Dqk;
+    st.k = hview(x, p, x->Gl, x->Dqk), p += kn * x->Dqk;
+    st.v = hview(x, p, x->Gl, x->Dv), p += kn * x->Dv;
+    st.out = hview(x, p, x->Hl, x->Dv), p += qn * x->Dv;
+    st.lse = cpa_tensor_make(p, 3, lse_shape);
+    return st;
 }
 
 /* ---- the all-to-alls ---------------------------------------------------------- */
@@ -224,23 +262,25 @@ cpa_status cpa_ulysses_heads_to_seq(cpa_ulysses *x, cpa_tensor mine, const int *
 }
 
 /* q, k, v (and for a backward without a saved forward, out and lse). */
-static cpa_status gather_inputs(cpa_ulysses *x, cpa_tensor q, cpa_tensor k, cpa_tensor v)
+static cpa_status gather_inputs(cpa_ulysses *x, const uly_state *st, cpa_tensor q, cpa_tensor k,
+                                cpa_tensor v)
 {
-    CPA_TRY(cpa_ulysses_seq_to_heads(x, q, x->q_heads, x->Hl, hview(x, x->q, x->Hl, x->Dqk)));
-    CPA_TRY(cpa_ulysses_seq_to_heads(x, k, x->kv_heads, x->Gl, hview(x, x->k, x->Gl, x->Dqk)));
-    return cpa_ulysses_seq_to_heads(x, v, x->kv_heads, x->Gl, hview(x, x->v, x->Gl, x->Dv));
+    CPA_TRY(cpa_ulysses_seq_to_heads(x, q, x->q_heads, x->Hl, st->q));
+    CPA_TRY(cpa_ulysses_seq_to_heads(x, k, x->kv_heads, x->Gl, st->k));
+    return cpa_ulysses_seq_to_heads(x, v, x->kv_heads, x->Gl, st->v);
 }
 
 /* ---- forward and backward ---------------------------------------------------- */
 
-static void inner_desc(const cpa_ulysses *x, cpa_attn_desc *d)
+static void inner_desc(const cpa_ulysses *x, const uly_state *st, cpa_attn_desc *d)
 {
     memset(d, 0, sizeof *d);
-    d->q = hview(x, x->q, x->Hl, x->Dqk);
-    d->k = hview(x, x->k, x->Gl, x->Dqk);
-    d->v = hview(x, x->v, x->Gl, x->Dv);
-    d->mask.kind = x->mask; /* the gathered rows are the whole sequence, in order */
+    d->q = st->q;
+    d->k = st->k;
+    d->v = st->v;
+    d->mask = x->mask; /* the gathered rows are the whole sequence, in order */
     d->softmax_scale = x->scale;
+    d->impl = x->impl;
 }
 
 static void reset_counters(cpa_ulysses *x)
@@ -250,71 +290,182 @@ static void reset_counters(cpa_ulysses *x)
 
 static void add_ring_counters(cpa_ulysses *x)
 {
-    x->flops += x->ring->flops;
-    x->compute_s += x->ring->compute_s;
-    x->wait_s += x->ring->xfer.wait_s;
-    x->bytes_sent += x->ring->xfer.bytes_sent;
+    cpa_plan_stats st;
+    cpa_ring_stats(x->ring, &st);
+    x->flops += st.flops;
+    x->compute_s += st.compute_s;
+    x->wait_s += st.wait_s;
+    x->bytes_sent += st.bytes_sent;
 }
 
-cpa_status cpa_ulysses_forward(cpa_ulysses *x, cpa_tensor q, cpa_tensor k, cpa_tensor v,
-                               cpa_tensor out, cpa_tensor lse)
+cpa_status cpa_ulysses_forward(cpa_ulysses *x, float *saved, cpa_tensor q, cpa_tensor k,
+                               cpa_tensor v, cpa_tensor out, cpa_tensor lse)
 {
     reset_counters(x);
-    memset(x->saved, 0, sizeof x->saved);
-    CPA_TRY(gather_inputs(x, q, k, v));
-    cpa_tensor O = hview(x, x->out, x->Hl, x->Dv), L = hlse(x);
+    const uly_state st = state_views(x, saved ? saved : x->scratch);
+    CPA_TRY(gather_inputs(x, &st, q, k, v));
     if (x->ring) {
-        CPA_TRY(cpa_ring_forward(x->ring, hview(x, x->q, x->Hl, x->Dqk),
-                                 hview(x, x->k, x->Gl, x->Dqk), hview(x, x->v, x->Gl, x->Dv), O, L));
+        CPA_TRY(cpa_ring_forward(x->ring, st.q, st.k, st.v, st.out, st.lse));
         add_ring_counters(x);
     } else {
         cpa_attn_desc d;
-        inner_desc(x, &d);
+        inner_desc(x, &st, &d);
         double t0 = cpa_wtime();
-        CPA_TRY(cpa_attn_forward(x->ctx, &d, O, L));
+        CPA_TRY(cpa_attn_forward(x->ctx, &d, st.out, st.lse));
         x->compute_s += cpa_wtime() - t0;
         x->flops += cpa_attn_forward_flops(&d);
     }
-    CPA_TRY(cpa_ulysses_heads_to_seq(x, O, x->q_heads, x->Hl, out, 0));
-    CPA_TRY(cpa_ulysses_heads_to_seq(x, lse_as_rows(L), x->q_heads, x->Hl, lse_as_rows(lse), 0));
-    const float *now[5] = {q.data, k.data, v.data, out.data, lse.data};
-    memcpy(x->saved, now, sizeof now);
-    return CPA_OK;
+    CPA_TRY(cpa_ulysses_heads_to_seq(x, st.out, x->q_heads, x->Hl, out, 0));
+    return cpa_ulysses_heads_to_seq(x, lse_as_rows(st.lse), x->q_heads, x->Hl, lse_as_rows(lse),
+                                    0);
 }
 
-cpa_status cpa_ulysses_backward(cpa_ulysses *x, cpa_tensor q, cpa_tensor k, cpa_tensor v,
-                                cpa_tensor out, cpa_tensor lse, cpa_tensor dout, cpa_tensor dq,
-                                cpa_tensor dk, cpa_tensor dv)
+cpa_status cpa_ulysses_backward(cpa_ulysses *x, const float *saved, cpa_tensor q, cpa_tensor k,
+                                cpa_tensor v, cpa_tensor out, cpa_tensor lse, cpa_tensor dout,
+                                cpa_tensor dq, cpa_tensor dk, cpa_tensor dv)
 {
     reset_counters(x);
-    cpa_tensor O = hview(x, x->out, x->Hl, x->Dv), L = hlse(x);
-    const float *now[5] = {q.data, k.data, v.data, out.data, lse.data};
-    if (memcmp(x->saved, now, sizeof now) != 0) { /* not the tensors of the last forward */
-        CPA_TRY(gather_inputs(x, q, k, v));
-        CPA_TRY(cpa_ulysses_seq_to_heads(x, out, x->q_heads, x->Hl, O));
-        CPA_TRY(cpa_ulysses_seq_to_heads(x, lse_as_rows(lse), x->q_heads, x->Hl, lse_as_rows(L)));
-        memcpy(x->saved, now, sizeof now);
+    const uly_state st = state_views(x, saved ? saved : x->scratch);
+    if (!saved) { /* no saved forward: rebuild its state from the arguments */
+        CPA_TRY(gather_inputs(x, &st, q, k, v));
+        CPA_TRY(cpa_ulysses_seq_to_heads(x, out, x->q_heads, x->Hl, st.out));
+        CPA_TRY(cpa_ulysses_seq_to_heads(x, lse_as_rows(lse), x->q_heads, x->Hl,
+                                         lse_as_rows(st.lse)));
     }
     cpa_tensor dO = hview(x, x->dout, x->Hl, x->Dv);
     cpa_tensor dQ = hview(x, x->dq, x->Hl, x->Dqk), dK = hview(x, x->dk, x->Gl, x->Dqk);
     cpa_tensor dV = hview(x, x->dv, x->Gl, x->Dv);
     CPA_TRY(cpa_ulysses_seq_to_heads(x, dout, x->q_heads, x->Hl, dO));
     if (x->ring) {
-        CPA_TRY(cpa_ring_backward(x->ring, hview(x, x->q, x->Hl, x->Dqk),
-                                  hview(x, x->k, x->Gl, x->Dqk), hview(x, x->v, x->Gl, x->Dv), O,
-                                  L, dO, dQ, dK, dV));
+        CPA_TRY(cpa_ring_backward(x->ring, st.q, st.k, st.v, st.out, st.lse, dO, dQ, dK, dV));
         add_ring_counters(x);
     } else {
         cpa_attn_desc d;
-        inner_desc(x, &d);
-        cpa_zero4(dQ), cpa_zero4(dK), cpa_zero4(dV);
+        inner_desc(x, &st, &d);
+        cpa_tensor_zero(dQ), cpa_tensor_zero(dK), cpa_tensor_zero(dV);
         double t0 = cpa_wtime();
-        CPA_TRY(cpa_attn_backward(x->ctx, &d, O, L, dO, dQ, dK, dV));
+        CPA_TRY(cpa_attn_backward(x->ctx, &d, st.out, st.lse, dO, dQ, dK, dV));
         x->compute_s += cpa_wtime() - t0;
         x->flops += 2.5 * cpa_attn_forward_flops(&d);
     }
     CPA_TRY(cpa_ulysses_heads_to_seq(x, dQ, x->q_heads, x->Hl, dq, 0));
-    cpa_zero4(dk), cpa_zero4(dv); /* replicas of a KV head add up */
+    cpa_tensor_zero(dk), cpa_tensor_zero(dv); /* replicas of a KV head add up */
     CPA_TRY(cpa_ulysses_heads_to_seq(x, dK, x->kv_heads, x->Gl, dk, 1));
     return cpa_ulysses_heads_to_seq(x, dV, x->kv_heads, x->Gl, dv, 1);
 }
+
+void cpa_ulysses_stats(const cpa_ulysses *x, cpa_plan_stats *st)
+{
+    cpa_stats_set(st, x->wait_s, x->bytes_sent, x->compute_s, x->flops);
+}
+
+/* ---- the table row (ulysses_cp_algo) ---------------------------------------- */
+
+static cpa_split ulysses_split(const cpa_cp_config *c)
+{
+    cpa_split s = {CPA_SPLIT_CONTIGUOUS, c->cp_size, 1};
+    return s;
+}
+
+static cpa_status ulysses_validate(const cpa_cp_config *c)
+{
+    const int P = c->cp_size, tp = c->tp_size;
+    if (c->num_heads % ((long long)tp * P) != 0)
+        return cpa_error(CPA_ERR_ARG, "--num-attention-heads %lld is not divisible by "
+                         "--tensor-model-parallel-size %d x --context-parallel-size %d "
+                         "(ulysses_cp_algo scatters heads: H %% (TP*P) == 0)",
+                         (long long)c->num_heads, tp, P);
+    if (c->window != 1)
+        return cpa_error(CPA_ERR_ARG, "--cp-window-size %d applies to megatron_cp_algo and "
+                         "hybrid_cp_algo; ulysses_cp_algo needs 1", c->window);
+    return CPA_OK;
+}
+
+cpa_ulysses_shape cpa_ulysses_shape_of(const cpa_cp_config *c, int64_t S)
+{
+    cpa_ulysses_shape sh = {.B = c->batch, .S = S, .H = c->num_heads, .G = c->num_kv_heads,
+                            .Dqk = c->head_dim, .Dv = c->v_head_dim, .layout = c->layout,
+                            .mask = c->mask, .impl = c->impl, .scale = c->softmax_scale};
+    return sh;
+}
+
+static int64_t ulysses_state_bytes(const cpa_cp_config *c)
+{
+    cpa_ulysses_shape sh = cpa_ulysses_shape_of(c, c->seq_length);
+    return (int64_t)sizeof(cpa_ulysses) + cpa_ulysses_bytes(&sh, c->cp_size);
+}
+
+static int64_t ulysses_saved_floats(const cpa_cp_config *c)
+{
+    cpa_ulysses_shape sh = cpa_ulysses_shape_of(c, c->seq_length);
+    return cpa_ulysses_saved_floats(&sh, c->cp_size);
+}
+
+static void ulysses_kernel_shape(const cpa_cp_config *c, int64_t *H, int64_t *G, int64_t *Sq,
+                                 int64_t *Sk)
+{
+    *H = c->num_heads / c->cp_size;
+    *G = cpa_ulysses_kv_heads(c->num_heads, c->num_kv_heads, c->cp_size);
+    *Sq = *Sk = c->seq_length;
+}
+
+static void ulysses_volume(const cpa_cp_config *c, double *fwd, double *bwd)
+{
+    cpa_ulysses_shape sh = cpa_ulysses_shape_of(c, c->seq_length);
+    cpa_ulysses_volume(&sh, c->cp_size, fwd, bwd);
+}
+
+static cpa_status ulysses_row_init(MPI_Comm comm, const cpa_cp_config *c, cpa_attn_ctx *ctx,
+                                   void **state)
+{
+    cpa_ulysses *x = cpa_calloc(sizeof *x, "Ulysses state");
+    if (!x)
+        return CPA_ERR_NOMEM;
+    *state = x;
+    cpa_ulysses_shape sh = cpa_ulysses_shape_of(c, c->seq_length);
+    return cpa_ulysses_init(x, comm, &sh, NULL, ctx);
+}
+
+static void ulysses_row_destroy(void *state)
+{
+    if (state)
+        cpa_ulysses_free(state);
+    cpa_free(state);
+}
+
+static cpa_status ulysses_row_forward(void *state, float *saved, cpa_tensor q, cpa_tensor k,
+                                      cpa_tensor v, cpa_tensor out, cpa_tensor lse)
+{
+    return cpa_ulysses_forward(state, saved, q, k, v, out, lse);
+}
+
+static cpa_status ulysses_row_backward(void *state, const float *saved, cpa_tensor q,
+                                       cpa_tensor k, cpa_tensor v, cpa_tensor out,
+                                       cpa_tensor lse, cpa_tensor dout, cpa_tensor dq,
+                                       cpa_tensor dk, cpa_tensor dv)
+{
+    return cpa_ulysses_backward(state, saved, q, k, v, out, lse, dout, dq, dk, dv);
+}
+
+static void ulysses_row_stats(const void *state, cpa_plan_stats *st)
+{
+    cpa_ulysses_stats(state, st);
+}
+
+const cpa_algo_row cpa_ulysses_row = {
+    .id = CPA_ALGO_ULYSSES,
+    .name = "ulysses_cp_algo",
+    .summary = "DeepSpeed-Ulysses: all-to-alls trade sequence rows for heads, each rank "
+               "attends H/P heads over the whole sequence (H % (TP*P) == 0)",
+    .validate = ulysses_validate,
+    .split = ulysses_split,
+    .state_bytes = ulysses_state_bytes,
+    .saved_floats = ulysses_saved_floats,
+    .kernel_shape = ulysses_kernel_shape,
+    .volume = ulysses_volume,
+    .init = ulysses_row_init,
+    .destroy = ulysses_row_destroy,
+    .forward = ulysses_row_forward,
+    .backward = ulysses_row_backward,
+    .stats = ulysses_row_stats,
+};

@@ -62,6 +62,7 @@ struct cpa_gpt {
     uint8_t *longf;     /* (N) */
     int64_t *pos;       /* (T) global positions of the local rows */
     cpa_plan *plan;
+    cpa_plan_saved **saved; /* (La) what each layer's attention forward keeps for its backward */
     double attn_fwd_flops; /* attention forward flops of this micro-batch (kernel count) */
 };
 
@@ -155,14 +156,14 @@ int64_t cpa_gpt_memory_bytes(const cpa_gpt_config *cfg, int cp_size, int64_t *nu
     if (num_params)
         *num_params = np;
     cpa_cp_config cc = plan_config(&m, cp_size);
-    const int64_t plan = cpa_plan_memory_bytes(&cc);
-    if (plan < 0)
+    const int64_t plan = cpa_plan_memory_bytes(&cc), saved = cpa_plan_saved_bytes(&cc);
+    if (plan < 0 || saved < 0)
         return -1;
     /* parameters and gradients (float), the decay mask (byte), activations,
      * tokens and targets, flags, positions: the allocations of create. */
     return (int64_t)sizeof m + np * (2 * (int64_t)sizeof(float) + 1) +
            na * (int64_t)sizeof(float) + m.N * (2 * (int64_t)sizeof(int32_t) + 1) +
-           m.T * (int64_t)sizeof(int64_t) + plan;
+           m.T * (int64_t)sizeof(int64_t) + plan + m.La * (saved + (int64_t)sizeof(void *));
 }
 
 cpa_status cpa_gpt_create(const cpa_gpt_config *cfg, MPI_Comm cp_comm, cpa_gpt **out)
@@ -197,7 +198,11 @@ cpa_status cpa_gpt_create(const cpa_gpt_config *cfg, MPI_Comm cp_comm, cpa_gpt *
     m->tok = cpa_malloc(sizeof(int32_t) * (size_t)(2 * m->N), "tokens");
     m->longf = cpa_malloc((size_t)m->N, "long-range flags");
     m->pos = cpa_malloc(sizeof(int64_t) * (size_t)m->T, "positions");
-    if (!m->params || !m->grads || !m->decay || !m->act_buf || !m->tok || !m->longf || !m->pos) {
+    m->saved = cpa_calloc(sizeof *m->saved * (size_t)m->La, "saved attention states");
+    for (int64_t i = 0; m->saved && i < m->La && s == CPA_OK; ++i)
+        s = cpa_plan_saved_create(m->plan, &m->saved[i]);
+    if (!m->params || !m->grads || !m->decay || !m->act_buf || !m->tok || !m->longf || !m->pos ||
+        !m->saved || s != CPA_OK) {
         cpa_gpt_destroy(m);
         return CPA_ERR_NOMEM;
     }
@@ -225,6 +230,9 @@ void cpa_gpt_destroy(cpa_gpt *m)
 {
     if (!m)
         return;
+    for (int64_t i = 0; m->saved && i < m->La; ++i)
+        cpa_plan_saved_destroy(m->saved[i]);
+    cpa_free(m->saved);
     cpa_plan_destroy(m->plan);
     cpa_free(m->params);
     cpa_free(m->grads);
@@ -304,6 +312,7 @@ static cpa_tensor lse_view(const cpa_gpt *m, float *lse)
 
 typedef struct slot {
     float *ln1, *rstd1, *qkv, *att, *lse, *resmid, *ln2, *rstd2, *fc1, *sw;
+    cpa_plan_saved *saved;
 } slot;
 
 static slot slot_of(const cpa_gpt *m, int64_t s)
@@ -313,7 +322,7 @@ static slot slot_of(const cpa_gpt *m, int64_t s)
     slot x = {a->ln1 + s * N * C, a->rstd1 + s * N, a->qkv + s * N * m->W,
               a->att + s * N * m->H * m->D, a->lse + s * m->B * m->H * m->T,
               a->resmid + s * N * C, a->ln2 + s * N * C, a->rstd2 + s * N,
-              a->fc1 + s * N * 2 * m->F, a->sw + s * N * m->F};
+              a->fc1 + s * N * 2 * m->F, a->sw + s * N * m->F, m->saved[s]};
     return x;
 }
 
@@ -330,7 +339,8 @@ static cpa_status block_forward(cpa_gpt *m, int64_t l, slot x, int count)
     cpa_tensor v = rows_view(m, x.qkv + HD + m->G * m->D, m->G, m->W);
     cpa_rope_apply(q, m->pos, m->cfg.rope_base, 0);
     cpa_rope_apply(k, m->pos, m->cfg.rope_base, 0);
-    CPA_TRY(cpa_plan_forward(m->plan, q, k, v, rows_view(m, x.att, m->H, HD), lse_view(m, x.lse)));
+    CPA_TRY(cpa_plan_forward(m->plan, x.saved, q, k, v, rows_view(m, x.att, m->H, HD),
+                             lse_view(m, x.lse)));
     if (count) {
         cpa_plan_stats st;
         cpa_plan_last_stats(m->plan, &st);
@@ -371,7 +381,8 @@ static cpa_status block_backward(cpa_gpt *m, int64_t l, slot x)
     cpa_tensor dq = rows_view(m, a->dqkv, m->H, m->W);
     cpa_tensor dk = rows_view(m, a->dqkv + HD, m->G, m->W);
     cpa_tensor dv = rows_view(m, a->dqkv + HD + m->G * m->D, m->G, m->W);
-    CPA_TRY(cpa_plan_backward(m->plan, q, k, v, rows_view(m, x.att, m->H, HD), lse_view(m, x.lse),
+    CPA_TRY(cpa_plan_backward(m->plan, x.saved, q, k, v, rows_view(m, x.att, m->H, HD),
+                              lse_view(m, x.lse),
                               rows_view(m, a->datt, m->H, HD), dq, dk, dv));
     cpa_rope_apply(dq, m->pos, m->cfg.rope_base, 1);
     cpa_rope_apply(dk, m->pos, m->cfg.rope_base, 1);

@@ -209,12 +209,18 @@ expect_ok "config shows CP flags" "^# +--context-parallel-algo +ulysses_cp_algo 
 expect_ok "P=1 says CP is off" "^# context parallel: off \(--context-parallel-size 1, MPI world size 1\)" \
     attn --seq-length 16 --forward-only
 
-# With P = 1 the algorithm flags do not matter: the same kernel, the same bits.
+# P = 1 is a plan like any other.  Ulysses and the all-gather both make one
+# kernel call over the whole sequence there: the same bits.  The ring calls
+# the kernel on its two zigzag chunks (other blocking, other rounding), so it
+# is held to --check; its rules still apply (a window needs W < P).
 d1=$(digest --seq-length 64 --num-query-groups 2)
-d2=$(digest --seq-length 64 --num-query-groups 2 --context-parallel-algo megatron_cp_algo \
-    --cp-window-size 3 --use-cp-send-recv-overlap --context-parallel-size 1)
-if [ -n "$d1" ] && [ "$d1" = "$d2" ]; then pass "P=1 ignores the CP algorithm flags"
-else fail "P=1 ignores the CP algorithm flags" "'$d1' / '$d2'"; fi
+d2=$(digest --seq-length 64 --num-query-groups 2 --context-parallel-algo allgather_cp_algo)
+if [ -n "$d1" ] && [ "$d1" = "$d2" ]; then pass "P=1: ulysses and allgather plans give the same bits"
+else fail "P=1: ulysses and allgather plans give the same bits" "'$d1' / '$d2'"; fi
+check_case "P=1 ring plan (zigzag chunks)" --seq-length 64 --context-parallel-algo megatron_cp_algo \
+    --use-cp-send-recv-overlap
+expect_usage "P=1 ring with a window" "--cp-window-size 3" attn --seq-length 64 \
+    --context-parallel-algo megatron_cp_algo --cp-window-size 3
 expect_ok "forward-only prints out/lse digest" "^digest out=[0-9a-f]+ lse=[0-9a-f]+$" attn --seq-length 64 --forward-only
 expect_ok "iters: forward median" "^forward  median [0-9.]+ ms \(min [0-9.]+, max [0-9.]+, n=2\) +[0-9.]+ GFLOP/s" attn --seq-length 64 --iters 2
 expect_ok "iters: backward median" "^backward median [0-9.]+ ms \(min [0-9.]+, max [0-9.]+, n=2\)" attn --seq-length 64 --iters 2

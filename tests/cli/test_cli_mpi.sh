@@ -132,8 +132,6 @@ expect_usage "H % G != 0" 2 "--num-query-groups 3" \
     attn --context-parallel-size 2 $RING --num-query-groups 3 --seq-length 96
 expect_usage "bad window value" 2 "--cp-window-size 0" \
     attn --context-parallel-size 2 $RING --cp-window-size 0
-expect_usage "--reference needs P = 1" 2 "--reference" \
-    attn --context-parallel-size 2 $RING --seq-length 96 --reference
 expect_usage "--load missing dir (rank 0 finds out)" 3 "$TMP/nowhere" \
     attn --context-parallel-size 3 $RING --load "$TMP/nowhere"
 
@@ -194,6 +192,37 @@ check_case "hybrid P=8 U=2 W=2 (double ring)" 8 $HYB --ulysses-degree-in-cp 2 \
 check_case "hybrid P=8 U=4 bnsd B=2" 8 $HYB --ulysses-degree-in-cp 4 --seq-length 96 \
     --megatron-cp-in-bnsd --micro-batch-size 2
 
+# ---------------------------------------------------------------------------
+# --check: every configuration of every row of the library's algorithm table
+# (`cpattn algos` lists them), so a new algorithm is checked here with no
+# edit; the reference kernel inside the plan; the all-gather row's shapes.
+# ---------------------------------------------------------------------------
+
+table_cases=0
+for np in 2 3 4; do
+    while read -r -u 3 _ algo rest; do
+        flags=$(sed 's/ *plan_MiB.*//' <<<"$rest")
+        # shellcheck disable=SC2086
+        check_case "table: $algo$( [ -n "$flags" ] && echo " $flags") P=$np" "$np" \
+            --context-parallel-algo "$algo" $flags --seq-length 96 --num-attention-heads 12 \
+            --num-query-groups 2
+        table_cases=$((table_cases + 1))
+    done 3< <("$BIN" algos --context-parallel-size "$np" --seq-length 96 --num-attention-heads 12 \
+                  --num-query-groups 2 --kv-channels 64)
+done
+if [ "$table_cases" -ge 11 ]; then pass "cpattn algos listed $table_cases configurations at P=2,3,4"
+else fail "cpattn algos listed $table_cases configurations at P=2,3,4" "expected >= 11"; fi
+check_case "reference kernel inside the ring plan P=2" 2 $RING --seq-length 96 --reference
+check_case "reference kernel inside the hybrid plan P=4" 4 --context-parallel-algo hybrid_cp_algo \
+    --ulysses-degree-in-cp 2 --seq-length 96 --reference
+AG="--context-parallel-algo allgather_cp_algo"
+check_case "allgather P=4 general B=2 bnsd" 4 $AG --seq-length 100 --attention-mask-type general \
+    --micro-batch-size 2 --megatron-cp-in-bnsd
+check_case "allgather P=3 GQA G=1 Dv=32 sbhd" 3 $AG --seq-length 96 --group-query-attention \
+    --v-channels 32 --layout sbhd
+expect_usage "allgather takes no window" 4 "--cp-window-size 2" \
+    attn --context-parallel-size 4 $AG --cp-window-size 2 --seq-length 96
+
 expect_usage "ulysses H % (TP*P) (H=6, P=4)" 4 "--num-attention-heads 6" \
     attn --context-parallel-size 4 --seq-length 96 --num-attention-heads 6 --num-query-groups 2
 expect_usage "ulysses S % P (S=98, P=4)" 4 "--seq-length 98" \
@@ -238,6 +267,18 @@ if [ "$ok1" -eq 0 ] && [ -n "$d_rand" ] && [ "$d_rand" = "$d_load" ]; then
     pass "P=4 shards of random inputs == P=1 inputs loaded by P=4"
 else fail "P=4 shards of random inputs == P=1 inputs loaded by P=4" "exit $ok1, '$d_rand' / '$d_load'"; fi
 check_case "P=4 on the P=1 saved inputs (--load)" 4 $RING --load "$TMP/p1"
+# Every rank writes its own rows (collective MPI-IO): the inputs a P=4 zigzag
+# run saves are the P=1 run's files byte for byte, and so are outputs that do
+# not depend on the algorithm's rounding (lse of a forward through the same
+# kernel is not compared: it may differ in the last bits).
+prun 4 attn --context-parallel-size 4 $RING --seq-length 96 --num-query-groups 2 \
+    --save "$TMP/p4" --save-inputs --forward-only
+same=$rc
+for f in q k v dout; do cmp -s "$TMP/p1/$f.npy" "$TMP/p4/$f.npy" || same=1; done
+left=$(find "$TMP/p4" -name '.*' -type f | wc -l)
+if [ "$same" -eq 0 ] && [ "$left" -eq 0 ]; then
+    pass "P=4 --save-inputs (zigzag rows, MPI-IO) == P=1 files byte for byte, no temporary left"
+else fail "P=4 --save-inputs (zigzag rows, MPI-IO) == P=1 files byte for byte" "exit $rc, $left temporaries"; fi
 check_case "P=3 on loaded inputs, forward only, no dout.npy needed" 3 $RING --load "$TMP/p1" --forward-only
 
 # --save at P=2 (whole tensors, natural order) then a single-process replay.

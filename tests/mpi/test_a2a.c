@@ -233,7 +233,7 @@ static void replica_sum(cpa_ulysses *x, int kind)
     float *buf = malloc(sizeof(float) * (size_t)n);
     poison(buf, n); /* the padding stays NaN; the view is zeroed */
     cpa_tensor dk = local_view(buf, kind, B, Sl, G, D);
-    cpa_zero4(dk);
+    cpa_tensor_zero(dk);
     CHECK_OK(cpa_ulysses_heads_to_seq(x, dK, x->kv_heads, Gl, dk, 1));
     int64_t bad = 0;
     for (int64_t h = 0; h < G; ++h) {
@@ -277,14 +277,14 @@ static void lse_round_trip(cpa_ulysses *x)
         for (int64_t h = 0; h < H; ++h)
             for (int64_t s = 0; s < Sl; ++s)
                 src[(b * H + h) * Sl + s] = code(b, rank_ * Sl + s, h, 0);
-    poison(x->lse, B * Hl * Sf);
-    cpa_tensor L = cpa_tensor_make(x->lse, 3, hshape);
+    poison(x->scratch, B * Hl * Sf);
+    cpa_tensor L = cpa_tensor_make(x->scratch, 3, hshape);
     CHECK_OK(cpa_ulysses_seq_to_heads(x, lse_as_rows(lse), x->q_heads, Hl, lse_as_rows(L)));
     int64_t bad = 0;
     for (int64_t b = 0; b < B; ++b)
         for (int64_t i = 0; i < Hl; ++i)
             for (int64_t pos = 0; pos < Sf; ++pos) {
-                const float got = x->lse[(b * Hl + i) * Sf + pos];
+                const float got = x->scratch[(b * Hl + i) * Sf + pos];
                 const float want = code(b, pos, x->q_heads[rank_ * Hl + i], 0);
                 if (got != want && bad++ == 0)
                     fprintf(stderr, "rank %d %s lse: [b=%lld i=%lld pos=%lld] = %.0f, want %.0f\n",
@@ -306,7 +306,7 @@ static void one_case(MPI_Comm comm, const shape_case *c, cpa_layout hl, int kind
              (long long)c->B, (long long)c->Sl, (long long)c->H, (long long)c->G,
              cpa_layout_name(hl), kind_name(kind));
     cpa_ulysses_shape sh = {.B = c->B, .S = U * c->Sl, .H = c->H, .G = c->G, .Dqk = c->Dqk,
-                            .Dv = c->Dv, .layout = hl, .mask = CPA_MASK_CAUSAL, .scale = 0.5f};
+                            .Dv = c->Dv, .layout = hl, .mask = {CPA_MASK_CAUSAL}, .scale = 0.5f};
     cpa_ulysses x;
     cpa_status st = cpa_ulysses_init(&x, comm, &sh, NULL, NULL);
     CHECK_OK(st);
@@ -316,9 +316,9 @@ static void one_case(MPI_Comm comm, const shape_case *c, cpa_layout hl, int kind
         cpa_ulysses_free(&x);
         return;
     }
-    one_tensor(&x, kind, x.q_heads, x.H, x.Hl, x.Dqk, x.q, "q");
-    one_tensor(&x, kind, x.kv_heads, x.G, x.Gl, x.Dqk, x.k, "k");
-    one_tensor(&x, kind, x.kv_heads, x.G, x.Gl, x.Dv, x.v, "v");
+    one_tensor(&x, kind, x.q_heads, x.H, x.Hl, x.Dqk, x.scratch, "q");
+    one_tensor(&x, kind, x.kv_heads, x.G, x.Gl, x.Dqk, x.scratch, "k");
+    one_tensor(&x, kind, x.kv_heads, x.G, x.Gl, x.Dv, x.scratch, "v");
     replica_sum(&x, kind);
     if (kind == 0)
         lse_round_trip(&x);

@@ -46,7 +46,7 @@ int main(int argc, char **argv)
     g.cp.ulysses_degree = argc > 2 ? atoi(argv[2]) : 0;
     g.cp.window = argc > 3 ? atoi(argv[3]) : 1;
     g.recompute = argc > 4 ? atoi(argv[4]) : 0;
-    g.cp.mask = CPA_MASK_CAUSAL;
+    g.cp.mask.kind = CPA_MASK_CAUSAL;
     g.cp.tp_size = 1;
     g.cp.num_threads = 1;
     cpa_gpt *m = NULL;

@@ -25,7 +25,7 @@ static cpa_cp_config base(void)
     c.algo = CPA_ALGO_RING;
     c.cp_size = P_;
     c.window = 1;
-    c.mask = CPA_MASK_CAUSAL;
+    c.mask.kind = CPA_MASK_CAUSAL;
     c.layout = CPA_LAYOUT_BSHD;
     c.batch = 1;
     c.seq_length = 16 * P_;
@@ -91,7 +91,7 @@ static void valid_base(void)
     CHECK_MSG(create("base", MPI_COMM_WORLD, &c, &plan, msg) == CPA_OK, "base: %s", msg);
     CHECK(plan != NULL);
     cpa_plan_destroy(plan);
-    c.mask = CPA_MASK_NONE, c.seq_length = 3 * P_; /* the general mask needs only S % P */
+    c.mask.kind = CPA_MASK_NONE, c.seq_length = 3 * P_; /* the general mask needs only S % P */
     CHECK_MSG(create("general", MPI_COMM_WORLD, &c, &plan, msg) == CPA_OK, "general: %s", msg);
     cpa_plan_destroy(plan);
 }
@@ -125,7 +125,7 @@ static void bad_seq_length(void)
     cpa_cp_config c = base();
     c.seq_length = 17 * P_; /* divisible by P, not by 2P */
     expect_arg("causal S % 2P", MPI_COMM_WORLD, &c, "--seq-length", NULL);
-    c.mask = CPA_MASK_NONE;
+    c.mask.kind = CPA_MASK_NONE;
     c.seq_length = 16 * P_ + 1;
     expect_arg("general S % P", MPI_COMM_WORLD, &c, "--seq-length", NULL);
 }
@@ -168,7 +168,7 @@ static void ulysses_rules(void)
     c = base();
     c.algo = CPA_ALGO_ULYSSES;
     c.num_heads = 8 * P_;
-    c.mask = CPA_MASK_NONE;
+    c.mask.kind = CPA_MASK_NONE;
     c.seq_length = 16 * P_ + 1;
     expect_arg("ulysses S % P", MPI_COMM_WORLD, &c, "--seq-length", NULL);
 }

@@ -2,13 +2,16 @@
  * test_core.c — the core layer: status names and the last-error message,
  * tensor views for each attention layout (strides checked against the
  * memory order each layout promises), layout names, allocation failures
- * surfacing as CPA_ERR_NOMEM from a public call.
+ * surfacing as CPA_ERR_NOMEM from a public call, the sharded digest (the
+ * parts of any split add up to the whole), and the algorithm table's
+ * self-description (ids are indices, names parse back, unknown ids refused).
  */
 #include "cpattn.h"
 #include "internal.h"
 #include "test.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 static void test_status_and_errors(void)
@@ -132,6 +135,61 @@ static void test_escape(void)
     CHECK(strcmp(cpa_escape(buf, 8, "abcdefghijkl", 12), "abc...") == 0);
 }
 
+/* Digests of every rank's rows, summed, equal the digest of the whole, in
+ * any layout; one flipped bit changes it. */
+static void test_digest_rows(void)
+{
+    const int64_t B = 2, S = 24, N = 3, D = 5;
+    float *whole = cpa_alloc_floats(B * S * N * D), *part = cpa_alloc_floats(B * S * N * D);
+    cpa_tensor w = cpa_tensor_attn(whole, CPA_LAYOUT_BSHD, B, S, N, D);
+    cpa_tensor_fill_uniform(w, 3, 1, S, 0);
+    const uint64_t want = cpa_tensor_digest_rows(w, S, (cpa_rows){NULL, 0});
+    const cpa_split splits[] = {{CPA_SPLIT_CONTIGUOUS, 3, 1}, {CPA_SPLIT_ZIGZAG, 4, 1},
+                                {CPA_SPLIT_ZIGZAG, 6, 2}};
+    for (size_t i = 0; i < sizeof splits / sizeof splits[0]; ++i)
+        for (int lay = 0; lay < 3; ++lay) {
+            uint64_t sum = 0;
+            for (int r = 0; r < splits[i].P; ++r) {
+                const int64_t Sl = S / splits[i].P;
+                cpa_tensor l = cpa_tensor_attn(part, (cpa_layout)lay, B, Sl, N, D);
+                cpa_piece pc[CPA_SPLIT_MAX_PIECES];
+                int np = 0;
+                CHECK_OK(cpa_shard(splits[i], r, w, l));
+                CHECK_OK(cpa_split_pieces(splits[i], S, r, pc, &np));
+                sum += cpa_tensor_digest_rows(l, S, (cpa_rows){pc, np});
+            }
+            CHECK_MSG(sum == want, "split %zu layout %d: parts sum to %016llx, whole %016llx", i,
+                      lay, (unsigned long long)sum, (unsigned long long)want);
+        }
+    uint32_t bits;
+    memcpy(&bits, &whole[7], 4);
+    bits ^= 1u;
+    memcpy(&whole[7], &bits, 4);
+    CHECK(cpa_tensor_digest_rows(w, S, (cpa_rows){NULL, 0}) != want);
+    free(whole);
+    free(part);
+}
+
+static void test_algo_table(void)
+{
+    CHECK(cpa_algo_count() >= 4);
+    for (int i = 0; i < cpa_algo_count(); ++i) {
+        cpa_algo_info info;
+        cpa_algo a = (cpa_algo)-1;
+        CHECK_OK(cpa_algo_describe((cpa_algo)i, &info));
+        CHECK(info.name && info.summary && strlen(info.summary) > 10);
+        CHECK_OK(cpa_algo_parse(info.name, &a));
+        CHECK_MSG(a == (cpa_algo)i, "%s parses to %d, not its index %d", info.name, (int)a, i);
+        CHECK(strcmp(cpa_algo_name((cpa_algo)i), info.name) == 0);
+    }
+    cpa_algo_info info;
+    CHECK(cpa_algo_describe((cpa_algo)cpa_algo_count(), &info) == CPA_ERR_ARG);
+    cpa_algo a;
+    CHECK(cpa_algo_parse("ring_cp_algo", &a) == CPA_ERR_ARG);
+    CHECK(strstr(cpa_last_error(), "allgather_cp_algo") != NULL); /* the choices are named */
+    CHECK(cpa_algo_parse("allgather_cp_algo", &a) == CPA_OK && a == CPA_ALGO_ALLGATHER);
+}
+
 int main(void)
 {
     RUN_TEST(test_status_and_errors);
@@ -139,5 +197,7 @@ int main(void)
     RUN_TEST(test_alloc_failure);
     RUN_TEST(test_sha256);
     RUN_TEST(test_escape);
+    RUN_TEST(test_digest_rows);
+    RUN_TEST(test_algo_table);
     return TEST_SUMMARY();
 }
