@@ -190,12 +190,31 @@ typedef enum cpa_mask_kind {
     CPA_MASK_CAUSAL = 1  /* query at position i sees keys at positions <= i */
 } cpa_mask_kind;
 
-/* The mask as a rule on global positions.  A query at position i sees the
- * keys in [lo(i), hi(i)]; a sliding window would only add a lower bound, so
- * it fits this shape without touching the kernels' tiling. */
+/* The mask as a rule on global positions: a query at position p sees the
+ * keys in one interval [lo(p), hi(p)], and lo and hi never decrease with p,
+ * which is what lets the kernels skip tiles with no visible pair.
+ *   kind         CAUSAL: keys <= p; NONE ("general"): every key.
+ *   window       sliding window N > 0 (0: none): CAUSAL sees [p-N+1, p],
+ *                NONE the keys with |p - k| < N (Mistral, Gemma).
+ *   cu_seqlens   packed documents (NULL: one sequence): [num_docs + 1]
+ *                cumulative lengths 0 = c0 < c1 < ... < c_N; a query sees only
+ *                keys of its own document [c_d, c_{d+1}) (Megatron's
+ *                --reset-attention-mask, TE's THD cu_seqlens).  Every
+ *                position must lie below c_N.  Not copied: it must outlive the
+ *                call (a plan copies the one of its configuration).
+ * All three combine (intersection). */
 typedef struct cpa_mask {
     cpa_mask_kind kind;
+    int64_t window;
+    const int64_t *cu_seqlens;
+    int64_t num_docs;
 } cpa_mask;
+
+/* CPA_OK if `m` is a valid mask for a sequence of S positions (S <= 0: any
+ * length the documents cover): a known kind, window >= 0, and cu_seqlens
+ * starting at 0, strictly increasing, ending at S.  The message names
+ * cu_seqlens or the window and the rule. */
+cpa_status cpa_mask_check(cpa_mask m, int64_t S);
 
 /* Which implementation runs a call: the blocked fast kernel, or the plain
  * reference (double accumulation, O(S) memory per row, slow but obviously

@@ -21,6 +21,7 @@ struct cpa_plan {
     int64_t Sl;
     cpa_attn_ctx *ctx;
     void *state;          /* the row's own */
+    int64_t *cu_seqlens;  /* the plan's copy of cfg.mask.cu_seqlens (NULL: none) */
     int64_t saved_floats;
     cpa_plan_stats stats;
 };
@@ -125,8 +126,7 @@ static cpa_status validate(const cpa_cp_config *c, int world)
         return cpa_error(CPA_ERR_ARG, "--num-query-groups %lld: must divide "
                          "--num-attention-heads %lld (GQA needs H %% G == 0)",
                          (long long)c->num_kv_heads, (long long)c->num_heads);
-    if (c->mask.kind != CPA_MASK_CAUSAL && c->mask.kind != CPA_MASK_NONE)
-        return cpa_error(CPA_ERR_ARG, "--attention-mask-type: unknown mask %d", (int)c->mask.kind);
+    CPA_TRY(cpa_mask_check(c->mask, c->seq_length));
     if ((int)c->layout < 0 || (int)c->layout > 2)
         return cpa_error(CPA_ERR_ARG, "unknown layout %d", (int)c->layout);
     if (c->impl != CPA_IMPL_FAST && c->impl != CPA_IMPL_REFERENCE)
@@ -161,7 +161,7 @@ static cpa_cp_config resolved(const cpa_cp_config *c)
 /* The configuration as numbers with their flag names, to find a flag whose
  * value differs between ranks (a launcher or script bug that would
  * otherwise end in a hang or wrong results). */
-#define CONFIG_FIELDS 16
+#define CONFIG_FIELDS 19
 static void config_fields(const cpa_cp_config *c, long long v[CONFIG_FIELDS])
 {
     uint32_t scale_bits;
@@ -169,7 +169,12 @@ static void config_fields(const cpa_cp_config *c, long long v[CONFIG_FIELDS])
     const long long x[CONFIG_FIELDS] = {
         c->algo, c->cp_size, c->window, c->ulysses_degree, c->tp_size, c->send_recv_overlap,
         c->mask.kind, c->layout, c->batch, c->seq_length, c->num_heads, c->num_kv_heads,
-        c->head_dim, c->v_head_dim ? c->v_head_dim : c->head_dim, scale_bits, c->impl};
+        c->head_dim, c->v_head_dim ? c->v_head_dim : c->head_dim, scale_bits, c->impl,
+        c->mask.window, c->mask.num_docs,
+        (long long)(c->mask.cu_seqlens ? cpa_fnv1a64(CPA_FNV_OFFSET, c->mask.cu_seqlens,
+                                                     sizeof(int64_t) *
+                                                         (size_t)(c->mask.num_docs + 1))
+                                       : 0)};
     memcpy(v, x, sizeof x);
 }
 
@@ -178,7 +183,8 @@ static const char *const config_flags[CONFIG_FIELDS] = {
     "--ulysses-degree-in-cp", "--tensor-model-parallel-size", "--use-cp-send-recv-overlap",
     "--attention-mask-type", "--megatron-cp-in-bnsd (layout)", "--micro-batch-size",
     "--seq-length", "--num-attention-heads", "--num-query-groups", "--kv-channels",
-    "--v-channels", "--softmax-scale", "the implementation (--reference)"};
+    "--v-channels", "--softmax-scale", "the implementation (--reference)", "--sliding-window",
+    "the number of documents (cu_seqlens)", "cu_seqlens"};
 
 static cpa_status check_same_everywhere(MPI_Comm comm, const cpa_cp_config *c)
 {
@@ -239,6 +245,15 @@ cpa_status cpa_plan_create(MPI_Comm comm, const cpa_cp_config *config, cpa_plan 
         plan->saved_floats = plan->row->saved_floats(&plan->cfg);
         s = cpa_comm_dup(comm, &plan->comm);
     }
+    if (s == CPA_OK && config->mask.cu_seqlens) { /* the plan's own copy */
+        const size_t n = (size_t)(config->mask.num_docs + 1);
+        plan->cu_seqlens = cpa_malloc(sizeof(int64_t) * n, "the plan's cu_seqlens");
+        s = plan->cu_seqlens ? CPA_OK : CPA_ERR_NOMEM;
+        if (s == CPA_OK) {
+            memcpy(plan->cu_seqlens, config->mask.cu_seqlens, sizeof(int64_t) * n);
+            plan->cfg.mask.cu_seqlens = plan->cu_seqlens;
+        }
+    }
     if (s == CPA_OK) {
         int64_t dmax = plan->cfg.head_dim > plan->cfg.v_head_dim ? plan->cfg.head_dim
                                                                   : plan->cfg.v_head_dim;
@@ -269,6 +284,7 @@ void cpa_plan_destroy(cpa_plan *plan)
     if (plan->row)
         plan->row->destroy(plan->state);
     cpa_attn_ctx_destroy(plan->ctx);
+    cpa_free(plan->cu_seqlens);
     if (plan->comm != MPI_COMM_NULL)
         MPI_Comm_free(&plan->comm);
     cpa_free(plan);
@@ -424,6 +440,7 @@ int64_t cpa_plan_memory_bytes(const cpa_cp_config *c)
     int64_t H, G, Sq, Sk;
     e->kernel_shape(&cfg, &H, &G, &Sq, &Sk);
     return (int64_t)sizeof(cpa_plan) + e->state_bytes(&cfg) +
+           (cfg.mask.cu_seqlens ? (int64_t)sizeof(int64_t) * (cfg.mask.num_docs + 1) : 0) +
            cpa_attn_ctx_bytes(dmax, cfg.num_threads, cfg.isa, cfg.batch, H, G, Sq, Sk);
 }
 

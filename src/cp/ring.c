@@ -148,6 +148,11 @@ static void block_desc(const cpa_ring *g, int k, cpa_tensor q, float *kvbuf, cpa
     d->impl = g->impl;
     d->q_rows = (cpa_rows){qp, nq};
     d->kv_rows = (cpa_rows){kp, nk};
+    /* Documents and windows apply to every block as they are; the causal
+     * rule is what the block choice below implies (keys wholly before the
+     * queries need no causal test: "general" inside the document and the
+     * window is the same there). */
+    d->mask = g->mask;
     d->mask.kind = CPA_MASK_NONE;
     d->progress = cpa_xfer_progress;
     d->progress_arg = (void *)&g->xfer;

@@ -43,6 +43,36 @@ cpa_tile cpa_tiling_get(const cpa_tiling *t, int64_t index)
 
 /* ---- masks ------------------------------------------------------------- */
 
+cpa_status cpa_mask_check(cpa_mask m, int64_t S)
+{
+    if (m.kind != CPA_MASK_NONE && m.kind != CPA_MASK_CAUSAL)
+        return cpa_error(CPA_ERR_ARG, "--attention-mask-type: unknown mask kind %d (causal %d, "
+                         "general %d)", (int)m.kind, CPA_MASK_CAUSAL, CPA_MASK_NONE);
+    if (m.window < 0)
+        return cpa_error(CPA_ERR_ARG, "--sliding-window %lld: must be >= 1 (0: no window)",
+                         (long long)m.window);
+    if (!m.cu_seqlens)
+        return m.num_docs == 0 ? CPA_OK
+                               : cpa_error(CPA_ERR_ARG, "cu_seqlens: NULL with %lld documents",
+                                           (long long)m.num_docs);
+    if (m.num_docs < 1)
+        return cpa_error(CPA_ERR_ARG, "cu_seqlens: %lld documents; it needs N+1 >= 2 entries "
+                         "0 = c0 < c1 < ... < cN = S", (long long)m.num_docs);
+    if (m.cu_seqlens[0] != 0)
+        return cpa_error(CPA_ERR_ARG, "cu_seqlens: starts at %lld; it must start at 0",
+                         (long long)m.cu_seqlens[0]);
+    for (int64_t i = 1; i <= m.num_docs; ++i)
+        if (m.cu_seqlens[i] <= m.cu_seqlens[i - 1])
+            return cpa_error(CPA_ERR_ARG, "cu_seqlens: entry %lld (%lld) is not greater than "
+                             "entry %lld (%lld); it must be strictly increasing (no empty "
+                             "document)", (long long)i, (long long)m.cu_seqlens[i],
+                             (long long)(i - 1), (long long)m.cu_seqlens[i - 1]);
+    if (S > 0 && m.cu_seqlens[m.num_docs] != S)
+        return cpa_error(CPA_ERR_ARG, "cu_seqlens: ends at %lld; it must end at the sequence "
+                         "length S = %lld", (long long)m.cu_seqlens[m.num_docs], (long long)S);
+    return CPA_OK;
+}
+
 cpa_tile_class cpa_tile_classify(cpa_mask m, cpa_tile q, cpa_tile k)
 {
     int64_t lo_first, hi_first, lo_last, hi_last;
@@ -232,14 +262,29 @@ cpa_status cpa_attn_check(const cpa_attn_desc *d, const cpa_tensor *out, const c
         return cpa_error(CPA_ERR_ARG,
                          "query heads H=%lld are not a multiple of key/value heads G=%lld "
                          "(GQA needs H %% G == 0)", (long long)H, (long long)G);
-    if (d->mask.kind != CPA_MASK_NONE && d->mask.kind != CPA_MASK_CAUSAL)
-        return cpa_error(CPA_ERR_ARG, "unknown mask kind %d", (int)d->mask.kind);
+    CPA_TRY(cpa_mask_check(d->mask, 0));
     if (d->impl != CPA_IMPL_FAST && d->impl != CPA_IMPL_REFERENCE)
         return cpa_error(CPA_ERR_ARG, "unknown implementation %d", (int)d->impl);
     if (!isfinite(d->softmax_scale))
         return cpa_error(CPA_ERR_ARG, "softmax scale %g is not finite", (double)d->softmax_scale);
     CPA_TRY(check_rows("q_rows", d->q_rows, Sq, 1));
     CPA_TRY(check_rows("kv_rows", d->kv_rows, Sk, 0));
+    if (d->mask.cu_seqlens) { /* every position inside the documents */
+        const int64_t end = d->mask.cu_seqlens[d->mask.num_docs];
+        const struct { const char *name; cpa_rows rows; int64_t n; } r[2] = {
+            {"q_rows", d->q_rows, Sq}, {"kv_rows", d->kv_rows, Sk}};
+        for (int t = 0; t < 2; ++t) {
+            int64_t last = r[t].rows.count ? 0 : r[t].n;
+            for (int i = 0; i < r[t].rows.count; ++i)
+                if (r[t].rows.pieces[i].len > 0 &&
+                    r[t].rows.pieces[i].pos + r[t].rows.pieces[i].len > last)
+                    last = r[t].rows.pieces[i].pos + r[t].rows.pieces[i].len;
+            if (last > end)
+                return cpa_error(CPA_ERR_ARG, "%s reach position %lld but cu_seqlens ends at "
+                                 "%lld: every position must lie in a document", r[t].name,
+                                 (long long)(last - 1), (long long)end);
+        }
+    }
 
     const int64_t out_shape[4] = {B, Sq, H, Dv}, lse_shape[3] = {B, H, Sq};
     if (out) {

@@ -107,6 +107,25 @@ static inline void cpa_mask_range(cpa_mask m, int64_t qpos, int64_t *lo, int64_t
 {
     *lo = INT64_MIN;
     *hi = (m.kind == CPA_MASK_CAUSAL) ? qpos : INT64_MAX;
+    if (m.window > 0) {
+        *lo = qpos - m.window + 1;
+        if (m.kind != CPA_MASK_CAUSAL)
+            *hi = qpos + m.window - 1;
+    }
+    if (m.cu_seqlens && m.num_docs > 0) {
+        /* The document d with c[d] <= qpos < c[d+1] (binary search). */
+        int64_t a = 0, b = m.num_docs - 1;
+        while (a < b) {
+            const int64_t mid = a + (b - a + 1) / 2;
+            if (m.cu_seqlens[mid] <= qpos)
+                a = mid;
+            else
+                b = mid - 1;
+        }
+        const int64_t start = m.cu_seqlens[a], end = m.cu_seqlens[a + 1] - 1;
+        *lo = *lo > start ? *lo : start;
+        *hi = *hi < end ? *hi : end;
+    }
 }
 
 cpa_tile_class cpa_tile_classify(cpa_mask m, cpa_tile q, cpa_tile k);

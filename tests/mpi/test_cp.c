@@ -9,7 +9,11 @@
  *   test_cp matrix
  *       every row of the library's algorithm table (cpa_algo_count) with
  *       every degree valid at this P (U for rows that use it, every double-
- *       ring window W for rows that use it), causal and general; shapes
+ *       ring window W for rows that use it), causal and general, each also
+ *       with packed documents (cu_seqlens: a document of length 1, edges on
+ *       shard and chunk edges, documents spanning several shards, many short
+ *       ones) and/or a sliding window (shorter than a shard, longer than S);
+ *       shapes
  *       rotate over the layouts, GQA (G = H, 2, 1), D 64/80, Dv != D, and
  *       overlap on/off; each case twice: with a saved state (the forward
  *       fills it, the backward starts from it) and without (the backward,
@@ -169,9 +173,11 @@ static void run_case(const cpa_cp_config *cfg, const char *label)
 
 static void label_of(const cpa_cp_config *c, char *buf, size_t cap)
 {
-    snprintf(buf, cap, "P=%d %s U=%d W=%d overlap=%d %s B=%lld S=%lld H=%lld G=%lld D=%lld "
-             "Dv=%lld %s %s", c->cp_size, cpa_algo_name(c->algo), c->ulysses_degree, c->window,
-             c->send_recv_overlap, c->mask.kind == CPA_MASK_CAUSAL ? "causal" : "general",
+    snprintf(buf, cap, "P=%d %s U=%d W=%d overlap=%d %s docs=%lld window=%lld B=%lld S=%lld "
+             "H=%lld G=%lld D=%lld Dv=%lld %s %s", c->cp_size, cpa_algo_name(c->algo),
+             c->ulysses_degree, c->window, c->send_recv_overlap,
+             c->mask.kind == CPA_MASK_CAUSAL ? "causal" : "general", (long long)c->mask.num_docs,
+             (long long)c->mask.window,
              (long long)c->batch, (long long)c->seq_length, (long long)c->num_heads,
              (long long)c->num_kv_heads, (long long)c->head_dim, (long long)c->v_head_dim,
              cpa_layout_name(c->layout), c->impl == CPA_IMPL_REFERENCE ? "reference" : "fast");
@@ -194,13 +200,23 @@ static void run_matrix(void)
             for (int W = 1; W == 1 || (info.uses_window && W < R); ++W) {
                 if (W > 1 && R % W)
                     continue;
-                for (int m = 0; m < 2; ++m, ++n) {
+                for (int m = 0; m < 4; ++m, ++n) {
                     cpa_cp_config c;
                     memset(&c, 0, sizeof c);
                     c.algo = (cpa_algo)a;
                     c.cp_size = P_, c.ulysses_degree = U, c.window = W;
                     c.send_recv_overlap = info.uses_overlap ? n & 1 : 0;
-                    c.mask.kind = m == 0 ? CPA_MASK_CAUSAL : CPA_MASK_NONE;
+                    c.mask.kind = m % 2 == 0 ? CPA_MASK_CAUSAL : CPA_MASK_NONE;
+                    if (m >= 2) { /* documents and/or a sliding window, rotating */
+                        static const int64_t docs[2][8] = {{0, 1, 37, 120, 121, 200, 240},
+                                                           {0, 3, 5, 60, 61, 64, 180, 240}};
+                        static const int64_t ndocs[2] = {6, 7}, windows[3] = {7, 45, 300};
+                        const int v = n / 4;
+                        if (v % 3 != 2)
+                            c.mask.cu_seqlens = docs[v % 2], c.mask.num_docs = ndocs[v % 2];
+                        if (v % 3 != 0)
+                            c.mask.window = windows[v % 3];
+                    }
                     c.layout = (cpa_layout)(n % 3);
                     /* Heads: Ulysses scatters H over P (hybrid over U). */
                     c.num_heads = (P_ % 3 == 0 || U == 3) ? 12 : 8;

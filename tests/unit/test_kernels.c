@@ -47,6 +47,9 @@ typedef struct kcase {
     int nq, nk; /* piece counts; 0 = all rows at positions 0.. */
     cpa_piece qp[4], kp[4];
     float scale;
+    int64_t window;    /* sliding window (0: none) */
+    int64_t ndocs;     /* documents in cu (0: one sequence) */
+    int64_t cu[24];
 } kcase;
 
 typedef struct kresult {
@@ -68,11 +71,12 @@ static void grads_init(const kcase *c, tu_tensor *dq, tu_tensor *dk, tu_tensor *
 
 static void describe(const kcase *c, char *buf, size_t n)
 {
-    snprintf(buf, n, "B=%lld Sq=%lld Sk=%lld H=%lld G=%lld Dqk=%lld Dv=%lld %s %s pieces=%d/%d",
+    snprintf(buf, n, "B=%lld Sq=%lld Sk=%lld H=%lld G=%lld Dqk=%lld Dv=%lld %s %s pieces=%d/%d "
+             "window=%lld docs=%lld",
              (long long)c->B, (long long)c->Sq, (long long)c->Sk, (long long)c->H,
              (long long)c->G, (long long)c->Dqk, (long long)c->Dv,
              c->mask == CPA_MASK_CAUSAL ? "causal" : "none", cpa_layout_name(c->layout), c->nq,
-             c->nk);
+             c->nk, (long long)c->window, (long long)c->ndocs);
 }
 
 /* Under AddressSanitizer every scalar lane access is instrumented and the
@@ -112,6 +116,9 @@ static void run_case(const kcase *c, int threads, kresult *r)
     d.kv_rows.pieces = c->kp;
     d.kv_rows.count = c->nk;
     d.mask.kind = c->mask;
+    d.mask.window = c->window;
+    if (c->ndocs)
+        d.mask.cu_seqlens = c->cu, d.mask.num_docs = c->ndocs;
     d.softmax_scale = c->scale;
 
     /* The reference, once. */
@@ -274,6 +281,136 @@ static void test_pieces(void)
     c.nq = 1;
     c.qp[0] = (cpa_piece){75, 75, 75}; /* the late half only */
     check_case(&c);
+}
+
+/* Documents and sliding windows.  First the rule itself, against its
+ * definition written out pair by pair; then the kernels against the
+ * reference (which applies the same rule) over documents spanning tiles,
+ * ending on tile edges, of length 1 and many short ones in one tile, windows
+ * shorter than a tile, than a piece and longer than S, both combined, causal
+ * and general, with and without pieces; and the flop count (visible pairs)
+ * against a brute-force count, so skipped tiles are really not counted. */
+static int visible_by_definition(int causal, int64_t window, const int64_t *cu, int64_t ndocs,
+                                 int64_t p, int64_t k)
+{
+    if (causal && k > p)
+        return 0;
+    if (window > 0 && (p - k >= window || (!causal && k - p >= window)))
+        return 0;
+    if (ndocs) {
+        int64_t dp = -1, dk = -1;
+        for (int64_t i = 0; i < ndocs; ++i) {
+            if (p >= cu[i] && p < cu[i + 1])
+                dp = i;
+            if (k >= cu[i] && k < cu[i + 1])
+                dk = i;
+        }
+        if (dp != dk || dp < 0)
+            return 0;
+    }
+    return 1;
+}
+
+static void test_documents_and_windows(void)
+{
+    static const int64_t docs_a[] = {0, 1, 37, 128, 129, 200, 300};        /* 1-long, edges */
+    static const int64_t docs_b[] = {0, 3, 5, 6, 10, 17, 20, 31, 33, 34, 60, 64, 300};
+    static const int64_t docs_c[] = {0, 300};
+    static const int64_t windows[] = {0, 5, 17, 130, 5000};
+    const struct { const int64_t *cu; int64_t n; } docs[] = {{NULL, 0}, {docs_a, 6}, {docs_b, 12},
+                                                              {docs_c, 1}};
+    /* The rule: cpa_mask_range against the definition. */
+    int64_t bad = 0;
+    for (int di = 0; di < 4; ++di)
+        for (int wi = 0; wi < 5; ++wi)
+            for (int causal = 0; causal < 2; ++causal) {
+                cpa_mask m = {causal ? CPA_MASK_CAUSAL : CPA_MASK_NONE, windows[wi], docs[di].cu,
+                              docs[di].n};
+                CHECK_OK(cpa_mask_check(m, 300));
+                for (int64_t p = 0; p < 300; p += 7)
+                    for (int64_t k = 0; k < 300; ++k) {
+                        int64_t lo, hi;
+                        cpa_mask_range(m, p, &lo, &hi);
+                        const int got = k >= lo && k <= hi;
+                        bad += got != visible_by_definition(causal, windows[wi], docs[di].cu,
+                                                            docs[di].n, p, k);
+                    }
+                /* Visible pairs counted by the flop formula = brute force. */
+                cpa_attn_desc d;
+                memset(&d, 0, sizeof d);
+                d.q = cpa_tensor_attn(NULL, CPA_LAYOUT_BSHD, 1, 300, 1, 1);
+                d.k = d.v = d.q;
+                d.mask = m;
+                double pairs = 0;
+                for (int64_t p = 0; p < 300; ++p)
+                    for (int64_t k = 0; k < 300; ++k)
+                        pairs += visible_by_definition(causal, windows[wi], docs[di].cu,
+                                                       docs[di].n, p, k);
+                CHECK_MSG(cpa_attn_forward_flops(&d) == 4.0 * pairs, "docs %d window %lld "
+                          "causal %d: flops count %.0f pairs, brute force %.0f", di,
+                          (long long)windows[wi], causal, cpa_attn_forward_flops(&d) / 4.0, pairs);
+            }
+    CHECK_MSG(bad == 0, "cpa_mask_range disagrees with the definition on %lld pairs",
+              (long long)bad);
+
+    /* The kernels against the reference. */
+    int n = 0;
+    for (int di = 0; di < 4; ++di)
+        for (int wi = 0; wi < 5; ++wi)
+            for (int causal = 0; causal < 2; ++causal, ++n) {
+                if (di == 0 && wi == 0)
+                    continue; /* the plain masks: test_grid */
+                kcase c;
+                memset(&c, 0, sizeof c);
+                c.B = 1 + n % 2;
+                c.Sq = c.Sk = 300;
+                c.H = 4, c.G = n % 3 ? 2 : 4;
+                c.Dqk = n % 2 ? 64 : 40;
+                c.Dv = n % 4 == 3 ? 24 : c.Dqk;
+                c.mask = causal ? CPA_MASK_CAUSAL : CPA_MASK_NONE;
+                c.layout = (cpa_layout)(n % 3);
+                c.window = windows[wi];
+                c.ndocs = docs[di].n;
+                if (docs[di].cu)
+                    memcpy(c.cu, docs[di].cu, sizeof(int64_t) * (size_t)(docs[di].n + 1));
+                if (n % 4 == 1) { /* zigzag-like pieces: late queries against early keys */
+                    c.nq = 2, c.qp[0] = (cpa_piece){0, 150, 0}, c.qp[1] = (cpa_piece){150, 150, 150};
+                    c.nk = 1, c.kp[0] = (cpa_piece){0, 300, 0};
+                }
+                if (n % 4 == 3) { /* a sub-block of rows at other positions */
+                    c.nq = 1, c.qp[0] = (cpa_piece){20, 150, 150};
+                    c.nk = 2, c.kp[0] = (cpa_piece){0, 100, 0}, c.kp[1] = (cpa_piece){100, 100, 200};
+                }
+                check_case(&c);
+            }
+    /* Bad masks are refused, naming cu_seqlens or the window. */
+    static const int64_t not0[] = {1, 5, 300}, flat[] = {0, 5, 5, 300}, down[] = {0, 9, 5, 300};
+    const struct { cpa_mask m; const char *word; } badm[] = {
+        {{CPA_MASK_CAUSAL, 0, not0, 2}, "start at 0"},
+        {{CPA_MASK_CAUSAL, 0, flat, 3}, "strictly increasing"},
+        {{CPA_MASK_NONE, 0, down, 3}, "strictly increasing"},
+        {{CPA_MASK_CAUSAL, 0, docs_a, 5}, "end at the sequence length"},
+        {{CPA_MASK_CAUSAL, -1, NULL, 0}, "--sliding-window"},
+        {{CPA_MASK_CAUSAL, 0, docs_a, 0}, "documents"},
+    };
+    for (size_t i = 0; i < sizeof badm / sizeof badm[0]; ++i) {
+        CHECK(cpa_mask_check(badm[i].m, 300) == CPA_ERR_ARG);
+        CHECK_MSG(strstr(cpa_last_error(), badm[i].word) != NULL, "bad mask %zu: '%s' lacks '%s'",
+                  i, cpa_last_error(), badm[i].word);
+    }
+    /* Positions past the last document are refused by the kernels. */
+    kcase c;
+    memset(&c, 0, sizeof c);
+    tu_tensor t = tu_attn(CPA_LAYOUT_BSHD, 1, 8, 1, 4), l = tu_lse(1, 1, 8);
+    cpa_attn_desc d;
+    memset(&d, 0, sizeof d);
+    d.q = d.k = d.v = t.t;
+    static const int64_t short_docs[] = {0, 4};
+    d.mask = (cpa_mask){CPA_MASK_CAUSAL, 0, short_docs, 1};
+    CHECK(cpa_attn_forward(NULL, &d, t.t, l.t) == CPA_ERR_ARG);
+    CHECK(strstr(cpa_last_error(), "cu_seqlens ends at 4") != NULL);
+    free(t.buf), free(l.buf);
+    (void)c;
 }
 
 /* ---- split, merge, additivity ----------------------------------------- */
@@ -918,6 +1055,7 @@ int main(void)
     RUN_TEST(test_isa_selection);
     RUN_TEST(test_grid);
     RUN_TEST(test_pieces);
+    RUN_TEST(test_documents_and_windows);
     RUN_TEST(test_mqa_chain);
     RUN_TEST(test_nonfinite_inputs);
     /* The single-path tests, once per path through $CPATTN_ISA (what a
