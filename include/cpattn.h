@@ -568,6 +568,12 @@ cpa_status cpa_npy_load(const char *path, float **data, int *ndim, int64_t shape
  * strides). */
 cpa_status cpa_npy_load_into(const char *path, cpa_tensor dst);
 
+/* Read a 1-D little-endian int32 or int64 array (an index such as
+ * cu_seqlens.npy) into a new malloc'd int64 buffer of *n entries; the
+ * caller frees *data.  CPA_ERR_FORMAT for a malformed file or another
+ * dtype, CPA_ERR_ARG for more than one dim. */
+cpa_status cpa_npy_load_index(const char *path, int64_t **data, int64_t *n);
+
 /* Write `src` (any strides) as a C-order float32 .npy.  The data go to a
  * temporary file in the same folder which is renamed into place, so `path`
  * is either the old file or the complete new one. */

@@ -64,6 +64,8 @@ typedef struct attn_cfg {
     int64_t tp;                /* --tensor-model-parallel-size (head rules only) */
     int64_t seed;
     const char *load, *save;
+    const char *cu_list;       /* --cu-seqlens */
+    int64_t *cu, ndocs;        /* the documents (from --cu-seqlens or DIR/cu_seqlens.npy) */
     int save_inputs, forward_only, check, reference, allow_non_finite;
     double tol_fwd, tol_grad;
     int64_t iters, warmup, threads;
@@ -99,7 +101,12 @@ static const cli_option attn_options[] = {
     {.flag = "--layout", .type = CLI_CHOICE, .def = "bshd", .choices = "bshd|sbhd|bnsd",
      .help = "Memory order of q, k, v, dout, out and the gradients (the values do not depend "
              "on it).", .offset = AT(layout)},
-#define ATTN_CP_AT 9 /* the CP rows go here */
+    {.flag = "--cu-seqlens", .type = CLI_STRING, .metavar = "0,c1,...,S",
+     .help = "Packed documents: cumulative lengths 0 = c0 < c1 < ... < cN = S (Megatron's "
+             "--reset-attention-mask, TE's cu_seqlens); a query sees only keys of its own "
+             "document. With --load: DIR/cu_seqlens.npy (int32 or int64, [N+1]) if present. "
+             "Default: one document.", .offset = AT(cu_list)},
+#define ATTN_CP_AT 10 /* the CP rows go here */
     {.flag = "--tensor-model-parallel-size", .type = CLI_INT, .def = "1", .metavar = "TP",
      .min = 1, .max = INT_MAX, .help = "Tensor-parallel size the head rules assume "
      "(H % (TP*P) == 0 for Ulysses); attn itself runs no TP.", .offset = AT(tp)},
@@ -353,6 +360,63 @@ static int check_sizes(const attn_cfg *c)
                      (long long)c->Dv);
 }
 
+/* --cu-seqlens "0,37,...,S" into c->cu; a usage error naming cu_seqlens. */
+static int parse_cu_list(attn_cfg *c)
+{
+    int64_t n = 1;
+    for (const char *p = c->cu_list; *p; ++p)
+        n += *p == ',';
+    if (!(c->cu = malloc(sizeof(int64_t) * (size_t)n)))
+        return fail("out of memory: --cu-seqlens");
+    const char *p = c->cu_list;
+    for (int64_t i = 0; i < n; ++i) {
+        char *end;
+        errno = 0;
+        long long v = strtoll(p, &end, 10);
+        if (end == p || errno || (*end != ',' && *end != '\0'))
+            return cli_usage(&attn_spec, "--cu-seqlens %s: entry %lld is not an integer "
+                             "(expected 0,c1,...,S: cumulative document lengths)", c->cu_list,
+                             (long long)i);
+        c->cu[i] = v;
+        p = end + (*end == ',');
+    }
+    c->ndocs = n - 1;
+    return EXIT_OK;
+}
+
+/* The documents: --cu-seqlens, or DIR/cu_seqlens.npy with --load (every
+ * rank reads the small file itself), checked against S by the library's
+ * rule: a bad one is a usage error, the same on every rank. */
+static int documents(attn_cfg *c)
+{
+    char path[4096] = "";
+    int from_file = c->load && tool_join_path(path, sizeof path, c->load, "cu_seqlens.npy") &&
+                    tool_file_exists(path);
+    if (from_file && c->cu_list)
+        return cli_usage(&attn_spec, "--cu-seqlens: conflicts with %s (give one of them)", path);
+    int rc = EXIT_OK;
+    if (c->cu_list) {
+        rc = parse_cu_list(c);
+    } else if (from_file) {
+        cpa_status st = cpa_npy_load_index(path, &c->cu, &c->ndocs);
+        if (st != CPA_OK)
+            rc = tool_fail(EXIT_USAGE, "cu_seqlens: %s", cpa_last_error());
+        else
+            c->ndocs -= 1;
+    }
+    if ((rc = tool_agree(rc)) || !c->cu)
+        return rc;
+    cpa_mask m = {CPA_MASK_NONE, 0, c->cu, c->ndocs};
+    if (c->ndocs < 1)
+        return cli_usage(&attn_spec, "%s%s: cu_seqlens needs at least 2 entries 0 = c0 < ... < "
+                         "cN = S", from_file ? path : "--cu-seqlens ",
+                         from_file ? "" : c->cu_list);
+    if (cpa_mask_check(m, c->S) != CPA_OK)
+        return cli_usage(&attn_spec, "%s%s: %s", from_file ? path : "--cu-seqlens ",
+                         from_file ? "" : c->cu_list, cpa_last_error());
+    return EXIT_OK;
+}
+
 /* Cross-flag rules and derived values; an exit code, the same on every
  * rank.  The context-parallel rules (window, degrees, divisibility) are the
  * plan's: cpa_plan_create checks them collectively. */
@@ -388,7 +452,9 @@ static int resolve(cli_args *args, attn_cfg *c)
         c->Dv = c->D;
         cli_mark_derived(args, "--v-channels", "= --kv-channels");
     }
-    return check_sizes(c); /* the attention rules (H % G, the degrees) are the plan's */
+    if ((rc = check_sizes(c)))
+        return rc;
+    return documents(c); /* the attention rules (H % G, the degrees) are the plan's */
 }
 
 /* ------------------------------------------------------------------------ */
@@ -428,6 +494,7 @@ static cpa_cp_config plan_config(const attn_run *r)
         .num_threads = (int)c->threads,
     };
     cp_flags_apply(&c->cpf, &cc);
+    cc.mask.cu_seqlens = c->cu, cc.mask.num_docs = c->ndocs;
     return cc;
 }
 
@@ -532,7 +599,7 @@ static double problem_flops(const attn_run *r)
     d.q = cpa_tensor_attn(NULL, r->sh.layout, r->c.B, r->c.S, r->c.H, r->c.D);
     d.k = cpa_tensor_attn(NULL, r->sh.layout, r->c.B, r->c.S, r->c.G, r->c.D);
     d.v = cpa_tensor_attn(NULL, r->sh.layout, r->c.B, r->c.S, r->c.G, r->c.Dv);
-    d.mask.kind = r->c.cpf.mask == CP_MASK_CAUSAL ? CPA_MASK_CAUSAL : CPA_MASK_NONE;
+    d.mask = plan_config(r).mask;
     return cpa_attn_forward_flops(&d);
 }
 
@@ -587,9 +654,8 @@ static int execute(attn_run *r)
                                    results(c) | (c->save_inputs ? T_INPUTS : 0u))))
         return rc;
     if (c->check) {
-        attn_check_cfg cc = {r->split, {.kind = c->cpf.mask == CP_MASK_CAUSAL ? CPA_MASK_CAUSAL
-                                                                                : CPA_MASK_NONE},
-                             r->scale_arg, c->forward_only, c->tol_fwd, c->tol_grad};
+        attn_check_cfg cc = {r->split, plan_config(r).mask, r->scale_arg, c->forward_only,
+                             c->tol_fwd, c->tol_grad};
         if ((rc = attn_check(&r->set, &cc)))
             return rc;
     }
@@ -633,6 +699,7 @@ static int attn_main(int argc, char **argv)
     else
         tool_say("peak RSS %.1f MiB\n", rss);
     attn_set_free(&run.set);
+    free(run.c.cu);
     cpa_plan_saved_destroy(run.saved);
     cpa_plan_destroy(run.plan);
     return rc;

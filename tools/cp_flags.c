@@ -52,6 +52,10 @@ void cp_flag_rows(cli_option *rows, size_t base, const char *cp_help)
          "query sees every key.", .offset = base + offsetof(cp_flags, mask)},
         {.flag = "--megatron-cp-in-bnsd", .type = CLI_FLAG, .help = "Attention tensors in "
          "[B, N, S, D] order (--layout bnsd).", .offset = base + offsetof(cp_flags, bnsd)},
+        {.flag = "--sliding-window", .type = CLI_INT, .metavar = "N", .min = 1,
+         .max = INT64_MAX, .help = "Sliding-window attention (Mistral, Gemma): with causal, "
+         "query p sees keys in [p-N+1, p]; with general, keys with |p-k| < N. Default: off.",
+         .offset = base + offsetof(cp_flags, sliding)},
         {.flag = "--comm-timeout", .type = CLI_FLOAT, .def = "600", .metavar = "SECONDS",
          .fmin = 0, .fmax = 1e9, .help = "Bound on every wait for another rank; on expiry the "
          "rank names what it waited for and aborts the job (0: wait forever).",
@@ -77,6 +81,7 @@ void cp_flags_apply(const cp_flags *f, cpa_cp_config *cc)
     cc->ulysses_degree = (int)f->ulysses;
     cc->send_recv_overlap = f->overlap;
     cc->mask.kind = f->mask == CP_MASK_CAUSAL ? CPA_MASK_CAUSAL : CPA_MASK_NONE;
+    cc->mask.window = f->sliding;
 }
 
 void cp_flags_describe(const cp_flags *f, char *buf, size_t cap)

@@ -23,12 +23,13 @@ typedef struct cp_flags {
     int overlap;         /* --use-cp-send-recv-overlap */
     int mask;            /* --attention-mask-type: CP_MASK_CAUSAL or CP_MASK_GENERAL */
     int bnsd;            /* --megatron-cp-in-bnsd */
+    int64_t sliding;     /* --sliding-window N (0: unset, no window) */
     double comm_timeout; /* --comm-timeout, seconds */
 } cp_flags;
 
 enum { CP_MASK_CAUSAL = 0, CP_MASK_GENERAL = 1 };
 
-#define CP_FLAG_COUNT 8
+#define CP_FLAG_COUNT 9
 
 /* Write the CP_FLAG_COUNT rows into `rows`, their offsets relative to
  * `base` (offsetof the cp_flags inside the command's config); `cp_help` is
@@ -41,7 +42,8 @@ void cp_flag_rows(cli_option *rows, size_t base, const char *cp_help);
 int cp_build_table(cli_option *out, const cli_option *own, int n_own, int at, size_t base,
                    const char *cp_help);
 
-/* The plan configuration's algorithm, degrees, overlap and mask. */
+/* The plan configuration's algorithm, degrees, overlap and mask (kind and
+ * window; documents are the command's). */
 void cp_flags_apply(const cp_flags *f, cpa_cp_config *cc);
 
 /* "# context parallel: ..." words for the configuration printout: the

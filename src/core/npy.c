@@ -444,8 +444,11 @@ static void describe_dtype(const char *descr, size_t len, char *buf, size_t cap)
 }
 
 /* The checks after syntax: required keys, dtype, order, dims, byte size. */
+/* What a reader accepts: float32 data, or an index array (int32/int64). */
+typedef enum { NPY_WANT_F4 = 0, NPY_WANT_INDEX = 1 } npy_want;
+
 static cpa_status check_dict(const char *path, const char *text, size_t len, const npy_dict *d,
-                             int64_t *numel_out)
+                             npy_want want, int *itemsize, int64_t *numel_out)
 {
     const char *missing = !d->has_descr     ? "descr"
                           : !d->has_fortran ? "fortran_order"
@@ -455,7 +458,19 @@ static cpa_status check_dict(const char *path, const char *text, size_t len, con
     if (missing)
         return cpa_error(CPA_ERR_FORMAT, "%s: malformed header: no '%s' key in %s", path,
                          missing, cpa_escape(shown, sizeof shown, text, len < 200 ? len : 200));
-    if (!key_is(d->descr, d->descr_len, "<f4")) {
+    *itemsize = 4;
+    if (want == NPY_WANT_INDEX) {
+        if (key_is(d->descr, d->descr_len, "<i8"))
+            *itemsize = 8;
+        else if (!key_is(d->descr, d->descr_len, "<i4")) {
+            char name[64];
+            cpa_escape(shown, 160, d->descr, d->descr_len < 32 ? d->descr_len : 32);
+            describe_dtype(d->descr, d->descr_len, name, sizeof name);
+            return cpa_error(CPA_ERR_FORMAT, "%s: dtype is '%s' (%s); an index array must be "
+                             "little-endian int32 or int64 ('<i4' or '<i8'); convert with "
+                             "arr.astype(np.int64)", path, shown, name);
+        }
+    } else if (!key_is(d->descr, d->descr_len, "<f4")) {
         char name[64];
         cpa_escape(shown, 160, d->descr, d->descr_len < 32 ? d->descr_len : 32);
         describe_dtype(d->descr, d->descr_len, name, sizeof name);
@@ -489,8 +504,8 @@ static cpa_status check_dict(const char *path, const char *text, size_t len, con
         if (d->shape[i] == 0)
             numel = 0;
     for (int i = 0; i < d->ndim && numel != 0; ++i) {
-        if (numel > INT64_MAX / (int64_t)sizeof(float) / d->shape[i] ||
-            (uint64_t)numel * d->shape[i] > SIZE_MAX / sizeof(float)) {
+        if (numel > INT64_MAX / (int64_t)*itemsize / d->shape[i] ||
+            (uint64_t)numel * d->shape[i] > SIZE_MAX / (size_t)*itemsize) {
             char shape[SHAPE_TEXT_CAP];
             return cpa_error(CPA_ERR_FORMAT,
                              "%s: shape %s is too large: its byte size overflows 64 bits", path,
@@ -508,6 +523,7 @@ static cpa_status check_dict(const char *path, const char *text, size_t len, con
 
 typedef struct npy_header {
     int ndim;
+    int itemsize;        /* bytes per element: 4 (float32, int32) or 8 (int64) */
     int64_t shape[CPA_MAX_DIMS];
     int64_t numel;
     int64_t data_offset; /* bytes before the first data byte */
@@ -577,7 +593,7 @@ static cpa_status read_header_text(int fd, const char *path, int64_t file_size, 
 /* Open `path` and validate everything but the data values: on success *fd is
  * positioned at the first data byte and the file holds exactly the data the
  * header promises. */
-static cpa_status npy_open(const char *path, int *fd_out, npy_header *h)
+static cpa_status npy_open_as(const char *path, npy_want want, int *fd_out, npy_header *h)
 {
     int fd;
     struct stat sb;
@@ -593,17 +609,17 @@ static cpa_status npy_open(const char *path, int *fd_out, npy_header *h)
     int64_t numel = 0;
     st = parse_dict(path, text, text_len, &d);
     if (st == CPA_OK)
-        st = check_dict(path, text, text_len, &d, &numel);
+        st = check_dict(path, text, text_len, &d, want, &h->itemsize, &numel);
     if (st != CPA_OK)
         goto free_text;
 
-    int64_t want = numel * (int64_t)sizeof(float), have = (int64_t)sb.st_size - offset;
-    if (have != want) {
+    const int64_t bytes = numel * (int64_t)h->itemsize, have = (int64_t)sb.st_size - offset;
+    if (have != bytes) {
         char shape[SHAPE_TEXT_CAP];
         st = cpa_error(CPA_ERR_FORMAT,
                        "%s: %s: header says shape %s = %lld bytes of data but the file has %lld",
-                       path, have < want ? "truncated" : "trailing bytes after the data",
-                       shape_text(shape, sizeof shape, d.ndim, d.shape), (long long)want,
+                       path, have < bytes ? "truncated" : "trailing bytes after the data",
+                       shape_text(shape, sizeof shape, d.ndim, d.shape), (long long)bytes,
                        (long long)have);
         goto free_text;
     }
@@ -620,6 +636,12 @@ free_text:
 close_file:
     close(fd);
     return st;
+}
+
+/* A float32 file (every reader but the index one). */
+static cpa_status npy_open(const char *path, int *fd_out, npy_header *h)
+{
+    return npy_open_as(path, NPY_WANT_F4, fd_out, h);
 }
 
 /* Unused trailing entries are set to 1 so the product of all four is numel. */
@@ -666,6 +688,45 @@ cpa_status cpa_npy_load(const char *path, float **data, int *ndim, int64_t shape
     }
     *data = buf;
     publish_shape(&h, ndim, shape);
+    return CPA_OK;
+}
+
+cpa_status cpa_npy_load_index(const char *path, int64_t **data, int64_t *n)
+{
+    if (!path || !data || !n)
+        return cpa_error(CPA_ERR_ARG, "cpa_npy_load_index: NULL %s",
+                         !path ? "path" : !data ? "data" : "n");
+    int fd;
+    npy_header h;
+    CPA_TRY(npy_open_as(path, NPY_WANT_INDEX, &fd, &h));
+    if (h.ndim != 1) {
+        close(fd);
+        char shape[SHAPE_TEXT_CAP];
+        return cpa_error(CPA_ERR_ARG, "%s: shape %s has %d dims; an index array is 1-D", path,
+                         shape_text(shape, sizeof shape, h.ndim, h.shape), h.ndim);
+    }
+    const size_t bytes = (size_t)h.numel * (size_t)h.itemsize;
+    int64_t *out = cpa_malloc(sizeof(int64_t) * (size_t)(h.numel ? h.numel : 1), "npy index");
+    void *raw = out ? cpa_malloc(bytes ? bytes : 1, "npy index data") : NULL;
+    cpa_status st = raw ? read_data(fd, path, raw, bytes) : cpa_nomem_for(path);
+    close(fd);
+    if (st == CPA_OK)
+        for (int64_t i = 0; i < h.numel; ++i) { /* little-endian on every target of cpattn */
+            if (h.itemsize == 8) {
+                memcpy(&out[i], (const char *)raw + 8 * i, 8);
+            } else {
+                int32_t v;
+                memcpy(&v, (const char *)raw + 4 * i, 4);
+                out[i] = v;
+            }
+        }
+    cpa_free(raw);
+    if (st != CPA_OK) {
+        cpa_free(out);
+        return st;
+    }
+    *data = out;
+    *n = h.numel;
     return CPA_OK;
 }
 

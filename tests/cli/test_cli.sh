@@ -196,6 +196,63 @@ check_case "ragged S=77 general bnsd" --seq-length 77 --attention-mask-type gene
 check_case "S=1" --seq-length 1 --num-attention-heads 2
 check_case "explicit softmax scale" --seq-length 50 --softmax-scale 0.3
 check_case "1 thread" --seq-length 100 --threads 1
+
+# Packed documents and sliding windows (Megatron's --reset-attention-mask,
+# TE's cu_seqlens, Mistral's window): a document of length 1, documents on
+# tile edges, windows shorter than a tile and longer than S, both combined.
+check_case "documents causal" --seq-length 200 --cu-seqlens 0,1,37,128,129,200
+check_case "documents general GQA" --seq-length 200 --cu-seqlens 0,64,65,200 \
+    --attention-mask-type general --num-query-groups 2
+check_case "sliding window 5 causal" --seq-length 150 --sliding-window 5
+check_case "sliding window 40 general bnsd" --seq-length 150 --sliding-window 40 \
+    --attention-mask-type general --layout bnsd
+check_case "window longer than S" --seq-length 64 --sliding-window 1000
+check_case "documents and window, B=2 Dv != D" --micro-batch-size 2 --seq-length 130 \
+    --cu-seqlens 0,3,5,6,70,130 --sliding-window 17 --v-channels 32
+d1=$(digest --seq-length 96 --cu-seqlens 0,96)
+d2=$(digest --seq-length 96)
+if [ -n "$d1" ] && [ "$d1" = "$d2" ]; then pass "one document covering S = no documents, bit for bit"
+else fail "one document covering S = no documents, bit for bit" "'$d1' / '$d2'"; fi
+expect_usage "cu_seqlens not starting at 0" "cu_seqlens: starts at 1" attn --seq-length 96 \
+    --cu-seqlens 1,50,96
+expect_usage "cu_seqlens not increasing" "cu_seqlens: entry 2 (50) is not greater" attn \
+    --seq-length 96 --cu-seqlens 0,50,50,96
+expect_usage "cu_seqlens not ending at S" "must end at the sequence length S = 96" attn \
+    --seq-length 96 --cu-seqlens 0,50,90
+expect_usage "cu_seqlens not integers" "--cu-seqlens 0,x,96" attn --seq-length 96 \
+    --cu-seqlens 0,x,96
+expect_usage "cu_seqlens one entry" "at least 2 entries" attn --seq-length 96 --cu-seqlens 0
+expect_usage "sliding window 0" "--sliding-window 0" attn --seq-length 96 --sliding-window 0
+# DIR/cu_seqlens.npy with --load: int64 and int32 read, other dtypes and
+# shapes refused naming the file, a conflicting --cu-seqlens refused.
+cudir=$TMP/cu
+run attn --seq-length 96 --save "$cudir" --save-inputs
+npy_index() { # PATH DESCR PACK SHAPE VALUES...: a 1-D index .npy written by perl
+    local path=$1 descr=$2 fmt=$3 shape=$4
+    shift 4
+    npy_file "$path" "$descr" "$shape" 0
+    perl -e "print pack('$fmt', @ARGV)" "$@" >>"$path"
+}
+npy_index "$cudir/cu_seqlens.npy" '<i8' 'q<*' '(4,)' 0 10 50 96
+d_file=$(digest --load "$cudir")
+rm "$cudir/cu_seqlens.npy"
+d_list=$(digest --load "$cudir" --cu-seqlens 0,10,50,96)
+if [ -n "$d_file" ] && [ "$d_file" = "$d_list" ]; then pass "cu_seqlens.npy (int64) == --cu-seqlens"
+else fail "cu_seqlens.npy (int64) == --cu-seqlens" "'$d_file' / '$d_list'"; fi
+npy_index "$cudir/cu_seqlens.npy" '<i4' 'l<*' '(4,)' 0 10 50 96
+d_i4=$(digest --load "$cudir")
+if [ -n "$d_i4" ] && [ "$d_i4" = "$d_list" ]; then pass "cu_seqlens.npy (int32) == --cu-seqlens"
+else fail "cu_seqlens.npy (int32) == --cu-seqlens" "'$d_i4' / '$d_list'"; fi
+expect_usage "cu_seqlens.npy and --cu-seqlens conflict" "conflicts" attn --load "$cudir" \
+    --cu-seqlens 0,96
+npy_index "$cudir/cu_seqlens.npy" '<f4' 'f<*' '(4,)' 0 10 50 96
+expect_usage "cu_seqlens.npy float32 refused" "int32 or int64" attn --load "$cudir"
+npy_index "$cudir/cu_seqlens.npy" '<i8' 'q<*' '(2, 2)' 0 10 50 96
+expect_usage "cu_seqlens.npy 2-D refused" "1-D" attn --load "$cudir"
+npy_index "$cudir/cu_seqlens.npy" '<i8' 'q<*' '(3,)' 0 60 50
+expect_usage "cu_seqlens.npy decreasing refused" "cu_seqlens.npy: cu_seqlens: entry 2" attn \
+    --load "$cudir"
+rm -f "$cudir/cu_seqlens.npy"
 check_case "forward only" --seq-length 77 --forward-only
 check_case "reference as main path" --seq-length 40 --reference
 

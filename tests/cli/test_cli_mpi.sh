@@ -222,6 +222,19 @@ check_case "allgather P=3 GQA G=1 Dv=32 sbhd" 3 $AG --seq-length 96 --group-quer
     --v-channels 32 --layout sbhd
 expect_usage "allgather takes no window" 4 "--cp-window-size 2" \
     attn --context-parallel-size 4 $AG --cp-window-size 2 --seq-length 96
+# Packed documents and sliding windows through every algorithm: a document
+# spanning shards, one ending on a shard edge, one of length 1; windows
+# shorter than a shard and longer than S.
+DOCS="--cu-seqlens 0,1,37,48,90,96"
+check_case "ring P=3 documents" 3 $RING --seq-length 96 $DOCS
+check_case "double ring P=4 W=2 documents + window 9" 4 $RING --cp-window-size 2 --seq-length 96 \
+    $DOCS --sliding-window 9
+check_case "ulysses P=4 documents general" 4 --seq-length 96 $DOCS --attention-mask-type general
+check_case "hybrid P=4 U=2 window 5" 4 --context-parallel-algo hybrid_cp_algo \
+    --ulysses-degree-in-cp 2 --seq-length 96 --sliding-window 5
+check_case "allgather P=3 documents + window 200" 3 $AG --seq-length 96 $DOCS --sliding-window 200
+expect_usage "bad cu_seqlens on 3 ranks" 3 "cu_seqlens: ends at 90" \
+    attn --context-parallel-size 3 $RING --seq-length 96 --cu-seqlens 0,40,90
 
 expect_usage "ulysses H % (TP*P) (H=6, P=4)" 4 "--num-attention-heads 6" \
     attn --context-parallel-size 4 --seq-length 96 --num-attention-heads 6 --num-query-groups 2
