@@ -226,6 +226,8 @@ static cpa_status forward_block(cpa_ring *g, int owner, float *kvbuf, int first,
     block_desc(g, owner, q, kvbuf, &d, qp, kp);
     if (first) /* the own block covers every local row */
         return timed_forward(g, &d, out, lse);
+    if (cpa_attn_forward_flops(&d) == 0.0) /* no visible pair (documents, a window) */
+        return CPA_OK;
     int64_t lse_shape[3] = {g->B, g->H, g->Sl};
     cpa_tensor ob = cpa_tensor_attn(g->out_blk, g->layout, g->B, g->Sl, g->H, g->Dv);
     cpa_tensor lb = cpa_tensor_make(g->lse_blk, 3, lse_shape);
@@ -357,10 +359,13 @@ cpa_status cpa_ring_backward(cpa_ring *g, cpa_tensor q, cpa_tensor k, cpa_tensor
             cpa_attn_desc d;
             cpa_piece qp[2], kp[2];
             block_desc(g, cpa_dring_block(W, I, w, p, j, i, 1), q, g->kv[cur], &d, qp, kp);
+            const double flops = cpa_attn_forward_flops(&d);
             double t0 = cpa_wtime();
-            s = cpa_attn_backward(g->ctx, &d, out, lse, dout, dq, k_view(g, blk), v_view(g, blk));
+            if (flops > 0.0) /* else no visible pair: the block adds nothing */
+                s = cpa_attn_backward(g->ctx, &d, out, lse, dout, dq, k_view(g, blk),
+                                      v_view(g, blk));
             g->compute_s += cpa_wtime() - t0;
-            g->flops += 2.5 * cpa_attn_forward_flops(&d);
+            g->flops += 2.5 * flops;
             if (s != CPA_OK)
                 break;
             if (step > 0) { /* the accumulator of this block arrived in dkv[acc] */
