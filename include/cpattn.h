@@ -484,7 +484,9 @@ int64_t cpa_plan_saved_bytes(const cpa_cp_config *config);
  * starts from that state; given NULL it rebuilds what it needs from its
  * arguments (Ulysses and hybrid: 5 more all-to-alls).  A `saved` that no
  * forward of this plan filled is refused.  Collective over the plan's
- * group. */
+ * group.  After a call that timed out (CPA_ERR_TIMEOUT) or failed in MPI,
+ * the plan refuses further calls: transfers may still be pending on its
+ * communicators, and only cpa_plan_destroy is safe. */
 cpa_status cpa_plan_forward(cpa_plan *plan, cpa_plan_saved *saved, cpa_tensor q, cpa_tensor k,
                             cpa_tensor v, cpa_tensor out, cpa_tensor lse);
 cpa_status cpa_plan_backward(cpa_plan *plan, const cpa_plan_saved *saved, cpa_tensor q,

@@ -9,6 +9,8 @@
  * Output, one line per configuration:
  *   config <algo> [--ulysses-degree-in-cp U] [--cp-window-size W]
  *          [--use-cp-send-recv-overlap] plan_MiB X fwd_sent_MiB Y bwd_sent_MiB Z
+ * Rows that take --use-cp-send-recv-overlap are listed with it (full
+ * duplex, what a benchmark wants), their memory computed with it.
  * Candidate degrees come from what each row says it uses; the plan's own
  * rules (cpa_plan_volume refuses what cpa_plan_create would) decide which
  * are valid, so no rule is repeated here.
@@ -61,6 +63,7 @@ static void one(const algos_cfg *c, cpa_algo a, const cpa_algo_info *info, int U
                         .tp_size = 1, .batch = c->B, .seq_length = c->S, .num_heads = c->H,
                         .num_kv_heads = c->G ? c->G : c->H, .head_dim = c->D, .num_threads = 1};
     cc.mask.kind = c->mask == 0 ? CPA_MASK_CAUSAL : CPA_MASK_NONE;
+    cc.send_recv_overlap = info->uses_overlap; /* the line below lists the flag: model it */
     double fwd, bwd;
     if (cpa_plan_volume(&cc, &fwd, &bwd) != CPA_OK)
         return; /* a rule of the plan refuses it */

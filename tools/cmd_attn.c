@@ -634,6 +634,11 @@ static int setup(attn_run *r)
     /* Before the plan or any tensor is allocated: does it all fit? */
     if ((rc = tool_agree(check_memory(r))) || (rc = make_plan(r)))
         return rc;
+    /* Rank 0 makes the --save folder: prove it can before computing anything
+     * (and only once the configuration is known to be valid). */
+    if (c->save &&
+        (rc = tool_agree(tool_rank() == 0 ? tool_check_output_dir("--save", c->save) : 0)))
+        return rc;
     if ((rc = attn_set_alloc(&r->set, &r->sh, r->split, cpa_plan_rank(r->plan),
                              T_INPUTS | results(c))))
         return rc;
@@ -678,10 +683,6 @@ static int attn_main(int argc, char **argv)
     cpa_set_comm_timeout(run.c.cpf.comm_timeout);
     int rc = resolve(&args, &run.c);
     if (rc)
-        return rc;
-    /* Rank 0 makes the --save folder: prove it can before computing anything. */
-    if (run.c.save &&
-        (rc = tool_agree(tool_rank() == 0 ? tool_check_output_dir("--save", run.c.save) : 0)))
         return rc;
     /* The library is given 0 for the default scale; show the value it means. */
     run.scale_arg = cli_given(&args, "--softmax-scale") ? (float)run.c.scale : 0.0f;

@@ -42,6 +42,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <limits.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -735,10 +736,26 @@ cpa_status cpa_npy_write_rows(MPI_Comm comm, const char *path, int ndim,
     st = CPA_OK;
     if (rank == 0) {
         int fd = open(tmp, O_RDONLY | O_CLOEXEC);
-        if (fd < 0)
+        struct stat sb;
+        memset(&sb, 0, sizeof sb);
+        /* Some MPI-IO modules (Open MPI's ompio) report a write cut short
+         * by a full disk as a success: the size on disk is the proof. */
+        int64_t values = 1; /* the file must hold the header and 4 bytes per value */
+        for (int i = 0; i < ndim; ++i)
+            values *= global_shape[i];
+        const int64_t want = (int64_t)header_len + 4 * values;
+        if (fd < 0) {
             st = cpa_temp_error(path, "reopen", "temporary file", tmp, errno);
-        else
+        } else if (fstat(fd, &sb) != 0 || (int64_t)sb.st_size != want) {
+            st = cpa_error(CPA_ERR_IO, "%s: the temporary file %s holds %lld bytes after every "
+                           "rank's write, not the %lld of the header and data (a full disk or "
+                           "quota?); nothing was replaced", path, tmp,
+                           (long long)sb.st_size, (long long)want);
+            close(fd);
+            fd = -1;
+        } else {
             st = cpa_temp_commit(fd, tmp, path, "temporary file");
+        }
         made = st != CPA_OK && fd < 0; /* commit removed it itself on failure */
     }
     all = agree(comm, st);

@@ -23,11 +23,14 @@ struct cpa_plan {
     void *state;          /* the row's own */
     int64_t *cu_seqlens;  /* the plan's copy of cfg.mask.cu_seqlens (NULL: none) */
     int64_t saved_floats;
+    uint64_t serial;      /* unique per plan of this process: ties saved states to it */
+    cpa_status broken;    /* CPA_ERR_TIMEOUT once a call timed out: see check_usable */
     cpa_plan_stats stats;
 };
 
 struct cpa_plan_saved {
     const cpa_plan *plan; /* the plan whose forwards fill it */
+    uint64_t serial;      /* and its serial (an address can be reused by a later plan) */
     int filled;           /* a forward has written it */
     float *data;          /* plan->saved_floats floats (NULL if 0) */
 };
@@ -104,6 +107,7 @@ cpa_status cpa_algo_parse(const char *name, cpa_algo *out)
 /* ---- validation (local; made collective by cpa_plan_create) ------------- */
 
 static int uses_window(const cpa_algo_row *e) { return e->uses_window; }
+static int uses_overlap(const cpa_algo_row *e) { return e->uses_overlap; }
 static int uses_degree(const cpa_algo_row *e) { return e->uses_ulysses_degree; }
 
 static cpa_status validate(const cpa_cp_config *c, int world)
@@ -141,6 +145,9 @@ static cpa_status validate(const cpa_cp_config *c, int world)
     if (!e->uses_window && c->window != 1)
         return cpa_error(CPA_ERR_ARG, "--cp-window-size %d applies to %s; %s needs 1", c->window,
                          names_of(names, sizeof names, uses_window), e->name);
+    if (!e->uses_overlap && c->send_recv_overlap)
+        return cpa_error(CPA_ERR_ARG, "--use-cp-send-recv-overlap applies to %s; %s has no ring "
+                         "step to overlap", names_of(names, sizeof names, uses_overlap), e->name);
     if (!e->uses_ulysses_degree && c->ulysses_degree > 1)
         return cpa_error(CPA_ERR_ARG, "--ulysses-degree-in-cp %d is only for %s (this run uses "
                          "%s)", c->ulysses_degree, names_of(names, sizeof names, uses_degree),
@@ -243,6 +250,8 @@ cpa_status cpa_plan_create(MPI_Comm comm, const cpa_cp_config *config, cpa_plan 
         plan->split = plan->row->split(&plan->cfg);
         plan->Sl = config->seq_length / world;
         plan->saved_floats = plan->row->saved_floats(&plan->cfg);
+        static uint64_t next_serial; /* plans are made by one thread at a time (MPI calls) */
+        plan->serial = ++next_serial;
         s = cpa_comm_dup(comm, &plan->comm);
     }
     if (s == CPA_OK && config->mask.cu_seqlens) { /* the plan's own copy */
@@ -305,6 +314,7 @@ cpa_status cpa_plan_saved_create(const cpa_plan *plan, cpa_plan_saved **out)
     if (!sv)
         return CPA_ERR_NOMEM;
     sv->plan = plan;
+    sv->serial = plan->serial;
     if (plan->saved_floats > 0 &&
         !(sv->data = cpa_calloc(sizeof(float) * (size_t)plan->saved_floats,
                                 "saved attention state"))) {
@@ -372,7 +382,7 @@ static cpa_status check_saved(const cpa_plan *plan, const cpa_plan_saved *saved,
 {
     if (!saved)
         return CPA_OK;
-    if (saved->plan != plan)
+    if (saved->plan != plan || saved->serial != plan->serial)
         return cpa_error(CPA_ERR_ARG, "saved: this saved state belongs to another plan (make it "
                          "with cpa_plan_saved_create on the plan that runs the layer)");
     if (backward && !saved->filled)
@@ -381,17 +391,38 @@ static cpa_status check_saved(const cpa_plan *plan, const cpa_plan_saved *saved,
     return CPA_OK;
 }
 
+/* A call that timed out leaves collectives pending on the plan's
+ * communicators; a later call would pair with them and exchange the wrong
+ * data, so the plan refuses further work. */
+static cpa_status check_usable(const cpa_plan *plan)
+{
+    if (plan->broken != CPA_OK)
+        return cpa_error(CPA_ERR_ARG, "this plan's communication %s in an earlier call and may "
+                         "still have transfers pending; destroy it (a dead or stuck peer "
+                         "usually means the job must stop)",
+                         plan->broken == CPA_ERR_TIMEOUT ? "timed out" : "failed");
+    return CPA_OK;
+}
+
+static void note_outcome(cpa_plan *plan, cpa_status s)
+{
+    if (s == CPA_ERR_TIMEOUT || s == CPA_ERR_MPI)
+        plan->broken = s;
+}
+
 cpa_status cpa_plan_forward(cpa_plan *plan, cpa_plan_saved *saved, cpa_tensor q, cpa_tensor k,
                             cpa_tensor v, cpa_tensor out, cpa_tensor lse)
 {
     if (!plan)
         return cpa_error(CPA_ERR_ARG, "cpa_plan_forward: plan is NULL");
-    CPA_TRY(check_io(plan, &q, &k, &v, &out, &lse));
+    CPA_TRY(check_usable(plan));
     CPA_TRY(check_saved(plan, saved, 0));
     if (saved)
         saved->filled = 0; /* until this forward succeeds */
+    CPA_TRY(check_io(plan, &q, &k, &v, &out, &lse));
     double t0 = cpa_wtime();
     cpa_status s = plan->row->forward(plan->state, saved ? saved->data : NULL, q, k, v, out, lse);
+    note_outcome(plan, s);
     plan->row->stats(plan->state, &plan->stats);
     plan->stats.total_s = cpa_wtime() - t0;
     if (saved && s == CPA_OK)
@@ -406,6 +437,7 @@ cpa_status cpa_plan_backward(cpa_plan *plan, const cpa_plan_saved *saved, cpa_te
     if (!plan)
         return cpa_error(CPA_ERR_ARG, "cpa_plan_backward: plan is NULL");
     const cpa_cp_config *c = &plan->cfg;
+    CPA_TRY(check_usable(plan));
     CPA_TRY(check_io(plan, &q, &k, &v, &out, &lse));
     CPA_TRY(check_local(plan, "dout", &dout, c->num_heads, c->v_head_dim));
     CPA_TRY(check_local(plan, "dq", &dq, c->num_heads, c->head_dim));
@@ -416,6 +448,7 @@ cpa_status cpa_plan_backward(cpa_plan *plan, const cpa_plan_saved *saved, cpa_te
     /* A row with nothing to save (ring, all-gather) gets NULL either way. */
     cpa_status s = plan->row->backward(plan->state, saved ? saved->data : NULL, q, k, v, out, lse,
                                        dout, dq, dk, dv);
+    note_outcome(plan, s);
     plan->row->stats(plan->state, &plan->stats);
     plan->stats.total_s = cpa_wtime() - t0;
     return s;

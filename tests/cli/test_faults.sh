@@ -156,13 +156,38 @@ FULL=$TMP/full
 mkdir -p "$FULL"
 if mount -t tmpfs -o size=3m tmpfs "$FULL" 2>/dev/null; then
     # attn's outputs (q, k, v, out, lse and the gradients: ~4 MiB) do not fit.
-    run attn --seq-length 1024 --num-attention-heads 8 --kv-channels 64 --save "$FULL/attn"
-    left=$(find "$FULL" -name '*.tmp.*' | wc -l)
-    if [ "$rc" -eq 1 ] && grep -q "No space left on device" "$ERR" && [ "$left" -eq 0 ]; then
-        pass "full disk: attn --save exits 1 naming ENOSPC, no temporary left"
-    else
-        fail "full disk: attn --save exits 1 naming ENOSPC, no temporary left" "exit $rc, $left temporaries"
-    fi
+    # Every rank writes its rows with MPI-IO; a file appears only whole: each
+    # one left is exactly its header plus 4 bytes per value of its shape.
+    whole_files() { # DIR -> the number of .npy files whose size is not header + data
+        local bad=0 f shape n hl
+        for f in "$1"/*.npy; do
+            [ -e "$f" ] || continue
+            shape=$(head -c 256 "$f" | grep -ao "'shape': ([0-9, ]*)" | grep -o "[0-9][0-9]*" | tr '\n' ' ')
+            n=4
+            for x in $shape; do n=$((n * x)); done
+            hl=$(( $(od -An -tu1 -j8 -N1 "$f") + 256 * $(od -An -tu1 -j9 -N1 "$f") + 10 ))
+            [ "$(stat -c %s "$f")" -eq $((hl + n)) ] || bad=$((bad + 1))
+        done
+        echo "$bad"
+    }
+    for np in 1 3; do
+        rm -rf "$FULL/attn"
+        if [ "$np" -eq 1 ]; then
+            run attn --seq-length 1024 --num-attention-heads 8 --kv-channels 64 --save "$FULL/attn"
+        else
+            prun "$np" attn --context-parallel-size 3 --context-parallel-algo megatron_cp_algo \
+                --seq-length 1020 --num-attention-heads 8 --kv-channels 64 --save "$FULL/attn"
+        fi
+        left=$(find "$FULL" -name '*.tmp.*' | wc -l)
+        torn=$(whole_files "$FULL/attn")
+        if [ "$rc" -eq 1 ] && grep -Eq "No space left on device|full disk" "$ERR" && [ "$left" -eq 0 ] &&
+            [ "$torn" -eq 0 ]; then
+            pass "full disk, P=$np: attn --save exits 1 naming it, every file left is whole, no temporary"
+        else
+            fail "full disk, P=$np: attn --save exits 1 naming it, every file left is whole" \
+                "exit $rc, $left temporaries, $torn torn files"
+        fi
+    done
     rm -rf "$FULL/attn"
     # A checkpoint (~1.6 MB) that fits once; then the disk is filled and the
     # next save fails, leaving the first as it was.

@@ -14,6 +14,7 @@
 #include "test.h"
 
 #include <mpi.h>
+#include <stdlib.h>
 #include <string.h>
 
 static int rank_, P_;
@@ -236,6 +237,68 @@ static void null_comm(void)
     CHECK(strstr(cpa_last_error(), "MPI_COMM_NULL") != NULL);
 }
 
+/* Flags a row does not use are refused, naming the rows that take them. */
+static void flags_a_row_does_not_use(void)
+{
+    cpa_cp_config c = base();
+    c.algo = CPA_ALGO_ALLGATHER, c.send_recv_overlap = 1;
+    expect_arg("allgather overlap", MPI_COMM_WORLD, &c, "--use-cp-send-recv-overlap", NULL);
+    c.algo = CPA_ALGO_ULYSSES, c.num_heads = 8 * P_, c.num_kv_heads = 8 * P_;
+    expect_arg("ulysses overlap", MPI_COMM_WORLD, &c, "megatron_cp_algo", NULL);
+    cpa_cp_config w = base();
+    w.algo = CPA_ALGO_ALLGATHER, w.window = 2;
+    if (P_ > 2)
+        expect_arg("allgather window", MPI_COMM_WORLD, &w, "--cp-window-size", NULL);
+    cpa_cp_config d = base();
+    static const int64_t bad_docs[] = {0, 5, 4};
+    d.mask.cu_seqlens = bad_docs, d.mask.num_docs = 2;
+    expect_arg("decreasing cu_seqlens", MPI_COMM_WORLD, &d, "cu_seqlens", NULL);
+    d.mask.cu_seqlens = NULL, d.mask.num_docs = 0, d.mask.window = -3;
+    expect_arg("negative window", MPI_COMM_WORLD, &d, "--sliding-window", NULL);
+}
+
+/* Saved states: filled only by a successful forward of their own plan. */
+static void saved_state_misuse(void)
+{
+    cpa_cp_config c = base();
+    c.algo = CPA_ALGO_ULYSSES, c.num_heads = 2 * P_, c.num_kv_heads = 2 * P_;
+    char msg[1024];
+    cpa_plan *a = NULL, *b = NULL;
+    CHECK_MSG(create("saved a", MPI_COMM_WORLD, &c, &a, msg) == CPA_OK, "%s", msg);
+    CHECK_MSG(create("saved b", MPI_COMM_WORLD, &c, &b, msg) == CPA_OK, "%s", msg);
+    if (!a || !b)
+        return;
+    const int64_t Sl = c.seq_length / P_, H = c.num_heads, D = c.head_dim;
+    float *buf = calloc((size_t)(9 * Sl * H * D + H * Sl), sizeof(float));
+    cpa_tensor t[9];
+    for (int i = 0; i < 9; ++i)
+        t[i] = cpa_tensor_attn(buf + i * Sl * H * D, CPA_LAYOUT_BSHD, 1, Sl, H, D);
+    const int64_t ls[3] = {1, H, Sl};
+    cpa_tensor lse = cpa_tensor_make(buf + 9 * Sl * H * D, 3, ls);
+    cpa_plan_saved *sa = NULL;
+    CHECK_OK(cpa_plan_saved_create(a, &sa));
+    /* backward before any forward */
+    CHECK(cpa_plan_backward(a, sa, t[0], t[1], t[2], t[3], lse, t[4], t[5], t[6], t[7]) ==
+          CPA_ERR_ARG);
+    CHECK(strstr(cpa_last_error(), "no forward has filled") != NULL);
+    /* another plan's saved state */
+    CHECK(cpa_plan_forward(b, sa, t[0], t[1], t[2], t[3], lse) == CPA_ERR_ARG);
+    CHECK(strstr(cpa_last_error(), "another plan") != NULL);
+    /* a good forward, then one refused for its shapes: the state is no longer filled */
+    CHECK_OK(cpa_plan_forward(a, sa, t[0], t[1], t[2], t[3], lse));
+    cpa_tensor bad = t[3];
+    bad.shape[1] += 1;
+    CHECK(cpa_plan_forward(a, sa, t[0], t[1], t[2], bad, lse) == CPA_ERR_ARG);
+    CHECK(cpa_plan_backward(a, sa, t[0], t[1], t[2], t[3], lse, t[4], t[5], t[6], t[7]) ==
+          CPA_ERR_ARG);
+    CHECK_OK(cpa_plan_forward(a, sa, t[0], t[1], t[2], t[3], lse));
+    CHECK_OK(cpa_plan_backward(a, sa, t[0], t[1], t[2], t[3], lse, t[4], t[5], t[6], t[7]));
+    cpa_plan_saved_destroy(sa);
+    cpa_plan_destroy(a);
+    cpa_plan_destroy(b);
+    free(buf);
+}
+
 int main(int argc, char **argv)
 {
     MPI_Init(&argc, &argv);
@@ -250,6 +313,8 @@ int main(int argc, char **argv)
     RUN_TEST(hybrid_rules);
     RUN_TEST(rank_mismatch);
     RUN_TEST(null_comm);
+    RUN_TEST(flags_a_row_does_not_use);
+    RUN_TEST(saved_state_misuse);
     RUN_TEST(valid_base); /* nothing left behind by the failures */
     int counts[2] = {test_passed_, test_failed_}, total[2];
     MPI_Allreduce(counts, total, 2, MPI_INT, MPI_SUM, MPI_COMM_WORLD);
