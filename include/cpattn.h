@@ -351,14 +351,35 @@ double cpa_attn_forward_flops(const cpa_attn_desc *desc);
  *               ring-level zigzag piece). */
 typedef enum cpa_split_kind {
     CPA_SPLIT_CONTIGUOUS = 0,
-    CPA_SPLIT_ZIGZAG = 1
+    CPA_SPLIT_ZIGZAG = 1,
+    CPA_SPLIT_CHUNKS = 2 /* P*cpr equal chunks, rank r holding the ones chunk_of lists */
 } cpa_split_kind;
 
 typedef struct cpa_split {
     cpa_split_kind kind;
     int P; /* ranks sharing the sequence */
     int U; /* zigzag only: Ulysses degree inside each ring rank (1 for plain ring) */
+    /* CHUNKS only: the sequence is cut into P*chunks_per_rank chunks of
+     * S/(P*chunks_per_rank) positions; rank r holds chunks
+     * chunk_of[r*chunks_per_rank ...] (ascending), in that order.  The table
+     * is borrowed (a plan's split points into the plan). */
+    int chunks_per_rank;
+    const int32_t *chunk_of;
 } cpa_split;
+
+/* Document-aware load balance: assign the P*cpr chunks of a sequence of S
+ * positions to the P ranks, cpr each, so that every rank's queries see about
+ * the same number of keys under `mask` (the longest-processing-time rule
+ * with equal chunk counts: chunks in decreasing order of visible pairs, each
+ * to the least loaded rank with room).  chunk_of gets P*cpr entries, each
+ * rank's ascending.  Positions stay exact: the chunks keep their global
+ * positions (RoPE, masks). */
+cpa_status cpa_split_balance(int64_t S, int P, int cpr, cpa_mask mask, int32_t *chunk_of);
+
+/* max/mean over the ranks of the visible (query, key) pairs of each rank's
+ * query rows against the whole sequence under `mask`: 1.0 is perfect
+ * balance.  What the ring's and all-gather's compute follows. */
+double cpa_split_imbalance(cpa_split split, int64_t S, cpa_mask mask);
 
 /* Check that S tokens can be split: 1 <= U, U divides P, and S % P == 0
  * (contiguous) or S % (2P) == 0 (zigzag, which also makes the U parts
@@ -366,9 +387,9 @@ typedef struct cpa_split {
 cpa_status cpa_split_check(cpa_split split, int64_t S);
 
 /* The local rows of rank r as pieces {row, len, pos}: local row `row`
- * holds global position `pos`.  *count gets 1 or 2 (pieces needs room for
+ * holds global position `pos`.  *count gets 1 to 8 (pieces needs room for
  * CPA_SPLIT_MAX_PIECES). */
-#define CPA_SPLIT_MAX_PIECES 2
+#define CPA_SPLIT_MAX_PIECES 8
 cpa_status cpa_split_pieces(cpa_split split, int64_t S, int r, cpa_piece *pieces, int *count);
 
 /* Global positions of rank r's S/P local rows, in local order (what RoPE
@@ -407,10 +428,22 @@ typedef struct cpa_algo_info {
     int uses_window;         /* --cp-window-size applies (double ring) */
     int uses_ulysses_degree; /* --ulysses-degree-in-cp applies (and is required) */
     int uses_overlap;        /* --use-cp-send-recv-overlap applies */
+    int uses_balance;        /* --cp-load-balance documents applies */
 } cpa_algo_info;
 
 /* CPA_ERR_ARG for an id outside the table. */
 cpa_status cpa_algo_describe(cpa_algo algo, cpa_algo_info *info);
+
+/* How a causal sequence's rows are assigned to the ranks of a ring or an
+ * all-gather.  ZIGZAG (default): chunk r and 2P-1-r, which balances one
+ * dense causal sequence.  DOCUMENTS: 2 or 4 chunks per rank chosen at plan
+ * time from the mask's documents and window (cpa_split_balance), which
+ * balances packed documents; needs S % (4P) == 0 for 4 chunks, else
+ * S % (2P) == 0 for 2. */
+typedef enum cpa_balance {
+    CPA_BALANCE_ZIGZAG = 0,
+    CPA_BALANCE_DOCUMENTS = 1
+} cpa_balance;
 
 /* Everything a plan needs; identical on every rank of the group.  Sizes
  * are GLOBAL (S is the whole sequence). */
@@ -425,6 +458,7 @@ typedef struct cpa_cp_config {
                                  general = CPA_MASK_NONE) */
     cpa_impl impl;            /* CPA_IMPL_FAST (0), or the reference kernel inside every step
                                  of the algorithm (every exchange still happens) */
+    cpa_balance balance;      /* --cp-load-balance: how causal rows are assigned to ranks */
     cpa_layout layout;        /* local tensors' layout (bnsd = --megatron-cp-in-bnsd) */
     int64_t batch;            /* B */
     int64_t seq_length;       /* S, global */

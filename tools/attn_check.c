@@ -377,6 +377,9 @@ static void print_rank_table(const attn_timing *t, const double *all)
     else
         print_imbalance(all, P, F_BWD_COMP);
     printf("\n");
+    if (t->imbalance_zigzag > 0)
+        printf("imbalance (max/mean rank visible pairs) zigzag %.3f documents %.3f\n",
+               t->imbalance_zigzag, t->imbalance_documents);
 }
 
 int attn_report_timing(const attn_timing *t)

@@ -42,6 +42,9 @@ typedef struct attn_timing {
     int64_t iters, warmup;
     int forward_only, P;
     double flops; /* forward flops of the whole problem */
+    /* visible-pair imbalance (max/mean rank) of the zigzag and the
+     * document-aware assignments (< 0: not applicable) */
+    double imbalance_zigzag, imbalance_documents;
     int (*call)(void *arg, int which, double *sec);
     void (*stats)(void *arg, cpa_plan_stats *st);
     void *arg;

@@ -545,7 +545,9 @@ static void print_setup(const attn_run *r)
     else
         tool_say("# context parallel: %d ranks (MPI world size %d), %s, split %s, %lld of %lld "
                  "rows per rank\n", r->P, tool_world_size(), algo,
-                 r->split.kind == CPA_SPLIT_ZIGZAG ? "zigzag" : "contiguous",
+                 r->split.kind == CPA_SPLIT_ZIGZAG   ? "zigzag"
+                 : r->split.kind == CPA_SPLIT_CHUNKS ? "document-balanced chunks"
+                                                     : "contiguous",
                  (long long)r->set.Sl, (long long)c->S);
     cpa_cp_config pc = plan_config(r);
     double fwd = 0, bwd = 0;
@@ -589,6 +591,35 @@ static int timed_call(void *arg, int which, double *sec)
 static void plan_stats(void *arg, cpa_plan_stats *st)
 {
     cpa_plan_last_stats(((attn_run *)arg)->plan, st);
+}
+
+/* For rows that take --cp-load-balance: the visible-pair imbalance of the
+ * zigzag and of the document-aware assignment of this configuration (-1
+ * where it does not apply). */
+static void balance_figures(const attn_run *r, double *zigzag, double *documents)
+{
+    cpa_cp_config pc = plan_config(r);
+    cpa_algo_info info;
+    *zigzag = *documents = -1;
+    if (r->P < 2 || cpa_algo_describe(pc.algo, &info) != CPA_OK || !info.uses_balance ||
+        r->c.S % (2 * (int64_t)r->P) != 0)
+        return;
+    cpa_split zz = {.kind = pc.mask.kind == CPA_MASK_CAUSAL ? CPA_SPLIT_ZIGZAG
+                                                             : CPA_SPLIT_CONTIGUOUS,
+                    .P = r->P, .U = 1};
+    *zigzag = cpa_split_imbalance(zz, r->c.S, pc.mask);
+    if (r->split.kind == CPA_SPLIT_CHUNKS) {
+        *documents = cpa_split_imbalance(r->split, r->c.S, pc.mask);
+        return;
+    }
+    const int cpr = r->c.S % (4 * (int64_t)r->P) == 0 ? 4 : 2;
+    int32_t *table = malloc(sizeof(int32_t) * (size_t)(r->P * cpr));
+    if (table && cpa_split_balance(r->c.S, r->P, cpr, pc.mask, table) == CPA_OK) {
+        cpa_split ch = {.kind = CPA_SPLIT_CHUNKS, .P = r->P, .U = 1, .chunks_per_rank = cpr,
+                        .chunk_of = table};
+        *documents = cpa_split_imbalance(ch, r->c.S, pc.mask);
+    }
+    free(table);
 }
 
 /* The forward flops of the whole problem (all ranks). */
@@ -665,8 +696,9 @@ static int execute(attn_run *r)
             return rc;
     }
     if (c->iters > 0) {
-        attn_timing t = {c->iters, c->warmup, c->forward_only, r->P, problem_flops(r),
+        attn_timing t = {c->iters, c->warmup, c->forward_only, r->P, problem_flops(r), -1, -1,
                          timed_call, plan_stats, r};
+        balance_figures(r, &t.imbalance_zigzag, &t.imbalance_documents);
         rc = attn_report_timing(&t);
     }
     return rc;

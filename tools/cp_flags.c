@@ -56,6 +56,12 @@ void cp_flag_rows(cli_option *rows, size_t base, const char *cp_help)
          .max = INT64_MAX, .help = "Sliding-window attention (Mistral, Gemma): with causal, "
          "query p sees keys in [p-N+1, p]; with general, keys with |p-k| < N. Default: off.",
          .offset = base + offsetof(cp_flags, sliding)},
+        {.flag = "--cp-load-balance", .type = CLI_CHOICE, .def = "zigzag",
+         .choices = "zigzag|documents", .help = "Ring and all-gather: how causal rows are "
+         "assigned to ranks. zigzag: chunks r and 2P-1-r (balances one dense sequence); "
+         "documents: 2 or 4 chunks per rank chosen from the documents and window so that "
+         "every rank sees as many visible pairs (packed data).",
+         .offset = base + offsetof(cp_flags, balance)},
         {.flag = "--comm-timeout", .type = CLI_FLOAT, .def = "600", .metavar = "SECONDS",
          .fmin = 0, .fmax = 1e9, .help = "Bound on every wait for another rank; on expiry the "
          "rank names what it waited for and aborts the job (0: wait forever).",
@@ -82,6 +88,7 @@ void cp_flags_apply(const cp_flags *f, cpa_cp_config *cc)
     cc->send_recv_overlap = f->overlap;
     cc->mask.kind = f->mask == CP_MASK_CAUSAL ? CPA_MASK_CAUSAL : CPA_MASK_NONE;
     cc->mask.window = f->sliding;
+    cc->balance = (cpa_balance)f->balance;
 }
 
 void cp_flags_describe(const cp_flags *f, char *buf, size_t cap)

@@ -24,12 +24,13 @@ typedef struct cp_flags {
     int mask;            /* --attention-mask-type: CP_MASK_CAUSAL or CP_MASK_GENERAL */
     int bnsd;            /* --megatron-cp-in-bnsd */
     int64_t sliding;     /* --sliding-window N (0: unset, no window) */
+    int balance;         /* --cp-load-balance: index in "zigzag|documents" = cpa_balance */
     double comm_timeout; /* --comm-timeout, seconds */
 } cp_flags;
 
 enum { CP_MASK_CAUSAL = 0, CP_MASK_GENERAL = 1 };
 
-#define CP_FLAG_COUNT 9
+#define CP_FLAG_COUNT 10
 
 /* Write the CP_FLAG_COUNT rows into `rows`, their offsets relative to
  * `base` (offsetof the cp_flags inside the command's config); `cp_help` is

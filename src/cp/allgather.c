@@ -48,9 +48,7 @@ typedef struct ag_state {
 
 static cpa_split ag_split(const cpa_cp_config *c)
 {
-    cpa_split s = {c->mask.kind == CPA_MASK_CAUSAL ? CPA_SPLIT_ZIGZAG : CPA_SPLIT_CONTIGUOUS,
-                   c->cp_size, 1};
-    return s;
+    return cpa_balanced_split(c);
 }
 
 static cpa_status ag_validate(const cpa_cp_config *c)
@@ -105,7 +103,8 @@ static void ag_destroy(void *state)
     cpa_free(g);
 }
 
-static cpa_status ag_init(MPI_Comm comm, const cpa_cp_config *c, cpa_attn_ctx *ctx, void **state)
+static cpa_status ag_init(MPI_Comm comm, const cpa_cp_config *c, cpa_split split,
+                          cpa_attn_ctx *ctx, void **state)
 {
     ag_state *g = cpa_calloc(sizeof *g, "all-gather state");
     if (!g)
@@ -114,7 +113,7 @@ static cpa_status ag_init(MPI_Comm comm, const cpa_cp_config *c, cpa_attn_ctx *c
     g->comm = comm;
     MPI_Comm_size(comm, &g->P);
     MPI_Comm_rank(comm, &g->r);
-    g->split = ag_split(c);
+    g->split = split;
     g->B = c->batch, g->S = c->seq_length, g->Sl = c->seq_length / g->P;
     g->H = c->num_heads, g->G = c->num_kv_heads, g->Dqk = c->head_dim, g->Dv = c->v_head_dim;
     g->layout = c->layout;
@@ -320,6 +319,7 @@ const cpa_algo_row cpa_allgather_row = {
     .name = "allgather_cp_algo",
     .summary = "all-gather K/V (TransformerEngine cp_comm_type=all_gather, Llama 3): every "
                "rank gathers K and V of the whole sequence and attends its own query rows",
+    .uses_balance = 1,
     .validate = ag_validate,
     .split = ag_split,
     .state_bytes = ag_state_bytes,

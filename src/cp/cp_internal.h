@@ -35,6 +35,8 @@ typedef struct cpa_ring {
 } cpa_ring;
 
 typedef struct cpa_ring_shape {
+    cpa_split split;   /* CHUNKS: this assignment; any other kind: the ring's own
+                          (zigzag for causal masks, contiguous for general) */
     int W, overlap;
     cpa_mask mask;
     cpa_impl impl;
@@ -198,6 +200,7 @@ typedef struct cpa_algo_row {
     const char *name;
     const char *summary;          /* one line, for help texts */
     int uses_window, uses_ulysses_degree, uses_overlap;
+    int uses_balance;             /* --cp-load-balance documents applies */
     cpa_status (*validate)(const cpa_cp_config *c); /* the algorithm's own rules */
     cpa_split (*split)(const cpa_cp_config *c);
     /* What init allocates on one rank, and the floats of one saved state. */
@@ -208,8 +211,10 @@ typedef struct cpa_algo_row {
                          int64_t *Sk);
     /* Bytes one rank sends per forward and per backward (with saved state). */
     void (*volume)(const cpa_cp_config *c, double *fwd, double *bwd);
-    /* `comm` is the plan's (borrowed); the state may make sub-communicators. */
-    cpa_status (*init)(MPI_Comm comm, const cpa_cp_config *c, cpa_attn_ctx *ctx, void **state);
+    /* `comm` is the plan's (borrowed); the state may make sub-communicators.
+     * `split` is the row's split with a CHUNKS table filled in by the plan. */
+    cpa_status (*init)(MPI_Comm comm, const cpa_cp_config *c, cpa_split split, cpa_attn_ctx *ctx,
+                       void **state);
     void (*destroy)(void *state);
     /* saved: saved_floats(c) floats or NULL (keep nothing / rebuild). */
     cpa_status (*forward)(void *state, float *saved, cpa_tensor q, cpa_tensor k, cpa_tensor v,
@@ -230,6 +235,11 @@ static inline void cpa_stats_set(cpa_plan_stats *st, double wait_s, double bytes
     st->wait_s = wait_s, st->bytes_sent = bytes_sent;
     st->compute_s = compute_s, st->flops = flops;
 }
+
+/* The split of the rows that take --cp-load-balance (ring, all-gather):
+ * CHUNKS (its table to be filled by the plan) for DOCUMENTS, else zigzag
+ * for causal masks and contiguous for general ones. */
+cpa_split cpa_balanced_split(const cpa_cp_config *c);
 
 /* Rules shared by rows: the double ring's window (of `of` = R ranks). */
 cpa_status cpa_window_rule(int W, int R, const char *of);

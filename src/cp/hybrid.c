@@ -24,7 +24,7 @@ typedef struct hybrid_state {
 
 static cpa_split hybrid_split(const cpa_cp_config *c)
 {
-    cpa_split s = {CPA_SPLIT_CONTIGUOUS, c->cp_size, 1};
+    cpa_split s = {.kind = CPA_SPLIT_CONTIGUOUS, .P = c->cp_size, .U = 1};
     if (c->mask.kind == CPA_MASK_CAUSAL)
         s.kind = CPA_SPLIT_ZIGZAG, s.U = c->ulysses_degree;
     return s;
@@ -113,9 +113,10 @@ static void hybrid_destroy(void *state)
     cpa_free(h);
 }
 
-static cpa_status hybrid_init(MPI_Comm comm, const cpa_cp_config *c, cpa_attn_ctx *ctx,
-                              void **state)
+static cpa_status hybrid_init(MPI_Comm comm, const cpa_cp_config *c, cpa_split split,
+                              cpa_attn_ctx *ctx, void **state)
 {
+    (void)split; /* zigzag in U parts: the inner ring makes its own from the mask */
     hybrid_state *h = cpa_calloc(sizeof *h, "hybrid state");
     if (!h)
         return CPA_ERR_NOMEM;

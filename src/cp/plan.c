@@ -22,6 +22,7 @@ struct cpa_plan {
     cpa_attn_ctx *ctx;
     void *state;          /* the row's own */
     int64_t *cu_seqlens;  /* the plan's copy of cfg.mask.cu_seqlens (NULL: none) */
+    int32_t *chunk_of;    /* CHUNKS split: the plan's assignment (split.chunk_of) */
     int64_t saved_floats;
     uint64_t serial;      /* unique per plan of this process: ties saved states to it */
     cpa_status broken;    /* CPA_ERR_TIMEOUT once a call timed out: see check_usable */
@@ -73,6 +74,7 @@ cpa_status cpa_algo_describe(cpa_algo algo, cpa_algo_info *info)
     info->uses_window = e->uses_window;
     info->uses_ulysses_degree = e->uses_ulysses_degree;
     info->uses_overlap = e->uses_overlap;
+    info->uses_balance = e->uses_balance;
     return CPA_OK;
 }
 
@@ -108,6 +110,7 @@ cpa_status cpa_algo_parse(const char *name, cpa_algo *out)
 
 static int uses_window(const cpa_algo_row *e) { return e->uses_window; }
 static int uses_overlap(const cpa_algo_row *e) { return e->uses_overlap; }
+static int uses_balance(const cpa_algo_row *e) { return e->uses_balance; }
 static int uses_degree(const cpa_algo_row *e) { return e->uses_ulysses_degree; }
 
 static cpa_status validate(const cpa_cp_config *c, int world)
@@ -148,12 +151,42 @@ static cpa_status validate(const cpa_cp_config *c, int world)
     if (!e->uses_overlap && c->send_recv_overlap)
         return cpa_error(CPA_ERR_ARG, "--use-cp-send-recv-overlap applies to %s; %s has no ring "
                          "step to overlap", names_of(names, sizeof names, uses_overlap), e->name);
+    if (c->balance != CPA_BALANCE_ZIGZAG && c->balance != CPA_BALANCE_DOCUMENTS)
+        return cpa_error(CPA_ERR_ARG, "--cp-load-balance: unknown value %d", (int)c->balance);
+    if (!e->uses_balance && c->balance == CPA_BALANCE_DOCUMENTS)
+        return cpa_error(CPA_ERR_ARG, "--cp-load-balance documents applies to %s; %s balances "
+                         "by heads (every rank attends the whole sequence)",
+                         names_of(names, sizeof names, uses_balance), e->name);
     if (!e->uses_ulysses_degree && c->ulysses_degree > 1)
         return cpa_error(CPA_ERR_ARG, "--ulysses-degree-in-cp %d is only for %s (this run uses "
                          "%s)", c->ulysses_degree, names_of(names, sizeof names, uses_degree),
                          e->name);
     CPA_TRY(e->validate(c));
-    return cpa_split_check(e->split(c), c->seq_length);
+    const cpa_split sp = e->split(c);
+    if (sp.kind == CPA_SPLIT_CHUNKS) { /* its table comes at creation; the rule now */
+        if (c->seq_length % (2 * (int64_t)c->cp_size) != 0)
+            return cpa_error(CPA_ERR_ARG, "--seq-length %lld is not divisible by 2 x %d "
+                             "(--cp-load-balance documents assigns 2 or 4 chunks per rank: "
+                             "S %% (2P) == 0, or S %% (4P) == 0 for 4)",
+                             (long long)c->seq_length, c->cp_size);
+        return CPA_OK;
+    }
+    return cpa_split_check(sp, c->seq_length);
+}
+
+/* The split with its chunk table (CHUNKS), into plan->chunk_of. */
+static cpa_status plan_split(cpa_plan *plan)
+{
+    plan->split = plan->row->split(&plan->cfg);
+    if (plan->split.kind != CPA_SPLIT_CHUNKS)
+        return CPA_OK;
+    const int n = plan->P * plan->split.chunks_per_rank;
+    if (!(plan->chunk_of = cpa_malloc(sizeof(int32_t) * (size_t)n, "the chunk assignment")))
+        return CPA_ERR_NOMEM;
+    CPA_TRY(cpa_split_balance(plan->cfg.seq_length, plan->P, plan->split.chunks_per_rank,
+                              plan->cfg.mask, plan->chunk_of));
+    plan->split.chunk_of = plan->chunk_of;
+    return cpa_split_check(plan->split, plan->cfg.seq_length);
 }
 
 /* The configuration with its defaults filled in (v_head_dim). */
@@ -168,7 +201,7 @@ static cpa_cp_config resolved(const cpa_cp_config *c)
 /* The configuration as numbers with their flag names, to find a flag whose
  * value differs between ranks (a launcher or script bug that would
  * otherwise end in a hang or wrong results). */
-#define CONFIG_FIELDS 19
+#define CONFIG_FIELDS 20
 static void config_fields(const cpa_cp_config *c, long long v[CONFIG_FIELDS])
 {
     uint32_t scale_bits;
@@ -181,7 +214,8 @@ static void config_fields(const cpa_cp_config *c, long long v[CONFIG_FIELDS])
         (long long)(c->mask.cu_seqlens ? cpa_fnv1a64(CPA_FNV_OFFSET, c->mask.cu_seqlens,
                                                      sizeof(int64_t) *
                                                          (size_t)(c->mask.num_docs + 1))
-                                       : 0)};
+                                       : 0),
+        c->balance};
     memcpy(v, x, sizeof x);
 }
 
@@ -191,7 +225,7 @@ static const char *const config_flags[CONFIG_FIELDS] = {
     "--attention-mask-type", "--megatron-cp-in-bnsd (layout)", "--micro-batch-size",
     "--seq-length", "--num-attention-heads", "--num-query-groups", "--kv-channels",
     "--v-channels", "--softmax-scale", "the implementation (--reference)", "--sliding-window",
-    "the number of documents (cu_seqlens)", "cu_seqlens"};
+    "the number of documents (cu_seqlens)", "cu_seqlens", "--cp-load-balance"};
 
 static cpa_status check_same_everywhere(MPI_Comm comm, const cpa_cp_config *c)
 {
@@ -247,7 +281,6 @@ cpa_status cpa_plan_create(MPI_Comm comm, const cpa_cp_config *config, cpa_plan 
         plan->comm = MPI_COMM_NULL;
         plan->rank = rank;
         plan->P = world;
-        plan->split = plan->row->split(&plan->cfg);
         plan->Sl = config->seq_length / world;
         plan->saved_floats = plan->row->saved_floats(&plan->cfg);
         static uint64_t next_serial; /* plans are made by one thread at a time (MPI calls) */
@@ -264,6 +297,9 @@ cpa_status cpa_plan_create(MPI_Comm comm, const cpa_cp_config *config, cpa_plan 
         }
     }
     if (s == CPA_OK) {
+        s = plan_split(plan);
+    }
+    if (s == CPA_OK) {
         int64_t dmax = plan->cfg.head_dim > plan->cfg.v_head_dim ? plan->cfg.head_dim
                                                                   : plan->cfg.v_head_dim;
         cpa_attn_ctx_config kc = {dmax, config->num_threads, config->isa};
@@ -275,7 +311,7 @@ cpa_status cpa_plan_create(MPI_Comm comm, const cpa_cp_config *config, cpa_plan 
             s = cpa_attn_ctx_reserve_for(plan->ctx, plan->cfg.batch, H, G, Sq, Sk);
     }
     if (s == CPA_OK)
-        s = plan->row->init(plan->comm, &plan->cfg, plan->ctx, &plan->state);
+        s = plan->row->init(plan->comm, &plan->cfg, plan->split, plan->ctx, &plan->state);
     /* Allocation can fail on one rank only: agree before anyone proceeds. */
     cpa_status all = agree(comm, s);
     if (all != CPA_OK) {
@@ -294,6 +330,7 @@ void cpa_plan_destroy(cpa_plan *plan)
         plan->row->destroy(plan->state);
     cpa_attn_ctx_destroy(plan->ctx);
     cpa_free(plan->cu_seqlens);
+    cpa_free(plan->chunk_of);
     if (plan->comm != MPI_COMM_NULL)
         MPI_Comm_free(&plan->comm);
     cpa_free(plan);
@@ -474,6 +511,9 @@ int64_t cpa_plan_memory_bytes(const cpa_cp_config *c)
     e->kernel_shape(&cfg, &H, &G, &Sq, &Sk);
     return (int64_t)sizeof(cpa_plan) + e->state_bytes(&cfg) +
            (cfg.mask.cu_seqlens ? (int64_t)sizeof(int64_t) * (cfg.mask.num_docs + 1) : 0) +
+           /* a chunk table, and cpa_split_balance's scratch while it is made */
+           (int64_t)(sizeof(int32_t) + 16) * cfg.cp_size * CPA_SPLIT_MAX_PIECES +
+           (int64_t)(sizeof(double) + sizeof(int)) * cfg.cp_size +
            cpa_attn_ctx_bytes(dmax, cfg.num_threads, cfg.isa, cfg.batch, H, G, Sq, Sk);
 }
 

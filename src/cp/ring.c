@@ -69,9 +69,14 @@ cpa_status cpa_ring_init(cpa_ring *g, MPI_Comm comm, const cpa_ring_shape *sh, c
     g->I = g->R / g->W;
     g->w = g->idx / g->W;
     g->p = g->idx % g->W;
-    g->split.kind = sh->mask.kind == CPA_MASK_CAUSAL ? CPA_SPLIT_ZIGZAG : CPA_SPLIT_CONTIGUOUS;
-    g->split.P = g->R;
-    g->split.U = 1;
+    if (sh->split.kind == CPA_SPLIT_CHUNKS) {
+        g->split = sh->split;
+    } else {
+        memset(&g->split, 0, sizeof g->split);
+        g->split.kind = sh->mask.kind == CPA_MASK_CAUSAL ? CPA_SPLIT_ZIGZAG : CPA_SPLIT_CONTIGUOUS;
+        g->split.P = g->R;
+        g->split.U = 1;
+    }
     g->S = sh->S, g->B = sh->B, g->H = sh->H, g->G = sh->G, g->Dqk = sh->Dqk, g->Dv = sh->Dv;
     g->Sl = sh->S / g->R;
     g->layout = sh->layout;
@@ -135,7 +140,7 @@ static cpa_tensor v_view(const cpa_ring *g, float *buf)
 /* The attention block "my queries x the keys of owner k" per the table of
  * ALGORITHMS.md §2.  qp/kp receive the pieces the descriptor points to. */
 static void block_desc(const cpa_ring *g, int k, cpa_tensor q, float *kvbuf, cpa_attn_desc *d,
-                       cpa_piece qp[2], cpa_piece kp[2])
+                       cpa_piece qp[CPA_SPLIT_MAX_PIECES], cpa_piece kp[CPA_SPLIT_MAX_PIECES])
 {
     int nq, nk;
     cpa_split_pieces(g->split, g->S, g->idx, qp, &nq);
@@ -153,9 +158,11 @@ static void block_desc(const cpa_ring *g, int k, cpa_tensor q, float *kvbuf, cpa
      * queries need no causal test: "general" inside the document and the
      * window is the same there). */
     d->mask = g->mask;
-    d->mask.kind = CPA_MASK_NONE;
     d->progress = cpa_xfer_progress;
     d->progress_arg = (void *)&g->xfer;
+    if (g->split.kind == CPA_SPLIT_CHUNKS)
+        return; /* any assignment: every piece, the whole mask, the kernel skips tiles */
+    d->mask.kind = CPA_MASK_NONE;
     if (g->mask.kind != CPA_MASK_CAUSAL)
         return;
     if (k == g->idx)
@@ -222,7 +229,7 @@ static cpa_status forward_block(cpa_ring *g, int owner, float *kvbuf, int first,
                                 cpa_tensor out, cpa_tensor lse)
 {
     cpa_attn_desc d;
-    cpa_piece qp[2], kp[2];
+    cpa_piece qp[CPA_SPLIT_MAX_PIECES], kp[CPA_SPLIT_MAX_PIECES];
     block_desc(g, owner, q, kvbuf, &d, qp, kp);
     if (first) /* the own block covers every local row */
         return timed_forward(g, &d, out, lse);
@@ -242,7 +249,7 @@ cpa_status cpa_ring_forward(cpa_ring *g, cpa_tensor q, cpa_tensor k, cpa_tensor 
     g->compute_s = g->flops = 0.0;
     if (g->R == 1) { /* one block, the caller's own K/V */
         cpa_attn_desc d;
-        cpa_piece qp[2], kp[2];
+        cpa_piece qp[CPA_SPLIT_MAX_PIECES], kp[CPA_SPLIT_MAX_PIECES];
         block_desc(g, 0, q, k.data, &d, qp, kp); /* views replaced below */
         d.k = k, d.v = v;
         return timed_forward(g, &d, out, lse);
@@ -310,7 +317,7 @@ cpa_status cpa_ring_backward(cpa_ring *g, cpa_tensor q, cpa_tensor k, cpa_tensor
     int h = -1;
     if (g->R == 1) { /* one block: gradients straight into the caller's */
         cpa_attn_desc d;
-        cpa_piece qp[2], kp[2];
+        cpa_piece qp[CPA_SPLIT_MAX_PIECES], kp[CPA_SPLIT_MAX_PIECES];
         block_desc(g, 0, q, k.data, &d, qp, kp); /* views replaced below */
         d.k = k, d.v = v;
         cpa_tensor_zero(dq), cpa_tensor_zero(dk), cpa_tensor_zero(dv);
@@ -357,7 +364,7 @@ cpa_status cpa_ring_backward(cpa_ring *g, cpa_tensor q, cpa_tensor k, cpa_tensor
             float *blk = step == 0 ? g->dkv[acc] : g->dkv[0];
             memset(blk, 0, sizeof(float) * (size_t)g->kv_floats);
             cpa_attn_desc d;
-            cpa_piece qp[2], kp[2];
+            cpa_piece qp[CPA_SPLIT_MAX_PIECES], kp[CPA_SPLIT_MAX_PIECES];
             block_desc(g, cpa_dring_block(W, I, w, p, j, i, 1), q, g->kv[cur], &d, qp, kp);
             const double flops = cpa_attn_forward_flops(&d);
             double t0 = cpa_wtime();
@@ -418,11 +425,22 @@ cpa_status cpa_window_rule(int W, int R, const char *of)
     return CPA_OK;
 }
 
+cpa_split cpa_balanced_split(const cpa_cp_config *c)
+{
+    cpa_split s;
+    memset(&s, 0, sizeof s);
+    s.P = c->cp_size, s.U = 1;
+    s.kind = c->mask.kind == CPA_MASK_CAUSAL ? CPA_SPLIT_ZIGZAG : CPA_SPLIT_CONTIGUOUS;
+    if (c->balance == CPA_BALANCE_DOCUMENTS) {
+        s.kind = CPA_SPLIT_CHUNKS;
+        s.chunks_per_rank = c->seq_length % (4 * (int64_t)c->cp_size) == 0 ? 4 : 2;
+    }
+    return s;
+}
+
 static cpa_split ring_split(const cpa_cp_config *c)
 {
-    cpa_split s = {c->mask.kind == CPA_MASK_CAUSAL ? CPA_SPLIT_ZIGZAG : CPA_SPLIT_CONTIGUOUS,
-                   c->cp_size, 1};
-    return s;
+    return cpa_balanced_split(c);
 }
 
 static cpa_status ring_validate(const cpa_cp_config *c)
@@ -472,14 +490,15 @@ static void ring_volume(const cpa_cp_config *c, double *fwd, double *bwd)
     cpa_ring_volume(&sh, c->cp_size, fwd, bwd);
 }
 
-static cpa_status ring_row_init(MPI_Comm comm, const cpa_cp_config *c, cpa_attn_ctx *ctx,
-                                void **state)
+static cpa_status ring_row_init(MPI_Comm comm, const cpa_cp_config *c, cpa_split split,
+                                cpa_attn_ctx *ctx, void **state)
 {
     cpa_ring *g = cpa_calloc(sizeof *g, "ring state");
     if (!g)
         return CPA_ERR_NOMEM;
     *state = g;
     cpa_ring_shape sh = ring_shape(c);
+    sh.split = split;
     return cpa_ring_init(g, comm, &sh, ctx);
 }
 
@@ -522,6 +541,7 @@ const cpa_algo_row cpa_ring_row = {
                "zigzag rows; --cp-window-size W > 1 is the double ring",
     .uses_window = 1,
     .uses_overlap = 1,
+    .uses_balance = 1,
     .validate = ring_validate,
     .split = ring_split,
     .state_bytes = ring_state_bytes,

@@ -4,17 +4,24 @@
  * contiguous cut into U Ulysses parts for the hybrid), the global positions
  * of each rank's rows, and copies between global and local tensors.
  *
- * Everything derives from cpa_split_pieces: a rank's local rows are one or
- * two pieces {row, len, pos}.  The kernels take the same pieces, so what a
+ * The third kind, CHUNKS, is any assignment of P*cpr equal chunks to the
+ * ranks (cpr each); cpa_split_balance chooses one from the documents of a
+ * mask so that every rank sees about the same number of visible pairs.
+ *
+ * Everything derives from cpa_split_pieces: a rank's local rows are one to
+ * eight pieces {row, len, pos}.  The kernels take the same pieces, so what a
  * rank holds and what it computes can never disagree.
  */
 #include "internal.h"
+#include "kernel_internal.h" /* cpa_mask_range */
 
+#include <stdlib.h>
 #include <string.h>
 
 cpa_status cpa_split_check(cpa_split split, int64_t S)
 {
-    if (split.kind != CPA_SPLIT_CONTIGUOUS && split.kind != CPA_SPLIT_ZIGZAG)
+    if (split.kind != CPA_SPLIT_CONTIGUOUS && split.kind != CPA_SPLIT_ZIGZAG &&
+        split.kind != CPA_SPLIT_CHUNKS)
         return cpa_error(CPA_ERR_ARG, "unknown split kind %d", (int)split.kind);
     if (split.P < 1)
         return cpa_error(CPA_ERR_ARG, "split over %d ranks: need at least 1", split.P);
@@ -28,6 +35,34 @@ cpa_status cpa_split_check(cpa_split split, int64_t S)
         return cpa_error(CPA_ERR_ARG,
                          "--seq-length %lld is not divisible by the %d context-parallel ranks "
                          "(the contiguous split needs S %% P == 0)", (long long)S, split.P);
+    if (split.kind == CPA_SPLIT_CHUNKS) {
+        const int cpr = split.chunks_per_rank;
+        if (cpr < 1 || cpr > CPA_SPLIT_MAX_PIECES || !split.chunk_of)
+            return cpa_error(CPA_ERR_ARG, "chunk split: %d chunks per rank (1..%d) and a chunk "
+                             "table are needed", cpr, CPA_SPLIT_MAX_PIECES);
+        if (S % ((int64_t)split.P * cpr) != 0)
+            return cpa_error(CPA_ERR_ARG, "--seq-length %lld is not divisible by %d x %d (the "
+                             "document-balanced split cuts the sequence into %d chunks per rank)",
+                             (long long)S, split.P, cpr, cpr);
+        const int n = split.P * cpr;
+        char *seen = calloc((size_t)n, 1);
+        if (!seen)
+            return cpa_error(CPA_ERR_NOMEM, "chunk split: out of memory");
+        int bad = -1;
+        for (int i = 0; i < n && bad < 0; ++i) {
+            const int32_t c = split.chunk_of[i];
+            if (c < 0 || c >= n || seen[c] || (i % cpr && c <= split.chunk_of[i - 1]))
+                bad = i;
+            else
+                seen[c] = 1;
+        }
+        free(seen);
+        if (bad >= 0)
+            return cpa_error(CPA_ERR_ARG, "chunk split: entry %d (%d) of the table: every chunk "
+                             "0..%d must appear once, each rank's in ascending order", bad,
+                             (int)split.chunk_of[bad], n - 1);
+        return CPA_OK;
+    }
     if (split.kind == CPA_SPLIT_ZIGZAG && S % (2 * (int64_t)split.P) != 0)
         return cpa_error(CPA_ERR_ARG,
                          "--seq-length %lld is not divisible by 2 x %d (the causal zigzag split "
@@ -48,6 +83,20 @@ cpa_status cpa_split_pieces(cpa_split split, int64_t S, int r, cpa_piece *pieces
     if (split.kind == CPA_SPLIT_CONTIGUOUS) {
         pieces[0] = (cpa_piece){0, local, (int64_t)r * local};
         *count = 1;
+        return CPA_OK;
+    }
+    if (split.kind == CPA_SPLIT_CHUNKS) { /* adjacent chunks make one piece */
+        const int cpr = split.chunks_per_rank;
+        const int64_t len = local / cpr;
+        int n = 0;
+        for (int i = 0; i < cpr; ++i) {
+            const int64_t pos = (int64_t)split.chunk_of[r * cpr + i] * len;
+            if (n && pieces[n - 1].pos + pieces[n - 1].len == pos)
+                pieces[n - 1].len += len;
+            else
+                pieces[n++] = (cpa_piece){i * len, len, pos};
+        }
+        *count = n;
         return CPA_OK;
     }
     /* Zigzag over R ring ranks, then part u of the ring rank's 2c tokens. */
@@ -126,4 +175,91 @@ cpa_status cpa_shard(cpa_split split, int r, cpa_tensor global, cpa_tensor local
 cpa_status cpa_unshard(cpa_split split, int r, cpa_tensor local, cpa_tensor global)
 {
     return copy_rows(split, r, global, local, 0);
+}
+
+/* ---- document-aware balance ------------------------------------------------ */
+
+/* Visible keys of the queries at positions [a, b) against 0..S-1. */
+static double visible_keys(cpa_mask m, int64_t S, int64_t a, int64_t b)
+{
+    double pairs = 0.0;
+    for (int64_t p = a; p < b; ++p) {
+        int64_t lo, hi;
+        cpa_mask_range(m, p, &lo, &hi);
+        lo = lo < 0 ? 0 : lo;
+        hi = hi > S - 1 ? S - 1 : hi;
+        if (hi >= lo)
+            pairs += (double)(hi - lo + 1);
+    }
+    return pairs;
+}
+
+typedef struct chunk_cost {
+    double cost;
+    int32_t chunk;
+} chunk_cost;
+
+static int by_cost_desc(const void *a, const void *b)
+{
+    const chunk_cost *x = a, *y = b;
+    if (x->cost != y->cost)
+        return x->cost < y->cost ? 1 : -1;
+    return x->chunk - y->chunk; /* deterministic: every rank computes the same table */
+}
+
+static int by_value(const void *a, const void *b)
+{
+    return *(const int32_t *)a - *(const int32_t *)b;
+}
+
+cpa_status cpa_split_balance(int64_t S, int P, int cpr, cpa_mask mask, int32_t *chunk_of)
+{
+    if (P < 1 || cpr < 1 || cpr > CPA_SPLIT_MAX_PIECES || !chunk_of ||
+        S % ((int64_t)P * cpr) != 0)
+        return cpa_error(CPA_ERR_ARG, "cpa_split_balance: S %lld, P %d, %d chunks per rank: "
+                         "need P >= 1, 1 <= cpr <= %d and S %% (P*cpr) == 0", (long long)S, P,
+                         cpr, CPA_SPLIT_MAX_PIECES);
+    CPA_TRY(cpa_mask_check(mask, S));
+    const int n = P * cpr;
+    const int64_t len = S / n;
+    chunk_cost *cc = cpa_malloc(sizeof *cc * (size_t)n, "chunk costs");
+    double *load = cpa_calloc(sizeof *load * (size_t)P, "rank loads");
+    int *fill = cpa_calloc(sizeof *fill * (size_t)P, "rank fills");
+    if (!cc || !load || !fill) {
+        cpa_free(cc), cpa_free(load), cpa_free(fill);
+        return CPA_ERR_NOMEM;
+    }
+    for (int c = 0; c < n; ++c)
+        cc[c] = (chunk_cost){visible_keys(mask, S, c * len, (c + 1) * len), c};
+    qsort(cc, (size_t)n, sizeof *cc, by_cost_desc);
+    for (int i = 0; i < n; ++i) {
+        int best = -1;
+        for (int r = 0; r < P; ++r) /* the least loaded rank with room; ties: lowest rank */
+            if (fill[r] < cpr && (best < 0 || load[r] < load[best]))
+                best = r;
+        chunk_of[best * cpr + fill[best]++] = cc[i].chunk;
+        load[best] += cc[i].cost;
+    }
+    for (int r = 0; r < P; ++r)
+        qsort(chunk_of + r * cpr, (size_t)cpr, sizeof *chunk_of, by_value);
+    cpa_free(cc), cpa_free(load), cpa_free(fill);
+    return CPA_OK;
+}
+
+double cpa_split_imbalance(cpa_split split, int64_t S, cpa_mask mask)
+{
+    if (cpa_split_check(split, S) != CPA_OK || cpa_mask_check(mask, S) != CPA_OK)
+        return -1.0;
+    double mx = 0.0, sum = 0.0;
+    for (int r = 0; r < split.P; ++r) {
+        cpa_piece pc[CPA_SPLIT_MAX_PIECES];
+        int np = 0;
+        cpa_split_pieces(split, S, r, pc, &np);
+        double pairs = 0.0;
+        for (int i = 0; i < np; ++i)
+            pairs += visible_keys(mask, S, pc[i].pos, pc[i].pos + pc[i].len);
+        mx = pairs > mx ? pairs : mx;
+        sum += pairs;
+    }
+    return sum > 0 ? mx / (sum / split.P) : 1.0;
 }

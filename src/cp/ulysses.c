@@ -363,7 +363,7 @@ void cpa_ulysses_stats(const cpa_ulysses *x, cpa_plan_stats *st)
 
 static cpa_split ulysses_split(const cpa_cp_config *c)
 {
-    cpa_split s = {CPA_SPLIT_CONTIGUOUS, c->cp_size, 1};
+    cpa_split s = {.kind = CPA_SPLIT_CONTIGUOUS, .P = c->cp_size, .U = 1};
     return s;
 }
 
@@ -415,9 +415,10 @@ static void ulysses_volume(const cpa_cp_config *c, double *fwd, double *bwd)
     cpa_ulysses_volume(&sh, c->cp_size, fwd, bwd);
 }
 
-static cpa_status ulysses_row_init(MPI_Comm comm, const cpa_cp_config *c, cpa_attn_ctx *ctx,
-                                   void **state)
+static cpa_status ulysses_row_init(MPI_Comm comm, const cpa_cp_config *c, cpa_split split,
+                                   cpa_attn_ctx *ctx, void **state)
 {
+    (void)split; /* contiguous: the all-to-all's order */
     cpa_ulysses *x = cpa_calloc(sizeof *x, "Ulysses state");
     if (!x)
         return CPA_ERR_NOMEM;

@@ -235,6 +235,21 @@ check_case "hybrid P=4 U=2 window 5" 4 --context-parallel-algo hybrid_cp_algo \
 check_case "allgather P=3 documents + window 200" 3 $AG --seq-length 96 $DOCS --sliding-window 200
 expect_usage "bad cu_seqlens on 3 ranks" 3 "cu_seqlens: ends at 90" \
     attn --context-parallel-size 3 $RING --seq-length 96 --cu-seqlens 0,40,90
+# The document-aware assignment (--cp-load-balance documents): exact for the
+# ring, the double ring and the all-gather, reported in the --iters table,
+# refused for the rows that balance by heads.
+LONG="--cu-seqlens 0,60,64,70,80,96"
+check_case "ring P=4 documents balance" 4 $RING --seq-length 96 $LONG --cp-load-balance documents
+check_case "double ring P=4 W=2 documents balance, window 9" 4 $RING --cp-window-size 2 \
+    --seq-length 96 $LONG --cp-load-balance documents --sliding-window 9
+check_case "allgather P=3 documents balance general" 3 $AG --seq-length 96 $LONG \
+    --cp-load-balance documents --attention-mask-type general
+expect_ok "documents balance in the --iters table" 4 \
+    "^imbalance \(max/mean rank visible pairs\) zigzag [0-9.]+ documents 1\.0[0-9]+$" \
+    attn --context-parallel-size 4 $RING --seq-length 1024 --cp-load-balance documents \
+    --cu-seqlens 0,600,610,640,700,720,800,830,900,1000,1024 --iters 1 --warmup 0 --forward-only
+expect_usage "documents balance with ulysses" 2 "--cp-load-balance documents applies to" \
+    attn --context-parallel-size 2 --seq-length 64 --cp-load-balance documents
 
 expect_usage "ulysses H % (TP*P) (H=6, P=4)" 4 "--num-attention-heads 6" \
     attn --context-parallel-size 4 --seq-length 96 --num-attention-heads 6 --num-query-groups 2

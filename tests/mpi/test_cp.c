@@ -12,7 +12,8 @@
  *       ring window W for rows that use it), causal and general, each also
  *       with packed documents (cu_seqlens: a document of length 1, edges on
  *       shard and chunk edges, documents spanning several shards, many short
- *       ones) and/or a sliding window (shorter than a shard, longer than S);
+ *       ones) and/or a sliding window (shorter than a shard, longer than S),
+ *       the rows that take it also with the document-aware assignment;
  *       shapes
  *       rotate over the layouts, GQA (G = H, 2, 1), D 64/80, Dv != D, and
  *       overlap on/off; each case twice: with a saved state (the forward
@@ -173,11 +174,12 @@ static void run_case(const cpa_cp_config *cfg, const char *label)
 
 static void label_of(const cpa_cp_config *c, char *buf, size_t cap)
 {
-    snprintf(buf, cap, "P=%d %s U=%d W=%d overlap=%d %s docs=%lld window=%lld B=%lld S=%lld "
+    snprintf(buf, cap, "P=%d %s U=%d W=%d overlap=%d %s docs=%lld window=%lld%s B=%lld S=%lld "
              "H=%lld G=%lld D=%lld Dv=%lld %s %s", c->cp_size, cpa_algo_name(c->algo),
              c->ulysses_degree, c->window, c->send_recv_overlap,
              c->mask.kind == CPA_MASK_CAUSAL ? "causal" : "general", (long long)c->mask.num_docs,
              (long long)c->mask.window,
+             c->balance == CPA_BALANCE_DOCUMENTS ? " balance=documents" : "",
              (long long)c->batch, (long long)c->seq_length, (long long)c->num_heads,
              (long long)c->num_kv_heads, (long long)c->head_dim, (long long)c->v_head_dim,
              cpa_layout_name(c->layout), c->impl == CPA_IMPL_REFERENCE ? "reference" : "fast");
@@ -216,6 +218,9 @@ static void run_matrix(void)
                             c.mask.cu_seqlens = docs[v % 2], c.mask.num_docs = ndocs[v % 2];
                         if (v % 3 != 0)
                             c.mask.window = windows[v % 3];
+                        /* Rows that take it: the document-aware assignment. */
+                        if (info.uses_balance && v % 2 == 0)
+                            c.balance = CPA_BALANCE_DOCUMENTS;
                     }
                     c.layout = (cpa_layout)(n % 3);
                     /* Heads: Ulysses scatters H over P (hybrid over U). */

@@ -142,7 +142,7 @@ static void save_reference(const char *ref, float *g, int ndim, const int64_t *s
 static cpa_rows split_rows(cpa_split_kind kind, int64_t S, cpa_piece *p)
 {
     int n = 0;
-    cpa_split sp = {kind, P_, 1};
+    cpa_split sp = {.kind = kind, .P = P_, .U = 1};
     CHECK_OK(cpa_split_pieces(sp, S, rank_, p, &n));
     return (cpa_rows){p, n};
 }

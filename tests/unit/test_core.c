@@ -144,8 +144,9 @@ static void test_digest_rows(void)
     cpa_tensor w = cpa_tensor_attn(whole, CPA_LAYOUT_BSHD, B, S, N, D);
     cpa_tensor_fill_uniform(w, 3, 1, S, 0);
     const uint64_t want = cpa_tensor_digest_rows(w, S, (cpa_rows){NULL, 0});
-    const cpa_split splits[] = {{CPA_SPLIT_CONTIGUOUS, 3, 1}, {CPA_SPLIT_ZIGZAG, 4, 1},
-                                {CPA_SPLIT_ZIGZAG, 6, 2}};
+    const cpa_split splits[] = {{.kind = CPA_SPLIT_CONTIGUOUS, .P = 3, .U = 1},
+                                {.kind = CPA_SPLIT_ZIGZAG, .P = 4, .U = 1},
+                                {.kind = CPA_SPLIT_ZIGZAG, .P = 6, .U = 2}};
     for (size_t i = 0; i < sizeof splits / sizeof splits[0]; ++i)
         for (int lay = 0; lay < 3; ++lay) {
             uint64_t sum = 0;
