@@ -17,6 +17,8 @@
 typedef struct cpa_ring {
     MPI_Comm comm[2];        /* comm[1] == comm[0] unless send/recv overlap: see ring.c */
     int R, W, I, idx, w, p;  /* ring size, window, windows, my index = w*W + p */
+    int rounds;              /* rounds run: I, or fewer when a causal sliding window
+                                needs only the nearest blocks (see ring.c) */
     cpa_split split;
     int64_t S, B, Sl, H, G, Dqk, Dv; /* Sl = S / R local rows */
     cpa_layout layout;

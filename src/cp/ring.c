@@ -25,6 +25,15 @@
  * rank that processes the block next, and received back just before it is
  * needed, so the transfer hides behind the next step's compute.
  *
+ * Sliding windows.  With a causal window of N positions over a contiguous
+ * split of the plain ring (the ring row picks contiguous when a window is
+ * set: every query then sees at most N keys, so the split is balanced
+ * anyway), rank r needs only blocks r, r-1, ..., r-T+1, T = (Sl+N-2)/Sl + 1:
+ * the ring runs T rounds instead of R, the backward's first fetch comes from
+ * rank r-T+1 directly, and a rank sends T-1 blocks forward and 2T-1
+ * backward instead of R-1 and 2R-1 — communication proportional to the
+ * window, not to S.
+ *
  * --use-cp-send-recv-overlap.  A message travels on the communicator picked
  * by the parity of the SENDER's position in its ring; the receiver, knowing
  * its source, picks the same one.  So a rank's send and its receive of a
@@ -49,6 +58,17 @@ enum { TAG_KV_INNER = 11, TAG_KV_OUTER = 12, TAG_DKV_INTRA = 13, TAG_DKV_INTER =
  * reserved for the outer send while the inner receives alternate). */
 static int kv_buffers(int W) { return W == 1 ? 2 : W == 2 ? 3 : 4; }
 
+/* Rounds of a ring of R ranks (see the top of the file). */
+static int ring_rounds(const cpa_ring_shape *sh, int R)
+{
+    const int I = R / sh->W;
+    if (sh->W != 1 || sh->split.P == 0 || sh->split.kind != CPA_SPLIT_CONTIGUOUS ||
+        sh->mask.kind != CPA_MASK_CAUSAL || sh->mask.window <= 0)
+        return I;
+    const int64_t Sl = sh->S / R, T = (Sl + sh->mask.window - 2) / Sl + 1;
+    return T < I ? (int)T : I;
+}
+
 int64_t cpa_ring_bytes(const cpa_ring_shape *sh, int R)
 {
     if (R == 1) /* one rank: the kernel on the caller's tensors, no buffers */
@@ -69,7 +89,7 @@ cpa_status cpa_ring_init(cpa_ring *g, MPI_Comm comm, const cpa_ring_shape *sh, c
     g->I = g->R / g->W;
     g->w = g->idx / g->W;
     g->p = g->idx % g->W;
-    if (sh->split.kind == CPA_SPLIT_CHUNKS) {
+    if (sh->split.P > 0) { /* the ring row's own choice */
         g->split = sh->split;
     } else {
         memset(&g->split, 0, sizeof g->split);
@@ -79,6 +99,7 @@ cpa_status cpa_ring_init(cpa_ring *g, MPI_Comm comm, const cpa_ring_shape *sh, c
     }
     g->S = sh->S, g->B = sh->B, g->H = sh->H, g->G = sh->G, g->Dqk = sh->Dqk, g->Dv = sh->Dv;
     g->Sl = sh->S / g->R;
+    g->rounds = ring_rounds(sh, g->R);
     g->layout = sh->layout;
     g->mask = sh->mask;
     g->impl = sh->impl;
@@ -160,8 +181,9 @@ static void block_desc(const cpa_ring *g, int k, cpa_tensor q, float *kvbuf, cpa
     d->mask = g->mask;
     d->progress = cpa_xfer_progress;
     d->progress_arg = (void *)&g->xfer;
-    if (g->split.kind == CPA_SPLIT_CHUNKS)
-        return; /* any assignment: every piece, the whole mask, the kernel skips tiles */
+    if (g->split.kind != CPA_SPLIT_ZIGZAG)
+        return; /* contiguous or any assignment: every piece, the whole mask (the kernel
+                   skips what is masked) */
     d->mask.kind = CPA_MASK_NONE;
     if (g->mask.kind != CPA_MASK_CAUSAL)
         return;
@@ -256,13 +278,13 @@ cpa_status cpa_ring_forward(cpa_ring *g, cpa_tensor q, cpa_tensor k, cpa_tensor 
     }
     cpa_tensor_copy(k_view(g, g->kv[0]), k);
     cpa_tensor_copy(v_view(g, g->kv[0]), v);
-    const int W = g->W, I = g->I, w = g->w, p = g->p;
+    const int W = g->W, I = g->I, w = g->w, p = g->p, J = g->rounds;
     const cpa_dring_peers pr = cpa_dring_peers_of(W, I, w, p, 0);
     int cur = 0, first = 1;
     cpa_status s = CPA_OK;
-    for (int j = 0; j < I && s == CPA_OK; ++j) {
+    for (int j = 0; j < J && s == CPA_OK; ++j) {
         int round_send = cur, round_recv = -1, ho = -1;
-        if (j < I - 1) { /* outer ring: same position, next window */
+        if (j < J - 1) { /* outer ring: same position, next window */
             round_recv = free_buffer(g, cur, -1, -1);
             s = post(g, g->kv[cur], pr.outer_to, w, g->kv[round_recv], pr.outer_from,
                      (w - 1 + I) % I, TAG_KV_OUTER, &ho);
@@ -311,8 +333,12 @@ cpa_status cpa_ring_backward(cpa_ring *g, cpa_tensor q, cpa_tensor k, cpa_tensor
 {
     cpa_xfer_reset_counters(&g->xfer);
     g->compute_s = g->flops = 0.0;
-    const int W = g->W, I = g->I, w = g->w, p = g->p, steps = g->R;
-    const cpa_dring_peers pr = cpa_dring_peers_of(W, I, w, p, 1);
+    const int W = g->W, I = g->I, w = g->w, p = g->p, J = g->rounds, steps = J * W;
+    cpa_dring_peers pr = cpa_dring_peers_of(W, I, w, p, 1);
+    if (J < I) { /* truncated (W = 1): the first block is rank w-J+1's, mine goes to w+J-1 */
+        pr.shift_from = (w - J + 1 + I) % I;
+        pr.shift_to = (w + J - 1) % I;
+    }
     cpa_status s = CPA_OK;
     int h = -1;
     if (g->R == 1) { /* one block: gradients straight into the caller's */
@@ -333,8 +359,10 @@ cpa_status cpa_ring_backward(cpa_ring *g, cpa_tensor q, cpa_tensor k, cpa_tensor
     cpa_tensor_copy(v_view(g, g->kv[1]), v);
     if (steps > 1) {
         say_step(g, "backward", 0);
-        CPA_TRY(post(g, g->kv[1], pr.shift_to, w, g->kv[0], pr.shift_from, (w + 1) % I,
-                     TAG_SHIFT, &h));
+        /* the sender's window picks the communicator (W = 1 when truncated) */
+        const int from_w = J < I ? pr.shift_from : (w + 1) % I;
+        CPA_TRY(post(g, g->kv[1], pr.shift_to, w, g->kv[0], pr.shift_from, from_w, TAG_SHIFT,
+                     &h));
         CPA_TRY(cpa_xfer_wait(&g->xfer, h));
     } else {
         memcpy(g->kv[0], g->kv[1], sizeof(float) * (size_t)g->kv_floats);
@@ -342,9 +370,9 @@ cpa_status cpa_ring_backward(cpa_ring *g, cpa_tensor q, cpa_tensor k, cpa_tensor
     cpa_tensor_zero(dq);
 
     int cur = 0, acc = 1, step = 0, hd = -1; /* hd: the dKV transfer in flight */
-    for (int j = 0; j < I && s == CPA_OK; ++j) {
+    for (int j = 0; j < J && s == CPA_OK; ++j) {
         int round_send = cur, round_recv = -1, ho = -1;
-        if (j < I - 1) { /* outer KV ring, reversed: to the previous window */
+        if (j < J - 1) { /* outer KV ring, reversed: to the previous window */
             round_recv = free_buffer(g, cur, -1, -1);
             s = post(g, g->kv[cur], pr.outer_to, w, g->kv[round_recv], pr.outer_from,
                      (w + 1) % I, TAG_KV_OUTER, &ho);
@@ -365,7 +393,9 @@ cpa_status cpa_ring_backward(cpa_ring *g, cpa_tensor q, cpa_tensor k, cpa_tensor
             memset(blk, 0, sizeof(float) * (size_t)g->kv_floats);
             cpa_attn_desc d;
             cpa_piece qp[CPA_SPLIT_MAX_PIECES], kp[CPA_SPLIT_MAX_PIECES];
-            block_desc(g, cpa_dring_block(W, I, w, p, j, i, 1), q, g->kv[cur], &d, qp, kp);
+            const int owner = J < I ? (w - J + 1 + j + I) % I /* truncated, W = 1 */
+                                    : cpa_dring_block(W, I, w, p, j, i, 1);
+            block_desc(g, owner, q, g->kv[cur], &d, qp, kp);
             const double flops = cpa_attn_forward_flops(&d);
             double t0 = cpa_wtime();
             if (flops > 0.0) /* else no visible pair: the block adds nothing */
@@ -431,6 +461,11 @@ cpa_split cpa_balanced_split(const cpa_cp_config *c)
     memset(&s, 0, sizeof s);
     s.P = c->cp_size, s.U = 1;
     s.kind = c->mask.kind == CPA_MASK_CAUSAL ? CPA_SPLIT_ZIGZAG : CPA_SPLIT_CONTIGUOUS;
+    /* A causal window makes every query see at most N keys: the contiguous
+     * split is balanced, and lets the plain ring stop at the window. */
+    if (c->mask.kind == CPA_MASK_CAUSAL && c->mask.window > 0 && c->window == 1 &&
+        c->algo == CPA_ALGO_RING)
+        s.kind = CPA_SPLIT_CONTIGUOUS;
     if (c->balance == CPA_BALANCE_DOCUMENTS) {
         s.kind = CPA_SPLIT_CHUNKS;
         s.chunks_per_rank = c->seq_length % (4 * (int64_t)c->cp_size) == 0 ? 4 : 2;
@@ -477,16 +512,19 @@ static void ring_kernel_shape(const cpa_cp_config *c, int64_t *H, int64_t *G, in
 
 void cpa_ring_volume(const cpa_ring_shape *sh, int R, double *fwd, double *bwd)
 {
-    /* Forward: R-1 K/V blocks in; backward: the first block's fetch, R-1
-     * K/V blocks and R-1 dK/dV accumulators (ring.c's schedule). */
+    /* Forward: T-1 K/V blocks in; backward: the first block's fetch, T-1
+     * K/V blocks and T-1 dK/dV accumulators (T = R steps, or fewer under a
+     * causal window: ring.c's schedule). */
     const double kv = 4.0 * (double)(sh->B * (sh->S / R) * sh->G * (sh->Dqk + sh->Dv));
-    *fwd = R > 1 ? (R - 1) * kv : 0.0;
-    *bwd = R > 1 ? (2.0 * R - 1) * kv : 0.0;
+    const int T = ring_rounds(sh, R) * sh->W;
+    *fwd = T > 1 ? (T - 1) * kv : 0.0;
+    *bwd = T > 1 ? (2.0 * T - 1) * kv : 0.0;
 }
 
 static void ring_volume(const cpa_cp_config *c, double *fwd, double *bwd)
 {
     cpa_ring_shape sh = ring_shape(c);
+    sh.split = cpa_balanced_split(c);
     cpa_ring_volume(&sh, c->cp_size, fwd, bwd);
 }
 

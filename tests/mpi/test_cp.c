@@ -111,8 +111,17 @@ static void run_case(const cpa_cp_config *cfg, const char *label)
         const long long calls0 = cpa_debug_alloc_bytes();
         CHECK_OK(cpa_plan_forward(plan, with_saved ? saved : NULL, lq.t, lk.t, lv.t, lo.t, ll.t));
         if (with_saved) {
+            /* The bytes sent are the schedule's (cpa_plan_volume), forward and backward. */
+            double vf = -1, vb = -1;
+            cpa_plan_stats fs, bs;
+            CHECK_OK(cpa_plan_volume(&c, &vf, &vb));
+            cpa_plan_last_stats(plan, &fs);
             CHECK_OK(cpa_plan_backward(plan, saved, lq.t, lk.t, lv.t, lo.t, ll.t, ldo.t, ldq.t,
                                        ldk.t, ldv.t));
+            cpa_plan_last_stats(plan, &bs);
+            CHECK_MSG(fs.bytes_sent == vf && bs.bytes_sent == vb, "%s rank %d: sent %.0f/%.0f "
+                      "bytes forward/backward, the schedule says %.0f/%.0f", label, rank_,
+                      fs.bytes_sent, bs.bytes_sent, vf, vb);
         } else { /* other tensors of the same values: nothing may be remembered */
             tu_tensor cp[5] = {tu_attn(c.layout, B, Sl, H, D), tu_attn(c.layout, B, Sl, G, D),
                                tu_attn(c.layout, B, Sl, G, Dv), tu_attn(c.layout, B, Sl, H, Dv),
