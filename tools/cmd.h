@@ -12,6 +12,7 @@ int cmd_attn(int argc, char **argv);
 int cmd_bench(int argc, char **argv);
 int cmd_train(int argc, char **argv);
 int cmd_algos(int argc, char **argv);
+int cmd_preprocess(int argc, char **argv);
 
 /* The subcommands' flag tables (args.h), for the argument-parser fuzz
  * harness (tests/fuzz/fuzz_args.c). */

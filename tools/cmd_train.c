@@ -31,11 +31,14 @@
 
 typedef struct train_cfg {
     int64_t L, C, F, H, G, S, B, GB, iters, warmup, log_interval, eval_interval, eval_iters;
-    int64_t save_interval, exit_interval, vocab, tp, threads, seed;
+    int64_t save_interval, exit_interval, vocab, tp, threads, seed, eod_token;
     int gqa, recompute, overwrite_save;
+    int synthetic_documents, reset_position_ids, reset_attention_mask, eod_mask_loss;
     double lr, min_lr, wd, clip;
     cp_flags cpf; /* the context-parallel flags, shared with attn (cp_flags.h) */
-    const char *save, *load, *data_path;
+    const char *save, *load, *data_path, *split;
+    /* Not flags: which of the data flags were given (check_rules). */
+    int vocab_given, split_given, eod_given;
 } train_cfg;
 
 #define AT(f) offsetof(train_cfg, f)
@@ -85,14 +88,36 @@ static const cli_option train_options[] = {
              "saving a checkpoint first when --save is given (Megatron's flag).",
              exit_interval, 0, 1LL << 40),
     {.flag = "--data-path", .type = CLI_STRING,
-     .help = "Text file for byte-level language modelling (last 10% held out). Default: the "
-             "built-in copy task, whose second half can only be predicted across CP shards.",
+     .help = "Megatron's indexed dataset PREFIX.bin + PREFIX.idx (give PREFIX; `cpattn "
+             "preprocess` writes one), or a text file for byte-level language modelling (last "
+             "10% held out). Default: the built-in copy task, whose second half can only be "
+             "predicted across CP shards.",
      .offset = AT(data_path)},
-    INT_FLAG("--vocab-size", "32", "Vocabulary of the copy task (text: 256).", vocab, 4, 1 << 20),
+    INT_FLAG("--vocab-size", "32", "Vocabulary of the copy tasks (text: 256; indexed dataset: "
+             "its largest token + 1 unless given).", vocab, 4, 1 << 20),
+    {.flag = "--split", .type = CLI_STRING, .def = "969,30,1", .metavar = "TRAIN,VALID,TEST",
+     .help = "Megatron's split of an indexed dataset's documents by weight: training uses "
+             "train, evaluation valid.", .offset = AT(split)},
+    INT_FLAG("--eod-token", "256", "End-of-document token of an indexed dataset (cpattn "
+             "preprocess writes 256; Megatron's comes from its tokenizer, e.g. 50256 for GPT-2).",
+             eod_token, 0, INT32_MAX),
+    {.flag = "--synthetic-documents", .type = CLI_FLAG,
+     .help = "The built-in task as packed documents: random lengths, each a copy task, the EOD "
+             "token 0 after each.", .offset = AT(synthetic_documents)},
+    {.flag = "--reset-position-ids", .type = CLI_FLAG,
+     .help = "RoPE positions restart at 0 after every EOD token (Megatron's flag; needs "
+             "documents: an indexed dataset or --synthetic-documents).",
+     .offset = AT(reset_position_ids)},
+    {.flag = "--reset-attention-mask", .type = CLI_FLAG,
+     .help = "Attention inside each document only (Megatron's flag): not supported yet, "
+             "refused.", .offset = AT(reset_attention_mask)},
+    {.flag = "--eod-mask-loss", .type = CLI_FLAG,
+     .help = "No loss where the input is the EOD token (Megatron's flag; needs documents).",
+     .offset = AT(eod_mask_loss)},
     {.flag = "--recompute-granularity", .type = CLI_CHOICE, .def = "none", .choices = "none|full",
      .help = "full: keep only each block's input and recompute the block in backward.",
      .offset = AT(recompute)},
-#define TRAIN_CP_AT 27 /* the CP rows (cp_flags.h) go here */
+#define TRAIN_CP_AT 33 /* the CP rows (cp_flags.h) go here */
     INT_FLAG("--tensor-model-parallel-size", "1", "Accepted for Megatron's head rules; the "
              "trainer itself runs TP = 1.", tp, 1, 1),
     {.flag = "--threads", .env = "CPATTN_THREADS", .type = CLI_INT, .def = "1",
@@ -135,7 +160,10 @@ typedef struct train_run {
     cpa_adamw opt;
     float *adam_m, *adam_v;
     int32_t *tokens;     /* [B, S+1] */
-    uint8_t *long_range; /* [S] */
+    uint8_t *long_range; /* [B, S] long-range flags of each sample */
+    int64_t *positions;  /* [B, S] RoPE positions (--reset-position-ids) */
+    uint8_t *loss_mask;  /* [B, S] (--eod-mask-loss) */
+    int32_t *scratch;    /* [S+1] one sample, for counting a batch's targets */
     int64_t accum, start_iter, n;
     tool_ceilings ceil; /* this rank's FMA peak and sgemm, the minimum over ranks */
     double mem_estimate; /* bytes per rank, estimated before allocating */
@@ -174,10 +202,65 @@ static int check_rules(cli_args *args, train_cfg *c, int world)
                          (long long)dp);
     if (c->min_lr > c->lr)
         return cli_usage(sp, "--min-lr %g: must not exceed --lr %g", c->min_lr, c->lr);
-    if (c->data_path && c->vocab != 32 && cli_given(args, "--vocab-size"))
-        return cli_usage(sp, "--vocab-size %lld: text data is byte-level (256); drop the flag",
-                         (long long)c->vocab);
+    /* The attention takes packed documents only as a plan-time cu_seqlens
+     * shared by every sample (cpa_cp_config.mask); per-sample documents
+     * (cpa_data_sample_documents) have no way in yet. */
+    if (c->reset_attention_mask)
+        return cli_usage(sp, "--reset-attention-mask: not supported yet: the attention takes "
+                         "documents only as one cu_seqlens fixed for the whole run, not per "
+                         "sample; --reset-position-ids and --eod-mask-loss work without it");
+    if (c->synthetic_documents && c->data_path)
+        return cli_usage(sp, "--synthetic-documents: is the built-in data; it does not go with "
+                         "--data-path %s", c->data_path);
+    if ((c->reset_position_ids || c->eod_mask_loss) && !c->data_path && !c->synthetic_documents)
+        return cli_usage(sp, "%s: needs documents: an indexed dataset (--data-path PREFIX) or "
+                         "--synthetic-documents; the copy task has no end-of-document token",
+                         c->reset_position_ids ? "--reset-position-ids" : "--eod-mask-loss");
+    c->vocab_given = cli_given(args, "--vocab-size");
+    c->split_given = cli_given(args, "--split");
+    c->eod_given = cli_given(args, "--eod-token");
     return 0;
+}
+
+/* The data source the flags name, made on every rank (exit code agreed):
+ * an indexed dataset, a text file, or one of the copy tasks.  Rules that
+ * need to know which kind --data-path is are checked here. */
+static int make_data(train_run *r)
+{
+    const train_cfg *c = &r->c;
+    const uint64_t seed = (uint64_t)c->seed;
+    cpa_status s;
+    int err = 0;
+    if (c->data_path && cpa_data_is_indexed(c->data_path)) {
+        double w[3];
+        s = cpa_data_split_parse(c->split, w);
+        if (s == CPA_OK)
+            s = cpa_data_indexed_create(c->data_path, c->S, w, c->vocab_given ? c->vocab : 0,
+                                        c->eod_token, seed, &r->data);
+        else
+            err = tool_fail(2, "--split: %s", cpa_last_error());
+    } else if (c->data_path) {
+        const char *flag = c->split_given ? "--split" : c->eod_given ? "--eod-token"
+                           : c->reset_position_ids ? "--reset-position-ids"
+                           : c->eod_mask_loss ? "--eod-mask-loss" : NULL;
+        if (c->vocab_given && c->vocab != 32)
+            err = tool_fail(2, "--vocab-size %lld: text data is byte-level (256); drop the flag",
+                            (long long)c->vocab);
+        else if (flag)
+            err = tool_fail(2, "%s: needs an indexed dataset (PREFIX.bin + PREFIX.idx, made by "
+                            "cpattn preprocess); --data-path %s is read as a text file, which "
+                            "has no documents", flag, c->data_path);
+        s = err ? CPA_OK : cpa_data_text_create(c->data_path, c->S, 0.1, seed, &r->data);
+    } else {
+        s = c->synthetic_documents ? cpa_data_packed_create(c->S, c->vocab, seed, &r->data)
+                                   : cpa_data_synthetic_create(c->S, c->vocab, seed, &r->data);
+    }
+    /* Name the flag: the library's message names only the file.  A
+     * malformed dataset is bad input (exit 2), like a bad flag. */
+    if (!err && s != CPA_OK)
+        err = tool_fail(s == CPA_ERR_ARG || s == CPA_ERR_FORMAT ? 2 : 1, "%s%s",
+                        c->data_path ? "--data-path: " : "", cpa_last_error());
+    return tool_agree(err);
 }
 
 static int setup(train_run *r)
@@ -186,13 +269,8 @@ static int setup(train_run *r)
     r->accum = c->GB / (c->B * cpa_grid_size(r->grid, CPA_GRID_DP));
     omp_set_num_threads((int)c->threads);
 
-    cpa_status s = c->data_path
-                       ? cpa_data_text_create(c->data_path, c->S, 0.1, (uint64_t)c->seed, &r->data)
-                       : cpa_data_synthetic_create(c->S, c->vocab, (uint64_t)c->seed, &r->data);
-    /* Name the flag: the library's message names only the file. */
-    int err = s == CPA_OK ? 0 : tool_fail(s == CPA_ERR_ARG ? 2 : 1, "%s%s",
-                                          c->data_path ? "--data-path: " : "", cpa_last_error());
-    if ((err = tool_agree(err)))
+    int err = make_data(r);
+    if (err)
         return err;
 
     cpa_gpt_config g;
@@ -213,11 +291,12 @@ static int setup(train_run *r)
     int64_t np = 0;
     int64_t model_bytes = cpa_gpt_memory_bytes(&g, (int)c->cpf.cp, &np);
     r->mem_estimate = (model_bytes > 0 ? (double)model_bytes : 0.0) + 8.0 * (double)np +
-                      4.0 * (double)(c->B * (c->S + 1)) + (double)c->S + 96.0 * 1048576.0;
+                      4.0 * (double)((c->B + 1) * (c->S + 1)) + 10.0 * (double)(c->B * c->S) +
+                      96.0 * 1048576.0;
     err = tool_check_memory("this training run", r->mem_estimate);
     if ((err = tool_agree(err)))
         return err;
-    s = cpa_gpt_create(&g, cpa_grid_comm(r->grid, CPA_GRID_CP), &r->model);
+    cpa_status s = cpa_gpt_create(&g, cpa_grid_comm(r->grid, CPA_GRID_CP), &r->model);
     /* The plan's verdict is the same on every rank of a CP group, and every
      * group has the same configuration. */
     err = s == CPA_OK ? 0 : tool_fail(s == CPA_ERR_ARG ? 2 : 1, "%s", cpa_last_error());
@@ -228,16 +307,18 @@ static int setup(train_run *r)
     r->adam_m = cpa_alloc_floats(r->n);
     r->adam_v = cpa_alloc_floats(r->n);
     r->tokens = malloc(sizeof(int32_t) * (size_t)(c->B * (c->S + 1)));
-    r->long_range = malloc((size_t)c->S);
-    err = (!r->adam_m || !r->adam_v || !r->tokens || !r->long_range)
-              ? tool_fail(1, "out of memory for the optimizer state")
+    r->long_range = malloc((size_t)(c->B * c->S));
+    r->positions = malloc(sizeof(int64_t) * (size_t)(c->B * c->S));
+    r->loss_mask = malloc((size_t)(c->B * c->S));
+    r->scratch = malloc(sizeof(int32_t) * (size_t)(c->S + 1));
+    err = (!r->adam_m || !r->adam_v || !r->tokens || !r->long_range || !r->positions ||
+           !r->loss_mask || !r->scratch)
+              ? tool_fail(1, "out of memory for the optimizer state and the batch")
               : 0;
     if ((err = tool_agree(err)))
         return err;
     memset(r->adam_m, 0, sizeof(float) * (size_t)r->n);
     memset(r->adam_v, 0, sizeof(float) * (size_t)r->n);
-    for (int64_t t = 0; t < c->S; ++t)
-        r->long_range[t] = (uint8_t)cpa_data_long_range(r->data, t);
     cpa_gpt_init_params(r->model, (uint64_t)c->seed);
     cpa_gpt_shape_string(r->model, r->shape, sizeof r->shape);
 
@@ -271,6 +352,9 @@ static void teardown(train_run *r)
     free(r->adam_v);
     free(r->tokens);
     free(r->long_range);
+    free(r->positions);
+    free(r->loss_mask);
+    free(r->scratch);
     cpa_grid_destroy(r->grid);
 }
 
@@ -358,22 +442,53 @@ static int guard_save(train_run *r)
     return tool_agree(err);
 }
 
-/* One pass over the global batch of iteration `it` (split `split`): the
- * summed losses over every rank and, when training, summed gradients. */
-static int batch_pass(train_run *r, int split, int64_t it, int backward, double sums[3])
+/* The targets that take a loss in the global batch of iteration `it`: all
+ * GB·S of them, or with --eod-mask-loss those whose input is not an EOD.
+ * Every rank counts every sample of the batch (a pure function of the
+ * data), so all agree without communicating, before any gradient. */
+static int64_t batch_targets(train_run *r, int split, int64_t it)
 {
     const train_cfg *c = &r->c;
-    const float scale = 1.0f / (float)(c->GB * c->S);
+    if (!c->eod_mask_loss)
+        return c->GB * c->S;
+    const int64_t eod = cpa_data_eod(r->data);
+    int64_t n = 0;
+    for (int64_t j = 0; j < c->GB; ++j) {
+        cpa_data_sample(r->data, split, it * c->GB + j, r->scratch);
+        for (int64_t t = 0; t < c->S; ++t)
+            n += r->scratch[t] != eod;
+    }
+    return n;
+}
+
+/* One pass over the global batch of iteration `it` (split `split`): the
+ * summed losses over every rank and, when training, summed gradients; the
+ * loss is the mean over the batch's targets that count (sums[3] of them). */
+static int batch_pass(train_run *r, int split, int64_t it, int backward, double sums[4])
+{
+    const train_cfg *c = &r->c;
+    const int64_t targets = batch_targets(r, split, it);
+    const float scale = targets > 0 ? 1.0f / (float)targets : 0.0f;
     const int dp = cpa_grid_size(r->grid, CPA_GRID_DP);
     const int dp_rank = cpa_grid_rank(r->grid, CPA_GRID_DP);
+    const cpa_gpt_batch batch = {r->tokens, r->long_range,
+                                 c->reset_position_ids ? r->positions : NULL,
+                                 c->eod_mask_loss ? r->loss_mask : NULL};
     sums[0] = sums[1] = sums[2] = 0.0;
+    sums[3] = (double)targets;
     for (int64_t m = 0; m < r->accum; ++m) {
         for (int64_t b = 0; b < c->B; ++b) {
             int64_t index = it * c->GB + (m * dp + dp_rank) * c->B + b;
-            cpa_data_sample(r->data, split, index, r->tokens + b * (c->S + 1));
+            int32_t *tok = r->tokens + b * (c->S + 1);
+            cpa_data_sample(r->data, split, index, tok);
+            cpa_data_sample_long_range(r->data, split, index, r->long_range + b * c->S);
+            if (c->reset_position_ids)
+                cpa_data_sample_positions(r->data, tok, r->positions + b * c->S);
+            if (c->eod_mask_loss)
+                cpa_data_sample_loss_mask(r->data, tok, r->loss_mask + b * c->S);
         }
         double l, ls, lc;
-        cpa_status s = cpa_gpt_step(r->model, r->tokens, r->long_range, scale, backward, &l, &ls, &lc);
+        cpa_status s = cpa_gpt_step_batch(r->model, &batch, scale, backward, &l, &ls, &lc);
         if (s != CPA_OK)
             return tool_agree(tool_fail(1, "step %lld: %s", (long long)it, cpa_last_error()));
         sums[0] += l, sums[1] += ls, sums[2] += lc;
@@ -385,15 +500,14 @@ static int batch_pass(train_run *r, int split, int64_t it, int backward, double 
 
 static int evaluate(train_run *r, int64_t it)
 {
-    double tot[3] = {0, 0, 0}, sums[3];
+    double tot[4] = {0, 0, 0, 0}, sums[4];
     for (int64_t e = 0; e < r->c.eval_iters; ++e) {
         int err = batch_pass(r, CPA_DATA_EVAL, e, 0, sums);
         if (err)
             return err;
-        tot[0] += sums[0], tot[1] += sums[1], tot[2] += sums[2];
+        tot[0] += sums[0], tot[1] += sums[1], tot[2] += sums[2], tot[3] += sums[3];
     }
-    double tokens = (double)(r->c.eval_iters * r->c.GB * r->c.S);
-    tool_say(" eval at iteration %lld: loss %.4f", (long long)it, tot[0] / tokens);
+    tool_say(" eval at iteration %lld: loss %.4f", (long long)it, tot[3] > 0 ? tot[0] / tot[3] : 0.0);
     if (tot[2] > 0)
         tool_say(" | long-range loss %.4f", tot[1] / tot[2]);
     tool_say("\n");
@@ -415,7 +529,7 @@ static int train(train_run *r)
     for (int64_t it = r->start_iter; it < c->iters; ++it) {
         double t0 = MPI_Wtime();
         memset(grads, 0, sizeof(float) * (size_t)r->n);
-        double sums[3];
+        double sums[4];
         int err = batch_pass(r, CPA_DATA_TRAIN, it, 1, sums);
         if (err)
             return err;
@@ -439,7 +553,7 @@ static int train(train_run *r)
         double dt = MPI_Wtime() - t0;
         window_t += dt, total_t += dt, ++window_n, ++done;
         window_flops += cpa_gpt_step_flops(r->model) * (double)r->accum;
-        last_loss = sums[0] / (double)(c->GB * c->S);
+        last_loss = sums[3] > 0 ? sums[0] / sums[3] : 0.0;
         last_long = sums[2] > 0 ? sums[1] / sums[2] : NAN;
         if ((it + 1) % c->log_interval == 0 || it + 1 == c->iters) {
             double ms = 1e3 * window_t / (double)window_n;
@@ -529,6 +643,9 @@ static int train_main(int argc, char **argv)
     }
     rc = setup(&r);
     if (!rc) {
+        char data[1024];
+        cpa_data_describe(r.data, data, sizeof data);
+        tool_say("# data: %s\n", data);
         tool_say("# model: %lld parameters, %lld tokens per rank (S/CP), %lld micro-steps per "
                  "iteration\n", (long long)r.n, (long long)cpa_gpt_local_tokens(r.model),
                  (long long)r.accum);

@@ -20,6 +20,8 @@ static const struct {
                        "mpiexec, --check against the reference"},
     {"train", cmd_train, "Megatron-style GPT pretraining with context parallelism (under mpiexec)"},
     {"bench", cmd_bench, "benchmarks (`cpattn bench kernel`: kernel GFLOP/s vs same-run sgemm)"},
+    {"preprocess", cmd_preprocess, "write Megatron's indexed dataset (PREFIX.bin/.idx) from text or "
+                                   "JSON-lines files, byte-level tokens"},
     {"algos", cmd_algos, "the context-parallel algorithms; with --context-parallel-size P, every valid configuration "
                          "with its memory and communication volume"},
 };
@@ -29,7 +31,7 @@ static void usage(FILE *f)
     fprintf(f, "cpattn %s — context-parallel attention\n\nusage: cpattn <subcommand> [flags]\n\n",
             CPA_VERSION_STRING);
     for (size_t i = 0; i < sizeof subcommands / sizeof subcommands[0]; ++i)
-        fprintf(f, "  %-8s %s\n", subcommands[i].name, subcommands[i].help);
+        fprintf(f, "  %-10s %s\n", subcommands[i].name, subcommands[i].help);
     fprintf(f, "\n`cpattn <subcommand> --help` lists its flags and defaults.\n");
 }
 
@@ -52,7 +54,7 @@ int main(int argc, char **argv)
     for (size_t i = 0; i < sizeof subcommands / sizeof subcommands[0]; ++i)
         if (!strcmp(argv[1], subcommands[i].name))
             return subcommands[i].run(argc - 1, argv + 1);
-    fprintf(stderr, "cpattn: unknown subcommand '%s' (expected one of: attn, train, bench, algos; see cpattn --help)\n",
+    fprintf(stderr, "cpattn: unknown subcommand '%s' (expected one of: attn, train, bench, preprocess, algos; see cpattn --help)\n",
             argv[1]);
     return EXIT_USAGE;
 }

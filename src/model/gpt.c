@@ -61,6 +61,8 @@ struct cpa_gpt {
     int32_t *tok, *tgt; /* (N) this rank's inputs and targets */
     uint8_t *longf;     /* (N) */
     int64_t *pos;       /* (T) global positions of the local rows */
+    int64_t *rpos;      /* (B, T) RoPE positions of the local rows of this micro-batch */
+    int per_row_pos;    /* rpos holds them (a batch with positions), else pos does */
     cpa_plan *plan;
     cpa_plan_saved **saved; /* (La) what each layer's attention forward keeps for its backward */
     double attn_fwd_flops; /* attention forward flops of this micro-batch (kernel count) */
@@ -163,7 +165,8 @@ int64_t cpa_gpt_memory_bytes(const cpa_gpt_config *cfg, int cp_size, int64_t *nu
      * tokens and targets, flags, positions: the allocations of create. */
     return (int64_t)sizeof m + np * (2 * (int64_t)sizeof(float) + 1) +
            na * (int64_t)sizeof(float) + m.N * (2 * (int64_t)sizeof(int32_t) + 1) +
-           m.T * (int64_t)sizeof(int64_t) + plan + m.La * (saved + (int64_t)sizeof(void *));
+           (m.T + m.N) * (int64_t)sizeof(int64_t) + plan +
+           m.La * (saved + (int64_t)sizeof(void *));
 }
 
 cpa_status cpa_gpt_create(const cpa_gpt_config *cfg, MPI_Comm cp_comm, cpa_gpt **out)
@@ -198,11 +201,12 @@ cpa_status cpa_gpt_create(const cpa_gpt_config *cfg, MPI_Comm cp_comm, cpa_gpt *
     m->tok = cpa_malloc(sizeof(int32_t) * (size_t)(2 * m->N), "tokens");
     m->longf = cpa_malloc((size_t)m->N, "long-range flags");
     m->pos = cpa_malloc(sizeof(int64_t) * (size_t)m->T, "positions");
+    m->rpos = cpa_malloc(sizeof(int64_t) * (size_t)m->N, "per-sample positions");
     m->saved = cpa_calloc(sizeof *m->saved * (size_t)m->La, "saved attention states");
     for (int64_t i = 0; m->saved && i < m->La && s == CPA_OK; ++i)
         s = cpa_plan_saved_create(m->plan, &m->saved[i]);
     if (!m->params || !m->grads || !m->decay || !m->act_buf || !m->tok || !m->longf || !m->pos ||
-        !m->saved || s != CPA_OK) {
+        !m->rpos || !m->saved || s != CPA_OK) {
         cpa_gpt_destroy(m);
         return CPA_ERR_NOMEM;
     }
@@ -241,6 +245,7 @@ void cpa_gpt_destroy(cpa_gpt *m)
     cpa_free(m->tok);
     cpa_free(m->longf);
     cpa_free(m->pos);
+    cpa_free(m->rpos);
     cpa_free(m);
 }
 
@@ -308,6 +313,23 @@ static cpa_tensor lse_view(const cpa_gpt *m, float *lse)
     return cpa_tensor_make(lse, 3, shape);
 }
 
+/* RoPE on a [B, T, heads, D] view of this rank's rows: by the global
+ * positions (shared by every row of the batch), or, for a batch with
+ * positions (--reset-position-ids), row b by its own rpos[b]. */
+static void rope(const cpa_gpt *m, cpa_tensor x, int inverse)
+{
+    if (!m->per_row_pos) {
+        cpa_rope_apply(x, m->pos, m->cfg.rope_base, inverse);
+        return;
+    }
+    cpa_tensor row = x;
+    row.shape[0] = 1;
+    for (int64_t b = 0; b < m->B; ++b) {
+        row.data = (float *)x.data + b * x.stride[0];
+        cpa_rope_apply(row, m->rpos + b * m->T, m->cfg.rope_base, inverse);
+    }
+}
+
 /* ---- one block ---------------------------------------------------------------- */
 
 typedef struct slot {
@@ -337,8 +359,8 @@ static cpa_status block_forward(cpa_gpt *m, int64_t l, slot x, int count)
     cpa_matmul_forward(x.qkv, x.ln1, m->p.qkvw + l * m->W * C, N, C, m->W);
     cpa_tensor q = rows_view(m, x.qkv, m->H, m->W), k = rows_view(m, x.qkv + HD, m->G, m->W);
     cpa_tensor v = rows_view(m, x.qkv + HD + m->G * m->D, m->G, m->W);
-    cpa_rope_apply(q, m->pos, m->cfg.rope_base, 0);
-    cpa_rope_apply(k, m->pos, m->cfg.rope_base, 0);
+    rope(m, q, 0);
+    rope(m, k, 0);
     CPA_TRY(cpa_plan_forward(m->plan, x.saved, q, k, v, rows_view(m, x.att, m->H, HD),
                              lse_view(m, x.lse)));
     if (count) {
@@ -384,8 +406,8 @@ static cpa_status block_backward(cpa_gpt *m, int64_t l, slot x)
     CPA_TRY(cpa_plan_backward(m->plan, x.saved, q, k, v, rows_view(m, x.att, m->H, HD),
                               lse_view(m, x.lse),
                               rows_view(m, a->datt, m->H, HD), dq, dk, dv));
-    cpa_rope_apply(dq, m->pos, m->cfg.rope_base, 1);
-    cpa_rope_apply(dk, m->pos, m->cfg.rope_base, 1);
+    rope(m, dq, 1);
+    rope(m, dk, 1);
     memset(a->dln, 0, sizeof(float) * (size_t)(N * C));
     cpa_matmul_backward(a->dln, m->g.qkvw + l * m->W * C, a->dqkv, x.ln1, m->p.qkvw + l * m->W * C,
                         N, C, m->W);
@@ -395,26 +417,33 @@ static cpa_status block_backward(cpa_gpt *m, int64_t l, slot x)
 
 /* ---- a micro-batch ------------------------------------------------------------ */
 
-static void take_shard(cpa_gpt *m, const int32_t *sample, const uint8_t *long_range)
+/* This rank's rows of the batch: row t of sample b is global position
+ * pos[t].  long_stride is 0 for flags [S] shared by every sample, S for
+ * [B, S].  A masked target becomes -1, which the cross-entropy skips. */
+static void take_shard(cpa_gpt *m, const cpa_gpt_batch *batch, int64_t long_stride)
 {
+    m->per_row_pos = batch->positions != NULL;
     for (int64_t b = 0; b < m->B; ++b)
         for (int64_t t = 0; t < m->T; ++t) {
-            const int32_t *seq = sample + b * (m->S + 1);
-            int64_t p = m->pos[t];
-            m->tok[b * m->T + t] = seq[p];
-            m->tgt[b * m->T + t] = seq[p + 1];
-            m->longf[b * m->T + t] = long_range ? long_range[p] : 0;
+            const int32_t *seq = batch->tokens + b * (m->S + 1);
+            const int64_t p = m->pos[t], n = b * m->T + t, g = b * m->S + p;
+            const int counts = !batch->loss_mask || batch->loss_mask[g];
+            m->tok[n] = seq[p];
+            m->tgt[n] = counts ? seq[p + 1] : -1;
+            m->longf[n] = counts && batch->long_range ? batch->long_range[b * long_stride + p] : 0;
+            if (batch->positions)
+                m->rpos[n] = batch->positions[g];
         }
 }
 
-cpa_status cpa_gpt_step(cpa_gpt *m, const int32_t *sample, const uint8_t *long_range,
-                        float loss_scale, int backward, double *loss_sum, double *long_sum,
-                        double *long_count)
+static cpa_status step(cpa_gpt *m, const cpa_gpt_batch *batch, int64_t long_stride,
+                       float loss_scale, int backward, double *loss_sum, double *long_sum,
+                       double *long_count)
 {
     const int64_t N = m->N, C = m->C, V = m->V;
     acts *a = &m->a;
     m->attn_fwd_flops = 0.0;
-    take_shard(m, sample, long_range);
+    take_shard(m, batch, long_stride);
     cpa_embedding_forward(a->res, m->tok, m->p.wte, N, C);
     for (int64_t l = 0; l < m->L; ++l)
         CPA_TRY(block_forward(m, l, slot_of(m, m->cfg.recompute ? 0 : l), 1));
@@ -447,6 +476,24 @@ cpa_status cpa_gpt_step(cpa_gpt *m, const int32_t *sample, const uint8_t *long_r
     }
     cpa_embedding_backward(m->g.wte, a->dres, m->tok, N, C);
     return CPA_OK;
+}
+
+cpa_status cpa_gpt_step(cpa_gpt *m, const int32_t *sample, const uint8_t *long_range,
+                        float loss_scale, int backward, double *loss_sum, double *long_sum,
+                        double *long_count)
+{
+    const cpa_gpt_batch batch = {sample, long_range, NULL, NULL};
+    return step(m, &batch, 0, loss_scale, backward, loss_sum, long_sum, long_count);
+}
+
+cpa_status cpa_gpt_step_batch(cpa_gpt *m, const cpa_gpt_batch *batch, float loss_scale,
+                              int backward, double *loss_sum, double *long_sum,
+                              double *long_count)
+{
+    if (!m || !batch || !batch->tokens)
+        return cpa_error(CPA_ERR_ARG, "cpa_gpt_step_batch: NULL %s",
+                         !m ? "model" : !batch ? "batch" : "tokens");
+    return step(m, batch, m->S, loss_scale, backward, loss_sum, long_sum, long_count);
 }
 
 double cpa_gpt_step_flops(const cpa_gpt *m)

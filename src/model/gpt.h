@@ -9,8 +9,9 @@
  *
  * Each rank of a CP group holds T = S/P tokens of the same sequence, split
  * the way the attention algorithm wants (zigzag for causal rings); RoPE
- * uses the tokens' global positions.  Parameters are replicated; their
- * gradients are summed over all ranks by the trainer.
+ * uses the tokens' global positions, or per-sample positions given with
+ * the batch (cpa_gpt_step_batch: --reset-position-ids).  Parameters are
+ * replicated; their gradients are summed over all ranks by the trainer.
  */
 #ifndef CPATTN_MODEL_GPT_H
 #define CPATTN_MODEL_GPT_H
@@ -81,6 +82,26 @@ void cpa_gpt_init_params(cpa_gpt *model, uint64_t seed);
 cpa_status cpa_gpt_step(cpa_gpt *model, const int32_t *sample, const uint8_t *long_range,
                         float loss_scale, int backward, double *loss_sum, double *long_sum,
                         double *long_count);
+
+/* A micro-batch with per-sample extras (Megatron's position_ids and
+ * loss_mask).  Every array is over GLOBAL positions; the model takes this
+ * rank's rows. */
+typedef struct cpa_gpt_batch {
+    const int32_t *tokens;      /* [B, S+1] */
+    const uint8_t *long_range;  /* [B, S] long-range flags (NULL: none) */
+    const int64_t *positions;   /* [B, S] RoPE position of each input (NULL: its global
+                                   position, the plain case) */
+    const uint8_t *loss_mask;   /* [B, S] 0: this target takes no loss and no gradient
+                                   (NULL: every target counts) */
+} cpa_gpt_batch;
+
+/* cpa_gpt_step for a cpa_gpt_batch: masked targets add nothing to
+ * *loss_sum, the long-range sums or the gradients.  With positions and no
+ * mask this is bitwise the same computation as cpa_gpt_step when the
+ * positions are the global ones. */
+cpa_status cpa_gpt_step_batch(cpa_gpt *model, const cpa_gpt_batch *batch, float loss_scale,
+                              int backward, double *loss_sum, double *long_sum,
+                              double *long_count);
 
 /* Model flops of the last forward+backward of a micro-batch on this rank:
  * 6 per matmul weight per token, plus 3x the attention forward's flops over

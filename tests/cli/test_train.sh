@@ -21,6 +21,15 @@
 #      touches the good checkpoint its --save points at.
 #   5. --data-path on a generated text file trains at CP = 2: the loss falls.
 #   6. --help exits 0 and lists the flags with their defaults.
+#   7. Megatron's data: `cpattn preprocess` writes PREFIX.bin/.idx from JSON
+#      lines and text (round trip checked with od), and training on it with
+#      --reset-position-ids --eod-mask-loss prints the CP=1 losses at CP=2
+#      (ring, Ulysses); so does the packed copy task (--synthetic-documents)
+#      at CP=2 and 4.  A bad .idx (version, pointers) or a truncated .bin
+#      exits 2 on every rank naming the file and the field;
+#      --reset-attention-mask, the reset flags without documents, a bad
+#      --split and an empty valid split exit 2; a bad JSON line makes
+#      preprocess exit 2 naming FILE:LINE and write nothing.
 #
 # usage: bash tests/cli/test_train.sh path/to/cpattn
 # Prints one line per case and "N passed, N failed"; exits 1 if any failed.
@@ -175,7 +184,8 @@ for f in --num-layers --hidden-size --num-attention-heads --group-query-attentio
     --lr-warmup-iters --log-interval --eval-interval --save --load --save-interval \
     --exit-interval --data-path --recompute-granularity --context-parallel-size \
     --context-parallel-algo --ulysses-degree-in-cp --cp-window-size --use-cp-send-recv-overlap \
-    --megatron-cp-in-bnsd; do
+    --megatron-cp-in-bnsd --split --eod-token --synthetic-documents --reset-position-ids \
+    --reset-attention-mask --eod-mask-loss; do
     grep -Eq -- "^  $f( |\$)" "$OUT" || missing="$missing $f"
 done
 for d in "(default: 256)" "(default: 100)" "(default: 1e-3)" "(default: 10)" "(default: 1234)" \
@@ -498,6 +508,108 @@ if train_losses 2 30 $MODEL --lr 1e-2 --lr-warmup-iters 2 --log-interval 1 --eva
         pass "--data-path text at CP=2: loss falls $first -> $last"
     else fail "--data-path text at CP=2: loss falls" "first $first, last $last"; fi
 else fail "--data-path text at CP=2: loss falls" "$why"; fi
+
+# ---------------------------------------------------------------------------
+# 7. Megatron's indexed dataset, cpattn preprocess, the reset flags
+# ---------------------------------------------------------------------------
+
+# 200 JSON documents of 20..130 bytes with escapes, so that the default
+# 969,30,1 split and 949,50,1 both leave valid documents.
+for ((i = 0; i < 200; ++i)); do
+    printf '{"id": %d, "text": "Document %d says \\"%s\\"\\nand ends\\t%d."}\n' "$i" "$i" \
+        "$(head -c $((10 + (i * 37) % 100)) /dev/zero | tr '\0' 'x')" "$((i * i))"
+done >"$TMP/docs.jsonl"
+prun_pre() { # prun_pre ARGS... : cpattn preprocess (one process) into $OUT/$ERR, $rc
+    rc=0
+    timeout "$USAGE_SECS" "$BIN" preprocess "$@" >"$OUT" 2>"$ERR" || rc=$?
+}
+prun_pre --input "$TMP/docs.jsonl" --output-prefix "$TMP/ds"
+if [ "$rc" -eq 0 ] && [ -s "$TMP/ds.bin" ] && [ -s "$TMP/ds.idx" ] &&
+    grep -q "200 documents" "$OUT" && [ "$(head -c 9 "$TMP/ds.idx" | od -An -c | tr -d ' ')" = 'MMIDIDX\0\0' ]; then
+    pass "preprocess: JSON lines -> ds.bin/ds.idx (200 documents, Megatron's magic)"
+else fail "preprocess: JSON lines -> ds.bin/ds.idx" "exit $rc: $(cat "$ERR")"; fi
+# Round trip of a text document: the .bin holds its bytes as uint16, then 256.
+printf 'caf\xc3\xa9\r\n\x00end' >"$TMP/one.txt"
+prun_pre --input "$TMP/one.txt" --output-prefix "$TMP/one"
+want="99 97 102 195 169 13 10 0 101 110 100 256"
+got_tok=$(od -An -tu2 -v "$TMP/one.bin" | tr -s ' \n' ' ' | sed 's/^ //; s/ $//')
+if [ "$rc" -eq 0 ] && [ "$got_tok" = "$want" ]; then
+    pass "preprocess: a text file round-trips (bytes as uint16, then EOD 256)"
+else fail "preprocess: a text file round-trips" "exit $rc, tokens '$got_tok', want '$want'"; fi
+printf '{"text": "fine"}\n{"text": "bad \\q"}\n' >"$TMP/bad.jsonl"
+prun_pre --input "$TMP/bad.jsonl" --output-prefix "$TMP/never"
+if [ "$rc" -eq 2 ] && grep -q "$TMP/bad.jsonl:2: column" "$ERR" && grep -q "nothing was written" "$ERR" &&
+    [ ! -e "$TMP/never.bin" ] && [ ! -e "$TMP/never.idx" ] && [ -z "$(ls -A "$TMP" | grep '\.tmp\.')" ]; then
+    pass "preprocess: a bad JSON line exits 2 naming FILE:LINE, nothing written"
+else fail "preprocess: a bad JSON line exits 2 naming FILE:LINE, nothing written" "exit $rc: $(cat "$ERR")"; fi
+prun_pre --input "$TMP/no-such.jsonl" --output-prefix "$TMP/never"
+if [ "$rc" -eq 1 ] && grep -q "$TMP/no-such.jsonl" "$ERR" && [ ! -e "$TMP/never.bin" ]; then
+    pass "preprocess: a missing input exits 1 naming it"
+else fail "preprocess: a missing input exits 1 naming it" "exit $rc: $(cat "$ERR")"; fi
+
+DATA="$BASE --data-path $TMP/ds --split 949,50,1"
+RESETS="--reset-position-ids --eod-mask-loss"
+if train_losses 1 5 $DATA $RESETS; then
+    REF_DS=$got
+    pass "reference indexed data + resets CP=1: losses $REF_DS"
+    if grep -q "^# data: indexed dataset $TMP/ds: 200 documents" "$OUT" &&
+        grep -q "vocabulary 257, EOD token 256; split train 190 documents" "$OUT"; then
+        pass "indexed data: described (200 documents, vocabulary 257, split 190/10/0)"
+    else fail "indexed data: described" "$(grep '^# data' "$OUT")"; fi
+    if train_losses 1 5 $DATA && [ "$got" != "$REF_DS" ]; then
+        pass "the reset flags change the losses ('$got' without them)"
+    else fail "the reset flags change the losses" "same losses '$got' or failed: ${why:-}"; fi
+else
+    REF_DS=""
+    fail "reference indexed data + resets CP=1" "$why"
+fi
+same_losses "indexed data + resets: ring CP=2 == CP=1" "$REF_DS" 2 $DATA $RESETS \
+    --context-parallel-size 2 $RING
+same_losses "indexed data + resets: ulysses CP=2 == CP=1" "$REF_DS" 2 $DATA $RESETS \
+    --context-parallel-size 2 $ULY
+
+PACKED="$BASE --synthetic-documents $RESETS"
+if train_losses 1 5 $PACKED; then
+    REF_PK=$got
+    pass "reference packed copy task + resets CP=1: losses $REF_PK"
+else
+    REF_PK=""
+    fail "reference packed copy task + resets CP=1" "$why"
+fi
+same_losses "packed copy task + resets: ring CP=2 == CP=1" "$REF_PK" 2 $PACKED \
+    --context-parallel-size 2 $RING
+same_losses "packed copy task + resets: ring CP=4 == CP=1" "$REF_PK" 4 $PACKED \
+    --context-parallel-size 4 $RING
+same_losses "packed copy task + resets: ulysses CP=2 == CP=1" "$REF_PK" 2 $PACKED \
+    --context-parallel-size 2 $ULY
+
+# Damaged datasets: a copy of ds with one field changed, or its .bin cut.
+cp "$TMP/ds.bin" "$TMP/dsv.bin" && cp "$TMP/ds.idx" "$TMP/dsv.idx"
+put_bytes "$TMP/dsv.idx" 9 0200000000000000 # version 2
+expect_fail "a bad .idx (version) exits 2 naming the field" 2 2 $SHORT --context-parallel-size 2 \
+    $RING --data-path "$TMP/dsv" -- "--data-path" "$TMP/dsv.idx" "version 2"
+cp "$TMP/ds.bin" "$TMP/dsp.bin" && cp "$TMP/ds.idx" "$TMP/dsp.idx"
+put_bytes "$TMP/dsp.idx" $((34 + 4 * 200 + 8 * 3)) 0100000000000000 # pointers[3] = 1
+expect_fail "a bad .idx (pointers) exits 2 naming the field" 2 2 $SHORT --context-parallel-size 2 \
+    $RING --data-path "$TMP/dsp" -- "$TMP/dsp.idx" "pointers[3] = 1"
+cp "$TMP/ds.idx" "$TMP/dst.idx"
+head -c $(($(stat -c %s "$TMP/ds.bin") - 2)) "$TMP/ds.bin" >"$TMP/dst.bin"
+expect_fail "a truncated .bin exits 2 naming it" 2 2 $SHORT --context-parallel-size 2 $RING \
+    --data-path "$TMP/dst" -- "$TMP/dst.bin" "truncated"
+expect_fail "an empty valid split exits 2" 2 2 $SHORT --context-parallel-size 2 $RING \
+    --data-path "$TMP/ds" --split 100,0,0 -- "--data-path" "valid split is empty"
+expect_fail "a bad --split exits 2" 2 2 $SHORT --context-parallel-size 2 $RING \
+    --data-path "$TMP/ds" --split 9,x,1 -- "--split" "split '9,x,1'"
+expect_fail "--split with a text file exits 2" 2 2 $SHORT --context-parallel-size 2 $RING \
+    --data-path "$TMP/text.txt" --split 90,10,0 -- "--split" "text file"
+expect_fail "--reset-attention-mask is refused (not supported yet)" 2 2 $SHORT \
+    --context-parallel-size 2 $RING --synthetic-documents --reset-attention-mask -- \
+    "--reset-attention-mask" "not supported yet"
+expect_fail "--reset-position-ids without documents exits 2" 2 2 $SHORT \
+    --context-parallel-size 2 $RING --reset-position-ids -- "--reset-position-ids" \
+    "needs documents"
+expect_fail "--eod-mask-loss on a text file exits 2" 2 2 $SHORT --context-parallel-size 2 $RING \
+    --data-path "$TMP/text.txt" --eod-mask-loss -- "--eod-mask-loss" "indexed dataset"
 
 echo "# $(($(date +%s) - T0)) s"
 report

@@ -10,9 +10,20 @@
  * missing, tiny or badly split file fails with the right status and a
  * message naming the file.  Files live in a mkdtemp folder, removed at the
  * end.
+ *
+ * Packed copy task: every sample follows the layout data.c defines
+ * (half-lengths in range, marker, copy, EOD 0), and the long-range flags
+ * mark exactly the copies.  Megatron's --split: parsing, and the bounds
+ * rule (round half to even) on known cases.  Indexed dataset: samples are
+ * windows of the split's documents at multiples of S, every window is
+ * drawn, a split shorter than S+1 wraps around, the vocabulary comes from
+ * the data or must exceed it, an empty valid split is refused.  Documents:
+ * cu_seqlens, positions that restart after each EOD, and the loss mask of
+ * EOD inputs, on a hand-made sample.
  */
 #include "cpattn.h"
 #include "data.h"
+#include "indexed.h"
 #include "test.h"
 #include "test_files.h"
 
@@ -380,6 +391,297 @@ static void test_text_errors(void)
     unlink(path);
 }
 
+/* ---- the packed copy task ---------------------------------------------------- */
+
+static void check_packed(int64_t S, int64_t V)
+{
+    cpa_data *d = NULL;
+    CHECK_OK(cpa_data_packed_create(S, V, 5, &d));
+    if (!d)
+        return;
+    CHECK(cpa_data_eod(d) == 0 && cpa_data_vocab(d) == V);
+    const int64_t h_min = S / 16 > 1 ? S / 16 : 1, h_max = S / 4 > h_min ? S / 4 : h_min;
+    int32_t tok[300], again[300];
+    uint8_t flags[300];
+    int bad = 0, bad_flags = 0, docs = 0, seen_min = 0, seen_max = 0;
+    for (int64_t i = 0; i < 200; ++i) {
+        cpa_data_sample(d, CPA_DATA_TRAIN, i, tok);
+        cpa_data_sample(d, CPA_DATA_TRAIN, i, again);
+        bad += !same_tokens(tok, again, S + 1);
+        cpa_data_sample_long_range(d, CPA_DATA_TRAIN, i, flags);
+        uint8_t want[300] = {0};
+        /* Walk the documents by the rule of data.c. */
+        int64_t q = 0;
+        while (q <= S) {
+            int64_t h = 0;
+            while (q + h <= S && tok[q + h] != 1) {
+                bad += tok[q + h] < 2 || tok[q + h] >= V;
+                ++h;
+            }
+            if (q + h > S) /* cut off before its marker */
+                break;
+            ++docs;
+            bad += h < h_min || h > h_max;
+            seen_min |= h == h_min, seen_max |= h == h_max;
+            for (int64_t j = 0; j < h && q + h + 1 + j <= S; ++j) {
+                bad += tok[q + h + 1 + j] != tok[q + j];
+                want[q + h + j] = 1; /* the target at q+h+j is the copy */
+            }
+            if (q + 2 * h + 1 <= S)
+                bad += tok[q + 2 * h + 1] != 0;
+            q += 2 * h + 2;
+        }
+        for (int64_t t = 0; t < S; ++t)
+            bad_flags += flags[t] != want[t];
+    }
+    CHECK_MSG(bad == 0, "S=%lld V=%lld: %d layout errors", (long long)S, (long long)V, bad);
+    CHECK_MSG(bad_flags == 0, "S=%lld: %d wrong long-range flags", (long long)S, bad_flags);
+    CHECK(docs >= 200);
+    CHECK_MSG(seen_min && seen_max, "S=%lld: half-lengths %lld..%lld not both drawn", (long long)S,
+              (long long)h_min, (long long)h_max);
+    /* Splits and seeds give other samples. */
+    cpa_data_sample(d, CPA_DATA_TRAIN, 3, tok);
+    cpa_data_sample(d, CPA_DATA_EVAL, 3, again);
+    CHECK(S < 16 || !same_tokens(tok, again, S + 1)); /* tiny samples may coincide */
+    cpa_data_destroy(d);
+}
+
+static void test_packed(void)
+{
+    check_packed(4, 4);
+    check_packed(16, 10);
+    check_packed(64, 32);
+    check_packed(65, 32);
+    check_packed(256, 1000);
+    cpa_data *d = (cpa_data *)&d;
+    CHECK_STATUS(cpa_data_packed_create(3, 10, 0, &d), CPA_ERR_ARG);
+    CHECK_STATUS(cpa_data_packed_create(16, 3, 0, &d), CPA_ERR_ARG);
+    CHECK(d == (cpa_data *)&d);
+}
+
+/* ---- documents ------------------------------------------------------------------ */
+
+static void test_documents(void)
+{
+    cpa_data *d = NULL, *copy = NULL;
+    CHECK_OK(cpa_data_packed_create(16, 10, 1, &d));
+    CHECK_OK(cpa_data_synthetic_create(16, 10, 1, &copy));
+    if (!d || !copy)
+        goto out;
+    /* EOD (0) inputs at 2, 6, 7 and 15 = S-1; the target tokens[16] is not an input. */
+    const int32_t tok[17] = {5, 6, 0, 7, 8, 9, 0, 0, 4, 4, 4, 4, 4, 4, 4, 0, 0};
+    int64_t cu[17], pos[16];
+    uint8_t mask[16];
+    int64_t n = cpa_data_sample_documents(d, tok, cu);
+    const int64_t want_cu[5] = {0, 3, 7, 8, 16};
+    CHECK_MSG(n == 4, "%lld documents", (long long)n);
+    for (int k = 0; k <= 4 && n == 4; ++k)
+        CHECK_MSG(cu[k] == want_cu[k], "cu_seqlens[%d] = %lld, want %lld", k, (long long)cu[k],
+                  (long long)want_cu[k]);
+    cpa_data_sample_positions(d, tok, pos);
+    const int64_t want_pos[16] = {0, 1, 2, 0, 1, 2, 3, 0, 0, 1, 2, 3, 4, 5, 6, 7};
+    int bad = 0;
+    for (int t = 0; t < 16; ++t)
+        bad += pos[t] != want_pos[t];
+    CHECK_MSG(bad == 0, "%d positions differ", bad);
+    cpa_data_sample_loss_mask(d, tok, mask);
+    bad = 0;
+    for (int t = 0; t < 16; ++t)
+        bad += mask[t] != !(t == 2 || t == 6 || t == 7 || t == 15);
+    CHECK_MSG(bad == 0, "%d mask entries differ", bad);
+    /* Without an EOD token: one document, plain positions, nothing masked. */
+    CHECK(cpa_data_eod(copy) == -1 && cpa_data_eod(NULL) == -1);
+    n = cpa_data_sample_documents(copy, tok, cu);
+    CHECK(n == 1 && cu[0] == 0 && cu[1] == 16);
+    cpa_data_sample_positions(copy, tok, pos);
+    cpa_data_sample_loss_mask(copy, tok, mask);
+    bad = 0;
+    for (int t = 0; t < 16; ++t)
+        bad += pos[t] != t || mask[t] != 1;
+    CHECK(bad == 0);
+    /* A real packed sample: the documents are the EOD-ended ones. */
+    int32_t sample[17];
+    cpa_data_sample(d, CPA_DATA_TRAIN, 9, sample);
+    n = cpa_data_sample_documents(d, sample, cu);
+    bad = 0;
+    for (int64_t k = 1; k < n; ++k)
+        bad += sample[cu[k] - 1] != 0 || cu[k] <= cu[k - 1];
+    CHECK(bad == 0 && cu[n] == 16);
+out:
+    cpa_data_destroy(d);
+    cpa_data_destroy(copy);
+}
+
+/* ---- Megatron's split --------------------------------------------------------------- */
+
+static void test_split(void)
+{
+    double w[3];
+    CHECK_OK(cpa_data_split_parse("949,50,1", w));
+    CHECK(w[0] == 949 && w[1] == 50 && w[2] == 1);
+    CHECK_OK(cpa_data_split_parse("969, 30, 1", w));
+    CHECK(w[0] == 969 && w[1] == 30 && w[2] == 1);
+    CHECK_OK(cpa_data_split_parse("80,20", w));
+    CHECK(w[0] == 80 && w[1] == 20 && w[2] == 0);
+    CHECK_OK(cpa_data_split_parse("1", w));
+    CHECK(w[0] == 1 && w[1] == 0 && w[2] == 0);
+    CHECK_OK(cpa_data_split_parse("0.5,0.25,0.25", w));
+    const char *bad[] = {"", "a", "-1,2", "1,2,3,4", "0,0,0", "1;2", "1,,2", "nan", "inf,1", "1,"};
+    for (size_t k = 0; k < sizeof bad / sizeof *bad; ++k) {
+        CHECK_STATUS(cpa_data_split_parse(bad[k], w), CPA_ERR_ARG);
+        CHECK_MSG(strstr(cpa_last_error(), "split '") != NULL, "'%s': %s", bad[k],
+                  cpa_last_error());
+    }
+    /* The bounds, worked by hand with Python's round (half to even). */
+    static const struct {
+        double w[3];
+        int64_t n, b[4];
+    } cases[] = {
+        {{949, 50, 1}, 1000, {0, 949, 999, 1000}},
+        {{969, 30, 1}, 100, {0, 97, 100, 100}},
+        {{80, 20, 0}, 5, {0, 4, 5, 5}},
+        {{1, 1, 0}, 5, {0, 2, 5, 5}}, /* 2.5 -> 2 */
+        {{1, 1, 0}, 7, {0, 4, 7, 7}}, /* 3.5 -> 4 */
+        {{949, 50, 1}, 5, {0, 5, 5, 5}},
+        {{0, 1, 0}, 9, {0, 0, 9, 9}},
+        {{1, 2, 1}, 0, {0, 0, 0, 0}},
+    };
+    for (size_t k = 0; k < sizeof cases / sizeof *cases; ++k) {
+        int64_t b[4];
+        cpa_data_split_bounds(cases[k].w, cases[k].n, b);
+        CHECK_MSG(memcmp(b, cases[k].b, sizeof b) == 0,
+                  "case %zu: bounds %lld %lld %lld %lld, want %lld %lld %lld %lld", k,
+                  (long long)b[0], (long long)b[1], (long long)b[2], (long long)b[3],
+                  (long long)cases[k].b[0], (long long)cases[k].b[1], (long long)cases[k].b[2],
+                  (long long)cases[k].b[3]);
+    }
+}
+
+/* ---- the indexed dataset -------------------------------------------------------------- */
+
+/* 20 documents of 5 + (i % 7) tokens, every token unique: 100 + its index
+ * in the whole token array.  Returns the token count. */
+static int64_t write_unique_dataset(const char *prefix)
+{
+    cpa_indexed_writer *w = NULL;
+    CHECK_OK(cpa_indexed_writer_create(prefix, CPA_IDX_UINT16, &w));
+    if (!w)
+        return 0;
+    int64_t g = 0;
+    for (int i = 0; i < 20; ++i) {
+        for (int j = 0; j < 5 + i % 7; ++j, ++g) {
+            int64_t t = 100 + g;
+            CHECK_OK(cpa_indexed_writer_append(w, &t, 1));
+        }
+        CHECK_OK(cpa_indexed_writer_end_document(w));
+    }
+    CHECK_OK(cpa_indexed_writer_commit(w));
+    return g;
+}
+
+static void test_indexed_samples(void)
+{
+    char prefix[256];
+    path_of(prefix, sizeof prefix, "unique");
+    const int64_t total = write_unique_dataset(prefix);
+    /* Documents 0..15 train, 16..19 valid (80,20,0 of 20), test empty. */
+    int64_t first_valid = 0;
+    for (int i = 0; i < 16; ++i)
+        first_valid += 5 + i % 7;
+    const int64_t len[2] = {first_valid, total - first_valid}, start[2] = {0, first_valid};
+    const double w[3] = {80, 20, 0};
+    const int64_t S = 8;
+    cpa_data *d = NULL;
+    CHECK_OK(cpa_data_indexed_create(prefix, S, w, 0, -1, 42, &d));
+    if (!d)
+        return;
+    CHECK(cpa_data_vocab(d) == 100 + total);
+    CHECK(cpa_data_eod(d) == -1);
+    char desc[512];
+    cpa_data_describe(d, desc, sizeof desc);
+    CHECK_MSG(strstr(desc, "20 documents") && strstr(desc, "train 16 documents"), "%s", desc);
+    int32_t tok[64];
+    for (int k = 0; k < 2; ++k) {
+        const int64_t windows = (len[k] - 1) / S;
+        int seen[64] = {0}, bad = 0;
+        for (int64_t i = 0; i < 400; ++i) {
+            cpa_data_sample(d, k == 0 ? CPA_DATA_TRAIN : CPA_DATA_EVAL, i, tok);
+            const int64_t g0 = tok[0] - 100 - start[k];
+            bad += g0 % S != 0 || g0 < 0 || g0 / S >= windows;
+            for (int64_t j = 0; j <= S; ++j)
+                bad += tok[j] != tok[0] + j; /* consecutive, inside the split */
+            if (g0 >= 0 && g0 % S == 0 && g0 / S < 64)
+                seen[g0 / S] = 1;
+        }
+        int n_seen = 0;
+        for (int64_t v = 0; v < windows && v < 64; ++v)
+            n_seen += seen[v];
+        CHECK_MSG(bad == 0, "split %d: %d tokens outside the split's windows", k, bad);
+        CHECK_MSG(n_seen == windows, "split %d: %d of %lld windows drawn", k, n_seen,
+                  (long long)windows);
+    }
+    cpa_data_sample(d, CPA_DATA_TEST, 0, tok); /* empty: zeros */
+    CHECK(tok[0] == 0 && tok[S] == 0);
+    cpa_data_destroy(d);
+
+    /* S longer than the valid split: the window wraps to its start. */
+    const int64_t S2 = 40;
+    CHECK(len[1] < S2 + 1);
+    CHECK_OK(cpa_data_indexed_create(prefix, S2, w, 0, -1, 42, &d));
+    if (d) {
+        cpa_data_sample(d, CPA_DATA_EVAL, 3, tok);
+        int bad = 0;
+        for (int64_t j = 0; j <= S2; ++j)
+            bad += tok[j] != 100 + start[1] + j % len[1];
+        CHECK_MSG(bad == 0, "wrapped window: %d tokens differ", bad);
+        cpa_data_destroy(d);
+        d = NULL;
+    }
+    /* The vocabulary: given and large enough, or refused naming the token. */
+    CHECK_OK(cpa_data_indexed_create(prefix, S, w, 50000, -1, 42, &d));
+    CHECK(d && cpa_data_vocab(d) == 50000);
+    cpa_data_destroy(d);
+    d = NULL;
+    CHECK_STATUS(cpa_data_indexed_create(prefix, S, w, 150, -1, 42, &d), CPA_ERR_ARG);
+    char word[64];
+    snprintf(word, sizeof word, "token %lld", (long long)(99 + total));
+    CHECK_ERR(word);
+    snprintf(word, sizeof word, "at least %lld ids, not 150", (long long)(100 + total));
+    CHECK_ERR(word);
+    /* An empty valid split is refused, naming it. */
+    const double no_valid[3] = {100, 0, 0};
+    CHECK_STATUS(cpa_data_indexed_create(prefix, S, no_valid, 0, -1, 42, &d), CPA_ERR_ARG);
+    CHECK_ERR("valid split is empty");
+    CHECK(d == NULL);
+    /* A malformed index is the reader's CPA_ERR_FORMAT. */
+    char idx[300];
+    snprintf(idx, sizeof idx, "%s.idx", prefix);
+    CHECK(write_bytes(idx, "MMIDIDX\0\0", 9));
+    CHECK_STATUS(cpa_data_indexed_create(prefix, S, w, 0, -1, 42, &d), CPA_ERR_FORMAT);
+    CHECK_ERR("truncated header");
+}
+
+static void test_is_indexed(void)
+{
+    char a[256], b[300];
+    path_of(a, sizeof a, "plain.txt");
+    CHECK(write_bytes(a, "x", 1));
+    CHECK(!cpa_data_is_indexed(a)); /* a text file */
+    snprintf(b, sizeof b, "%s.idx", a);
+    CHECK(write_bytes(b, "x", 1));
+    CHECK(!cpa_data_is_indexed(a)); /* still text: only one of the pair */
+    snprintf(b, sizeof b, "%s.bin", a);
+    CHECK(write_bytes(b, "x", 1));
+    CHECK(cpa_data_is_indexed(a)); /* both: the dataset wins */
+    path_of(a, sizeof a, "prefix-only");
+    snprintf(b, sizeof b, "%s.idx", a);
+    CHECK(write_bytes(b, "x", 1));
+    CHECK(cpa_data_is_indexed(a)); /* a half pair: meant as a dataset (the error names the .bin) */
+    path_of(a, sizeof a, "absent");
+    CHECK(!cpa_data_is_indexed(a));
+    CHECK(!cpa_data_is_indexed(NULL));
+}
+
 int main(void)
 {
     if (!tmp_dir_create("cpattn_test_data"))
@@ -390,6 +692,11 @@ int main(void)
     RUN_TEST(test_text_splits);
     RUN_TEST(test_text_minimum);
     RUN_TEST(test_text_errors);
+    RUN_TEST(test_packed);
+    RUN_TEST(test_documents);
+    RUN_TEST(test_split);
+    RUN_TEST(test_indexed_samples);
+    RUN_TEST(test_is_indexed);
     remove_tree(tmp_dir);
     return TEST_SUMMARY();
 }
