@@ -376,6 +376,10 @@ typedef struct cpa_split {
  * positions (RoPE, masks). */
 cpa_status cpa_split_balance(int64_t S, int P, int cpr, cpa_mask mask, int32_t *chunk_of);
 
+/* Chunks per rank --cp-load-balance documents uses at S positions over P
+ * ranks: 4 when S % (4P) == 0, else 2 when S % (2P) == 0, else 0 (none). */
+int cpa_split_document_chunks(int64_t S, int P);
+
 /* max/mean over the ranks of the visible (query, key) pairs of each rank's
  * query rows against the whole sequence under `mask`: 1.0 is perfect
  * balance.  What the ring's and all-gather's compute follows. */

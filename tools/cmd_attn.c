@@ -601,8 +601,8 @@ static void balance_figures(const attn_run *r, double *zigzag, double *documents
     cpa_cp_config pc = plan_config(r);
     cpa_algo_info info;
     *zigzag = *documents = -1;
-    if (r->P < 2 || cpa_algo_describe(pc.algo, &info) != CPA_OK || !info.uses_balance ||
-        r->c.S % (2 * (int64_t)r->P) != 0)
+    const int cpr = cpa_split_document_chunks(r->c.S, r->P);
+    if (r->P < 2 || cpa_algo_describe(pc.algo, &info) != CPA_OK || !info.uses_balance || !cpr)
         return;
     cpa_split zz = {.kind = pc.mask.kind == CPA_MASK_CAUSAL ? CPA_SPLIT_ZIGZAG
                                                              : CPA_SPLIT_CONTIGUOUS,
@@ -612,7 +612,6 @@ static void balance_figures(const attn_run *r, double *zigzag, double *documents
         *documents = cpa_split_imbalance(r->split, r->c.S, pc.mask);
         return;
     }
-    const int cpr = r->c.S % (4 * (int64_t)r->P) == 0 ? 4 : 2;
     int32_t *table = malloc(sizeof(int32_t) * (size_t)(r->P * cpr));
     if (table && cpa_split_balance(r->c.S, r->P, cpr, pc.mask, table) == CPA_OK) {
         cpa_split ch = {.kind = CPA_SPLIT_CHUNKS, .P = r->P, .U = 1, .chunks_per_rank = cpr,

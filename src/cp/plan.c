@@ -164,7 +164,7 @@ static cpa_status validate(const cpa_cp_config *c, int world)
     CPA_TRY(e->validate(c));
     const cpa_split sp = e->split(c);
     if (sp.kind == CPA_SPLIT_CHUNKS) { /* its table comes at creation; the rule now */
-        if (c->seq_length % (2 * (int64_t)c->cp_size) != 0)
+        if (cpa_split_document_chunks(c->seq_length, c->cp_size) == 0)
             return cpa_error(CPA_ERR_ARG, "--seq-length %lld is not divisible by 2 x %d "
                              "(--cp-load-balance documents assigns 2 or 4 chunks per rank: "
                              "S %% (2P) == 0, or S %% (4P) == 0 for 4)",

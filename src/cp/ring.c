@@ -468,7 +468,7 @@ cpa_split cpa_balanced_split(const cpa_cp_config *c)
         s.kind = CPA_SPLIT_CONTIGUOUS;
     if (c->balance == CPA_BALANCE_DOCUMENTS) {
         s.kind = CPA_SPLIT_CHUNKS;
-        s.chunks_per_rank = c->seq_length % (4 * (int64_t)c->cp_size) == 0 ? 4 : 2;
+        s.chunks_per_rank = cpa_split_document_chunks(c->seq_length, c->cp_size);
     }
     return s;
 }

@@ -246,6 +246,11 @@ cpa_status cpa_split_balance(int64_t S, int P, int cpr, cpa_mask mask, int32_t *
     return CPA_OK;
 }
 
+int cpa_split_document_chunks(int64_t S, int P)
+{
+    return P < 1 ? 0 : S % (4 * (int64_t)P) == 0 ? 4 : S % (2 * (int64_t)P) == 0 ? 2 : 0;
+}
+
 double cpa_split_imbalance(cpa_split split, int64_t S, cpa_mask mask)
 {
     if (cpa_split_check(split, S) != CPA_OK || cpa_mask_check(mask, S) != CPA_OK)
