@@ -53,7 +53,12 @@ cli_setup() {
     TIMEOUT=${CPATTN_TEST_TIMEOUT:-120}
     TMP=$(mktemp -d "${TMPDIR:-/tmp}/$1.XXXXXX")
     trap 'rm -rf "$TMP"' EXIT
-    unset CPATTN_SEED CPATTN_THREADS
+    # The caller's environment must not steer what the cases check: a CI
+    # host may export OPENBLAS_CORETYPE (or the BLAS-fix switches), which
+    # changes the '# blas:' lines the BLAS cases expect; those cases set
+    # what they need themselves.
+    unset CPATTN_SEED CPATTN_THREADS OPENBLAS_CORETYPE CPATTN_BLAS_FIX \
+          CPATTN_BLAS_PRETEND_CORE CPATTN_ISA
     passed=0
     failed=0
     OUT=$TMP/stdout
