@@ -342,25 +342,30 @@ double cpa_attn_forward_flops(const cpa_attn_desc *desc);
 /* ------------------------------------------------------------------------ */
 
 /* How a global sequence of S tokens is cut across the P ranks of a CP group.
- *   CONTIGUOUS: rank r holds [r·S/P, (r+1)·S/P)          (general mask, Ulysses)
- *   ZIGZAG:     2R chunks of c = S/(2R) over R = P/U ring ranks; ring rank
- *               ρ holds chunk ρ then chunk 2R-1-ρ; that piece (S/R tokens)
- *               is cut contiguously into U parts and rank r = ρ·U + u
- *               holds part u.  U = 1 is the ring's zigzag; U > 1 is the
- *               hybrid's (the Ulysses all-to-all then rebuilds exactly the
- *               ring-level zigzag piece). */
+ * Any S works: cut into n chunks, chunk i is [i·S/n, (i+1)·S/n) rounded
+ * down (lengths differ by at most one), so ranks may hold different row
+ * counts (cpa_split_rows); every chunk must hold a position (S >= n).
+ *   CONTIGUOUS: R = P/U ring ranks hold chunks of R, each cut the same way
+ *               into U parts; rank r = ρ·U + u holds part u (U = 1: chunk r
+ *               of P; general mask, Ulysses, the hybrid's general mask)
+ *   ZIGZAG:     2R chunks over R = P/U ring ranks; ring rank ρ holds chunk ρ
+ *               then chunk 2R-1-ρ; those L rows are cut the same way into
+ *               U parts and rank r = ρ·U + u holds part u.  U = 1 is the
+ *               ring's zigzag; U > 1 is the hybrid's (the Ulysses
+ *               all-to-all then rebuilds exactly the ring-level zigzag
+ *               piece). */
 typedef enum cpa_split_kind {
     CPA_SPLIT_CONTIGUOUS = 0,
     CPA_SPLIT_ZIGZAG = 1,
-    CPA_SPLIT_CHUNKS = 2 /* P*cpr equal chunks, rank r holding the ones chunk_of lists */
+    CPA_SPLIT_CHUNKS = 2 /* P*cpr chunks, rank r holding the ones chunk_of lists */
 } cpa_split_kind;
 
 typedef struct cpa_split {
     cpa_split_kind kind;
     int P; /* ranks sharing the sequence */
-    int U; /* zigzag only: Ulysses degree inside each ring rank (1 for plain ring) */
-    /* CHUNKS only: the sequence is cut into P*chunks_per_rank chunks of
-     * S/(P*chunks_per_rank) positions; rank r holds chunks
+    int U; /* Ulysses degree inside each ring rank (1 for plain ring); not for CHUNKS */
+    /* CHUNKS only: the sequence is cut into P*chunks_per_rank chunks (as
+     * above: lengths differ by at most one); rank r holds chunks
      * chunk_of[r*chunks_per_rank ...] (ascending), in that order.  The table
      * is borrowed (a plan's split points into the plan). */
     int chunks_per_rank;
@@ -377,7 +382,8 @@ typedef struct cpa_split {
 cpa_status cpa_split_balance(int64_t S, int P, int cpr, cpa_mask mask, int32_t *chunk_of);
 
 /* Chunks per rank --cp-load-balance documents uses at S positions over P
- * ranks: 4 when S % (4P) == 0, else 2 when S % (2P) == 0, else 0 (none). */
+ * ranks: 4 when S >= 4P, else 2 when S >= 2P, else 1 when S >= P, else 0
+ * (none). */
 int cpa_split_document_chunks(int64_t S, int P);
 
 /* max/mean over the ranks of the visible (query, key) pairs of each rank's
@@ -385,10 +391,15 @@ int cpa_split_document_chunks(int64_t S, int P);
  * balance.  What the ring's and all-gather's compute follows. */
 double cpa_split_imbalance(cpa_split split, int64_t S, cpa_mask mask);
 
-/* Check that S tokens can be split: 1 <= U, U divides P, and S % P == 0
- * (contiguous) or S % (2P) == 0 (zigzag, which also makes the U parts
- * equal).  The message names the values and the rule. */
+/* Check that S tokens can be split: 1 <= U, U divides P, and every chunk
+ * holds a position (S >= P contiguous, S >= 2P zigzag, S >= P*cpr chunks).
+ * The message names the values and the rule. */
 cpa_status cpa_split_check(cpa_split split, int64_t S);
+
+/* Local rows of rank r (-1 for a split cpa_split_check refuses), and the
+ * most any rank holds. */
+int64_t cpa_split_rows(cpa_split split, int64_t S, int r);
+int64_t cpa_split_max_rows(cpa_split split, int64_t S);
 
 /* The local rows of rank r as pieces {row, len, pos}: local row `row`
  * holds global position `pos`.  *count gets 1 to 8 (pieces needs room for
@@ -396,12 +407,12 @@ cpa_status cpa_split_check(cpa_split split, int64_t S);
 #define CPA_SPLIT_MAX_PIECES 8
 cpa_status cpa_split_pieces(cpa_split split, int64_t S, int r, cpa_piece *pieces, int *count);
 
-/* Global positions of rank r's S/P local rows, in local order (what RoPE
- * needs). */
+/* Global positions of rank r's local rows (cpa_split_rows of them), in
+ * local order (what RoPE needs). */
 cpa_status cpa_split_positions(cpa_split split, int64_t S, int r, int64_t *positions);
 
 /* Copy rank r's rows of a global [B, S, N, D] view into a local
- * [B, S/P, N, D] view (any strides), and back. */
+ * [B, rows of r, N, D] view (any strides), and back. */
 cpa_status cpa_shard(cpa_split split, int r, cpa_tensor global, cpa_tensor local);
 cpa_status cpa_unshard(cpa_split split, int r, cpa_tensor local, cpa_tensor global);
 
@@ -495,7 +506,8 @@ int64_t cpa_plan_memory_bytes(const cpa_cp_config *config);
 const cpa_cp_config *cpa_plan_config(const cpa_plan *plan);
 
 /* The split of this plan's local rows, this rank's index in the group, and
- * the local sequence length S/P. */
+ * this rank's local sequence length (S/P when P divides S; in general
+ * cpa_split_rows of the split, which may differ by rank). */
 cpa_split cpa_plan_split(const cpa_plan *plan);
 int cpa_plan_rank(const cpa_plan *plan);
 int64_t cpa_plan_local_seq(const cpa_plan *plan);
@@ -513,9 +525,9 @@ void cpa_plan_saved_destroy(cpa_plan_saved *saved);
  * plan would refuse). */
 int64_t cpa_plan_saved_bytes(const cpa_cp_config *config);
 
-/* Local shards, in the plan's layout:
- *   q, dq, dout, out: [B, S/P, H, D*]   k, v, dk, dv: [B, S/P, G, D*]
- *   lse: [B, H, S/P] (any strides)
+/* Local shards, in the plan's layout, Sl = cpa_plan_local_seq (this rank's):
+ *   q, dq, dout, out: [B, Sl, H, D*]   k, v, dk, dv: [B, Sl, G, D*]
+ *   lse: [B, H, Sl] (any strides)
  * forward writes out and lse, and fills `saved` (NULL: keep nothing).
  * backward takes the forward's q, k, v, out and lse and WRITES (not adds)
  * dq, dk, dv for the local rows.  Given the `saved` its forward filled it
@@ -533,10 +545,27 @@ cpa_status cpa_plan_backward(cpa_plan *plan, const cpa_plan_saved *saved, cpa_te
 
 /* The bytes one rank sends in one forward and in one backward of `config`,
  * from the algorithm's schedule (what the stats of a call will count):
- * the communication volume, without running anything.  CPA_ERR_ARG for a
- * configuration the plan would refuse. */
+ * the communication volume, without running anything.  cpa_plan_volume
+ * gives the most any rank sends (every rank sends the same when the
+ * sequence divides evenly); cpa_plan_rank_volume that of rank `rank` of
+ * the group.  CPA_ERR_ARG for a configuration the plan would refuse. */
 cpa_status cpa_plan_volume(const cpa_cp_config *config, double *forward_bytes,
                            double *backward_bytes);
+cpa_status cpa_plan_rank_volume(const cpa_cp_config *config, int rank, double *forward_bytes,
+                                double *backward_bytes);
+
+/* Per-call documents (Megatron's --reset-attention-mask, where every sample
+ * packs its own documents): replace the plan's cu_seqlens [num_docs + 1]
+ * (0 = c0 < c1 < ... < c_N = S; NULL / 0 for none) for the calls that
+ * follow, keeping its kind and window.  Collective: every rank of the plan
+ * passes the same documents (checked: a hash is compared, two small
+ * collectives per call); a bad cu_seqlens is refused on every rank naming
+ * the rule.  Refused for a plan with --cp-load-balance documents (its chunk
+ * assignment comes from the plan's documents).  A backward given a saved
+ * state refuses it if the documents changed since the forward that filled
+ * it.  The plan copies the array (allocating only when it holds more
+ * documents than any before). */
+cpa_status cpa_plan_set_documents(cpa_plan *plan, const int64_t *cu_seqlens, int64_t num_docs);
 
 /* Counters of the last forward or backward call on this rank. */
 typedef struct cpa_plan_stats {

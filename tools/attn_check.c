@@ -16,7 +16,9 @@
 /* ---- blocks that travel ---------------------------------------------------- */
 
 /* A block of one rank's rows, contiguous bshd: its tensors one after the
- * other, the shard they belong to, and a second buffer to receive into. */
+ * other, each at the offset of the largest shard's (any S: shards differ by
+ * a few rows, and every block travels at that one size), the shard they
+ * belong to, and a second buffer to receive into. */
 typedef struct block {
     int64_t floats;
     float *buf, *in;
@@ -127,7 +129,8 @@ static cpa_status reference_forward(const attn_set *s, const attn_check_cfg *c, 
                                     block *kv, float *part)
 {
     const attn_shape *sh = &s->sh;
-    const int64_t Sl = s->Sl, kfl = sh->B * Sl * sh->G * sh->D;
+    const int64_t Sl = s->Sl, Smax = cpa_split_max_rows(c->split, sh->S);
+    const int64_t kfl = sh->B * Smax * sh->G * sh->D;
     cpa_tensor out = ref->t[T_OUT], lse = ref->t[T_LSE];
     cpa_tensor pout = bshd(part, sh, Sl, sh->H, sh->Dv);
     cpa_tensor plse = lse_of(part + sh->B * Sl * sh->H * sh->Dv, sh, Sl);
@@ -143,7 +146,8 @@ static cpa_status reference_forward(const attn_set *s, const attn_check_cfg *c, 
         cpa_piece kp[CPA_SPLIT_MAX_PIECES];
         cpa_rows kr;
         TRY(pieces_of(c, sh->S, kv->shard, kp, &kr));
-        k = bshd(kv->buf, sh, Sl, sh->G, sh->D), v = bshd(kv->buf + kfl, sh, Sl, sh->G, sh->Dv);
+        const int64_t n = cpa_split_rows(c->split, sh->S, kv->shard);
+        k = bshd(kv->buf, sh, n, sh->G, sh->D), v = bshd(kv->buf + kfl, sh, n, sh->G, sh->Dv);
         cpa_attn_desc d;
         desc_of(&d, c, attn_view(s, T_Q), qr, k, v, kr);
         if (step == 0) {
@@ -163,8 +167,8 @@ static cpa_status reference_backward(const attn_set *s, const attn_check_cfg *c,
                                      block *qb)
 {
     const attn_shape *sh = &s->sh;
-    const int64_t Sl = s->Sl, B = sh->B, H = sh->H;
-    const int64_t nq = B * Sl * H * sh->D, no = B * Sl * H * sh->Dv, nl = B * H * Sl;
+    const int64_t Sl = s->Sl, B = sh->B, H = sh->H, Smax = cpa_split_max_rows(c->split, sh->S);
+    const int64_t nq = B * Smax * H * sh->D, no = B * Smax * H * sh->Dv, nl = B * H * Smax;
     /* The block: q, dout, out, lse, dq, in that order. */
     float *p = qb->buf;
     cpa_tensor_copy(bshd(p, sh, Sl, H, sh->D), attn_view(s, T_Q));
@@ -180,12 +184,13 @@ static cpa_status reference_backward(const attn_set *s, const attn_check_cfg *c,
         cpa_piece qp[CPA_SPLIT_MAX_PIECES];
         cpa_rows qr;
         TRY(pieces_of(c, sh->S, qb->shard, qp, &qr));
+        const int64_t n = cpa_split_rows(c->split, sh->S, qb->shard);
         p = qb->buf;
         cpa_attn_desc d;
-        desc_of(&d, c, bshd(p, sh, Sl, H, sh->D), qr, attn_view(s, T_K), attn_view(s, T_V), kr);
-        TRY(cpa_attn_backward(NULL, &d, bshd(p + nq + no, sh, Sl, H, sh->Dv),
-                                  lse_of(p + nq + 2 * no, sh, Sl), bshd(p + nq, sh, Sl, H, sh->Dv),
-                                  bshd(p + nq + 2 * no + nl, sh, Sl, H, sh->D), ref->t[T_DK],
+        desc_of(&d, c, bshd(p, sh, n, H, sh->D), qr, attn_view(s, T_K), attn_view(s, T_V), kr);
+        TRY(cpa_attn_backward(NULL, &d, bshd(p + nq + no, sh, n, H, sh->Dv),
+                                  lse_of(p + nq + 2 * no, sh, n), bshd(p + nq, sh, n, H, sh->Dv),
+                                  bshd(p + nq + 2 * no + nl, sh, n, H, sh->D), ref->t[T_DK],
                                   ref->t[T_DV]));
         if (P > 1)
             TRY(block_shift(qb)); /* after P shifts the block is home */
@@ -247,10 +252,11 @@ int attn_check(const attn_set *s, const attn_check_cfg *c)
         !(part = cpa_alloc_floats(B * Sl * H * sh->Dv + B * H * Sl)))
         rc = fail("out of memory: --check: the reference's results (%lld floats)",
                   (long long)total);
+    const int64_t Smax = cpa_split_max_rows(c->split, sh->S); /* every block's size */
     if (!rc)
-        rc = block_alloc(&kv, B * Sl * G * (sh->D + sh->Dv), "K/V");
+        rc = block_alloc(&kv, B * Smax * G * (sh->D + sh->Dv), "K/V");
     if (!rc && !c->forward_only)
-        rc = block_alloc(&qb, B * Sl * H * (2 * sh->D + 2 * sh->Dv + 1), "query");
+        rc = block_alloc(&qb, B * Smax * H * (2 * sh->D + 2 * sh->Dv + 1), "query");
     if (!(rc = tool_agree(rc))) {
         for (int i = T_OUT; i < T_COUNT; ++i)
             if (mask & T_BIT(i)) {

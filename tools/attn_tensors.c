@@ -47,8 +47,8 @@ int attn_set_alloc(attn_set *s, const attn_shape *sh, cpa_split split, int shard
 {
     memset(s, 0, sizeof *s);
     s->sh = *sh;
-    s->Sl = sh->S / split.P;
-    if (cpa_split_pieces(split, sh->S, shard, s->pieces, &s->npieces) != CPA_OK)
+    s->Sl = cpa_split_rows(split, sh->S, shard); /* any S: this shard's own count */
+    if (s->Sl < 0 || cpa_split_pieces(split, sh->S, shard, s->pieces, &s->npieces) != CPA_OK)
         return tool_agree(fail("internal error: %s", cpa_last_error()));
     int rc = 0;
     for (int i = 0; i < T_COUNT && !rc; ++i) {

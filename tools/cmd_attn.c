@@ -522,7 +522,7 @@ static int make_plan(attn_run *r)
 static int check_memory(const attn_run *r)
 {
     const attn_cfg *c = &r->c;
-    const int64_t Sl = c->S / r->P;
+    const int64_t Sl = (c->S + r->P - 1) / r->P + 2; /* any S: at most a few rows above S/P */
     cpa_cp_config pc = plan_config(r);
     const int64_t plan = cpa_plan_memory_bytes(&pc), saved = cpa_plan_saved_bytes(&pc);
     if (plan < 0 || saved < 0)
@@ -542,13 +542,26 @@ static void print_setup(const attn_run *r)
     if (r->P == 1)
         tool_say("# context parallel: off (--context-parallel-size 1, MPI world size %d): one "
                  "rank, the %s plan over the whole sequence\n", tool_world_size(), algo);
-    else
-        tool_say("# context parallel: %d ranks (MPI world size %d), %s, split %s, %lld of %lld "
+    else {
+        /* Any S: ranks may hold different counts (differing by a few rows). */
+        int64_t lo = c->S, hi = 0;
+        for (int i = 0; i < r->P; ++i) {
+            const int64_t n = cpa_split_rows(r->split, c->S, i);
+            lo = n < lo ? n : lo;
+            hi = n > hi ? n : hi;
+        }
+        char rows[64];
+        if (lo == hi)
+            snprintf(rows, sizeof rows, "%lld", (long long)lo);
+        else
+            snprintf(rows, sizeof rows, "%lld to %lld", (long long)lo, (long long)hi);
+        tool_say("# context parallel: %d ranks (MPI world size %d), %s, split %s, %s of %lld "
                  "rows per rank\n", r->P, tool_world_size(), algo,
                  r->split.kind == CPA_SPLIT_ZIGZAG   ? "zigzag"
                  : r->split.kind == CPA_SPLIT_CHUNKS ? "document-balanced chunks"
                                                      : "contiguous",
-                 (long long)r->set.Sl, (long long)c->S);
+                 rows, (long long)c->S);
+    }
     cpa_cp_config pc = plan_config(r);
     double fwd = 0, bwd = 0;
     char mem[32], vf[32], vb[32];

@@ -202,29 +202,40 @@ void cpa_xfer_reset_counters(cpa_xfer *x)
     x->bytes_sent = 0.0;
 }
 
-cpa_status cpa_xfer_post(cpa_xfer *x, const float *sendbuf, int dest, MPI_Comm send_comm,
-                         float *recvbuf, int src, MPI_Comm recv_comm, int64_t count, int tag,
-                         const char *what, int *handle)
+cpa_status cpa_xfer_post(cpa_xfer *x, const float *sendbuf, int64_t send_count, int dest,
+                         MPI_Comm send_comm, float *recvbuf, int64_t recv_count, int src,
+                         MPI_Comm recv_comm, int tag, const char *what, int *handle)
 {
-    MPI_Datatype type;
-    int n;
-    CPA_TRY(cpa_comm_float_type(count, &type, &n));
+    MPI_Datatype stype = MPI_FLOAT, rtype = MPI_FLOAT;
+    int sn = 0, rn = 0;
+    if (sendbuf)
+        CPA_TRY(cpa_comm_float_type(send_count, &stype, &sn));
+    if (recvbuf) {
+        cpa_status st = cpa_comm_float_type(recv_count, &rtype, &rn);
+        if (st != CPA_OK) {
+            if (stype != MPI_FLOAT)
+                MPI_Type_free(&stype);
+            return st;
+        }
+    }
     int h = 0;
     while (h < CPA_XFER_SLOTS && x->busy[h])
         ++h;
-    if (h == CPA_XFER_SLOTS)
-        return cpa_error(CPA_ERR_INTERNAL, "more than %d transfers in flight", CPA_XFER_SLOTS);
     int rc = MPI_SUCCESS;
-    if (recvbuf)
-        rc = MPI_Irecv(recvbuf, n, type, src, tag, recv_comm, &x->req[2 * h]);
-    if (rc == MPI_SUCCESS && sendbuf) {
-        rc = MPI_Isend(sendbuf, n, type, dest, tag, send_comm, &x->req[2 * h + 1]);
+    if (h < CPA_XFER_SLOTS && recvbuf)
+        rc = MPI_Irecv(recvbuf, rn, rtype, src, tag, recv_comm, &x->req[2 * h]);
+    if (h < CPA_XFER_SLOTS && rc == MPI_SUCCESS && sendbuf) {
+        rc = MPI_Isend(sendbuf, sn, stype, dest, tag, send_comm, &x->req[2 * h + 1]);
         if (rc == MPI_SUCCESS)
-            x->bytes_sent += (double)count * sizeof(float);
+            x->bytes_sent += (double)send_count * sizeof(float);
     }
     /* A derived type may be freed while the transfers using it are pending. */
-    if (type != MPI_FLOAT)
-        MPI_Type_free(&type);
+    if (stype != MPI_FLOAT)
+        MPI_Type_free(&stype);
+    if (rtype != MPI_FLOAT)
+        MPI_Type_free(&rtype);
+    if (h == CPA_XFER_SLOTS)
+        return cpa_error(CPA_ERR_INTERNAL, "more than %d transfers in flight", CPA_XFER_SLOTS);
     if (rc != MPI_SUCCESS) {
         cpa_xfer_drain(x);
         return cpa_mpi_error(rc, recvbuf ? "MPI_Irecv / MPI_Isend" : "MPI_Isend");

@@ -35,14 +35,16 @@ typedef struct cpa_xfer {
 void cpa_xfer_init(cpa_xfer *x);
 void cpa_xfer_reset_counters(cpa_xfer *x);
 
-/* Post one transfer: MPI_Irecv of `count` floats from `src` into recvbuf on
- * recv_comm, then MPI_Isend of sendbuf to `dest` on send_comm (receive
- * first, so a matching send never waits for a receive to appear).  Either
- * side may be skipped with a NULL buffer.  *handle identifies the pair for
+/* Post one transfer: MPI_Irecv of `recv_count` floats from `src` into
+ * recvbuf on recv_comm, then MPI_Isend of `send_count` floats of sendbuf to
+ * `dest` on send_comm (receive first, so a matching send never waits for a
+ * receive to appear).  The counts differ where ranks hold different row
+ * counts; each must equal what its peer sends or receives.  Either side may
+ * be skipped with a NULL buffer.  *handle identifies the pair for
  * cpa_xfer_wait. */
-cpa_status cpa_xfer_post(cpa_xfer *x, const float *sendbuf, int dest, MPI_Comm send_comm,
-                         float *recvbuf, int src, MPI_Comm recv_comm, int64_t count, int tag,
-                         const char *what, int *handle);
+cpa_status cpa_xfer_post(cpa_xfer *x, const float *sendbuf, int64_t send_count, int dest,
+                         MPI_Comm send_comm, float *recvbuf, int64_t recv_count, int src,
+                         MPI_Comm recv_comm, int tag, const char *what, int *handle);
 
 /* Block until both sides of `handle` completed; the time counts as exposed
  * communication.  Bounded by the watchdog (cpa_comm_wait): the message

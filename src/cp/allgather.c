@@ -18,6 +18,11 @@
  * between forward and backward (the backward gathers again rather than hold
  * O(S) per layer).
  *
+ * Any S: ranks hold row counts that differ by a few rows; every slab is
+ * sized for the largest (the rest of a shorter rank's slab travels as
+ * zeros: at most a few rows per rank), so the collectives stay the plain
+ * fixed-count ones.
+ *
  * Large slabs.  The gathered buffer is laid out chunk-major: chunk c of the
  * slab (at most cpa_comm_max_count() floats) of every rank sits together as
  * [P, n_c], so every all-gather and reduce-scatter is a plain call on
@@ -32,14 +37,14 @@ typedef struct ag_state {
     MPI_Comm comm; /* the plan's (borrowed) */
     int P, r;
     cpa_split split;
-    int64_t B, S, Sl, H, G, Dqk, Dv;
+    int64_t B, S, Sl, Smax, H, G, Dqk, Dv; /* Sl: my rows; Smax: the most any rank holds */
     cpa_layout layout;
     cpa_mask mask;
     cpa_impl impl;
     float scale;
     cpa_attn_ctx *ctx;
-    int64_t slab, chunk;  /* floats of one rank's K then V rows; chunk length */
-    float *mine;          /* [slab]: my K then V rows, packed [B, Sl, G, D] */
+    int64_t slab, chunk;  /* floats of one rank's K then V rows (Smax of them); chunk length */
+    float *mine;          /* [slab]: my K [B, Sl, G, Dqk] then V [B, Sl, G, Dv] rows */
     float *all;           /* [P, slab], chunk-major (see the top) */
     float *k, *v;         /* natural order, bshd [B, S, G, Dqk] and [B, S, G, Dv] */
     float *dk, *dv;       /* their gradients, same shapes */
@@ -62,11 +67,17 @@ static int64_t kv_row_floats(const cpa_cp_config *c)
     return c->num_kv_heads * (c->head_dim + c->v_head_dim);
 }
 
+/* The most rows a rank holds (a document-balanced split: the bound). */
+static int64_t most_rows(const cpa_cp_config *c)
+{
+    return cpa_split_max_rows(cpa_balanced_split(c), c->seq_length);
+}
+
 static int64_t ag_state_bytes(const cpa_cp_config *c)
 {
-    /* mine (S/P rows), all (S rows), k+v and dk+dv (S rows each). */
+    /* mine (Smax rows), all (P slabs), k+v and dk+dv (S rows each). */
     const int64_t P = c->cp_size, rows = c->batch * c->seq_length;
-    const int64_t slab = rows / P * kv_row_floats(c);
+    const int64_t slab = c->batch * most_rows(c) * kv_row_floats(c);
     return (int64_t)sizeof(ag_state) +
            (int64_t)sizeof(float) * (slab + P * slab + 2 * rows * kv_row_floats(c));
 }
@@ -81,13 +92,22 @@ static void ag_kernel_shape(const cpa_cp_config *c, int64_t *H, int64_t *G, int6
                             int64_t *Sk)
 {
     *H = c->num_heads, *G = c->num_kv_heads;
-    *Sq = c->seq_length / c->cp_size, *Sk = c->seq_length;
+    *Sq = most_rows(c), *Sk = c->seq_length;
 }
 
-static void ag_volume(const cpa_cp_config *c, double *fwd, double *bwd)
+static void ag_volume(const cpa_cp_config *c, int rank, double *fwd, double *bwd)
 {
+    (void)rank; /* every rank sends P-1 slabs of the same (largest) size */
     const int P = c->cp_size;
-    const double slab = 4.0 * (double)(c->batch * (c->seq_length / P) * kv_row_floats(c));
+    cpa_split sp = cpa_balanced_split(c);
+    int32_t *table = NULL; /* the exact largest rank of a document-balanced split */
+    if (cpa_split_fill_table(&sp, c->seq_length, c->mask, &table) != CPA_OK) {
+        *fwd = *bwd = -1.0;
+        return;
+    }
+    const double slab =
+        4.0 * (double)(c->batch * cpa_split_max_rows(sp, c->seq_length) * kv_row_floats(c));
+    cpa_free(table);
     *fwd = (P - 1) * slab;       /* the all-gather */
     *bwd = 2.0 * (P - 1) * slab; /* the all-gather again and the reduce-scatter */
 }
@@ -114,14 +134,16 @@ static cpa_status ag_init(MPI_Comm comm, const cpa_cp_config *c, cpa_split split
     MPI_Comm_size(comm, &g->P);
     MPI_Comm_rank(comm, &g->r);
     g->split = split;
-    g->B = c->batch, g->S = c->seq_length, g->Sl = c->seq_length / g->P;
+    g->B = c->batch, g->S = c->seq_length;
+    g->Sl = cpa_split_rows(split, g->S, g->r);
+    g->Smax = cpa_split_max_rows(split, g->S);
     g->H = c->num_heads, g->G = c->num_kv_heads, g->Dqk = c->head_dim, g->Dv = c->v_head_dim;
     g->layout = c->layout;
     g->mask = c->mask;
     g->impl = c->impl;
     g->scale = c->softmax_scale;
     g->ctx = ctx;
-    g->slab = g->B * g->Sl * kv_row_floats(c);
+    g->slab = g->B * g->Smax * kv_row_floats(c);
     g->chunk = cpa_comm_max_count();
     const int64_t kn = g->B * g->S * g->G;
     struct {
@@ -167,7 +189,8 @@ static void slab_copy(const ag_state *g, int j, int64_t e, float *buf, int64_t n
 }
 
 /* Rank j's rows between its slab and the natural-order x [B, S, G, dim]
- * (x: k or dk at element offset 0, v or dv after the K part of the slab). */
+ * (x: k or dk with slab_off 0, v or dv with slab_off 1: after rank j's K
+ * part of the slab). */
 static void rows_copy(const ag_state *g, int j, float *x, int64_t dim, int64_t slab_off,
                       int into_slab)
 {
@@ -175,7 +198,8 @@ static void rows_copy(const ag_state *g, int j, float *x, int64_t dim, int64_t s
     int np = 0;
     cpa_split_pieces(g->split, g->S, j, pc, &np);
     const int64_t row = g->G * dim;
-    int64_t e = slab_off;
+    /* V follows rank j's K rows (slab_off 1: the V part) */
+    int64_t e = slab_off ? g->B * cpa_split_rows(g->split, g->S, j) * g->G * g->Dqk : 0;
     for (int64_t b = 0; b < g->B; ++b)
         for (int i = 0; i < np; ++i) {
             float *nat = x + (b * g->S + pc[i].pos) * row;
@@ -223,7 +247,7 @@ static cpa_status gather_kv(ag_state *g, cpa_tensor k, cpa_tensor v)
     g->bytes_sent += 4.0 * (double)g->slab * (g->P - 1);
     for (int j = 0; j < g->P; ++j) {
         rows_copy(g, j, g->k, g->Dqk, 0, 0);
-        rows_copy(g, j, g->v, g->Dv, koff, 0);
+        rows_copy(g, j, g->v, g->Dv, 1, 0);
     }
     return CPA_OK;
 }
@@ -287,7 +311,7 @@ static cpa_status ag_backward(void *state, const float *saved, cpa_tensor q, cpa
     const int64_t koff = g->B * g->Sl * g->G * g->Dqk;
     for (int j = 0; j < g->P; ++j) {
         rows_copy(g, j, g->dk, g->Dqk, 0, 1);
-        rows_copy(g, j, g->dv, g->Dv, koff, 1);
+        rows_copy(g, j, g->dv, g->Dv, 1, 1);
     }
     t0 = cpa_wtime();
     for (int64_t c0 = 0; c0 < g->slab; c0 += g->chunk) {
@@ -314,6 +338,11 @@ static void ag_stats(const void *state, cpa_plan_stats *st)
     cpa_stats_set(st, g->wait_s, g->bytes_sent, g->compute_s, g->flops);
 }
 
+static void ag_set_mask(void *state, cpa_mask mask)
+{
+    ((ag_state *)state)->mask = mask;
+}
+
 const cpa_algo_row cpa_allgather_row = {
     .id = CPA_ALGO_ALLGATHER,
     .name = "allgather_cp_algo",
@@ -330,5 +359,6 @@ const cpa_algo_row cpa_allgather_row = {
     .destroy = ag_destroy,
     .forward = ag_forward,
     .backward = ag_backward,
+    .set_mask = ag_set_mask,
     .stats = ag_stats,
 };

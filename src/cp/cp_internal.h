@@ -19,19 +19,26 @@ typedef struct cpa_ring {
     int R, W, I, idx, w, p;  /* ring size, window, windows, my index = w*W + p */
     int rounds;              /* rounds run: I, or fewer when a causal sliding window
                                 needs only the nearest blocks (see ring.c) */
+    int64_t halo;            /* > 0: a window shorter than a shard: only `halo` rows of
+                                the neighbours' K/V travel (see ring.c) */
+    float *halo_buf;         /* halo mode: 8 halo-sized buffers (K/V in and out, dK/dV
+                                out and in, for the left and right neighbours) */
     cpa_split split;
-    int64_t S, B, Sl, H, G, Dqk, Dv; /* Sl = S / R local rows */
+    int64_t S, B, Sl, Sq, H, G, Dqk, Dv; /* Sl: the most rows a rank holds (buffers);
+                                            Sq: my own rows */
+    int64_t *rows;           /* [R] rows of each ring rank's block (any S: they differ) */
     cpa_layout layout;
     cpa_mask mask;           /* by global position; the split follows mask.kind */
     cpa_impl impl;           /* the kernel every step calls */
     float scale;
     cpa_attn_ctx *ctx;       /* borrowed */
-    int64_t k_floats, kv_floats;
+    int64_t kv_floats;       /* floats of the largest block */
     int nkv;                 /* KV buffers in use: 2 (W=1), 3 (W=2) or 4 */
-    float *kv[4];            /* KV block buffers: K [B,Sl,G,Dqk] then V [B,Sl,G,Dv], in `layout` */
+    float *kv[4];            /* KV block buffers: a block of n rows is K [B,n,G,Dqk] then
+                                V [B,n,G,Dv], in `layout`, packed back to back */
     float *dkv[3];           /* dK/dV accumulators, same packing */
-    float *out_blk;          /* [B, Sl, H, Dv] a block's partial output, in `layout` */
-    float *lse_blk;          /* [B, H, Sl] */
+    float *out_blk;          /* [B, Sq, H, Dv] a block's partial output, in `layout` */
+    float *lse_blk;          /* [B, H, Sq] */
     cpa_xfer xfer;
     double compute_s, flops;
 } cpa_ring;
@@ -60,9 +67,9 @@ cpa_status cpa_ring_forward(cpa_ring *g, cpa_tensor q, cpa_tensor k, cpa_tensor 
 cpa_status cpa_ring_backward(cpa_ring *g, cpa_tensor q, cpa_tensor k, cpa_tensor v,
                              cpa_tensor out, cpa_tensor lse, cpa_tensor dout, cpa_tensor dq,
                              cpa_tensor dk, cpa_tensor dv);
-/* Bytes one rank sends in a forward and in a backward; the last call's
- * counters. */
-void cpa_ring_volume(const cpa_ring_shape *shape, int R, double *fwd, double *bwd);
+/* Bytes ring rank `idx` sends in a forward and in a backward (its blocks'
+ * sizes walked through the schedule); the last call's counters. */
+void cpa_ring_volume(const cpa_ring_shape *shape, int R, int idx, double *fwd, double *bwd);
 void cpa_ring_stats(const cpa_ring *g, cpa_plan_stats *st);
 
 /* The block a rank processes at (round j, inner step i), as a ring index:
@@ -120,7 +127,12 @@ static inline cpa_dring_peers cpa_dring_peers_of(int W, int I, int w, int p, int
 typedef struct cpa_ulysses {
     MPI_Comm comm;           /* the Ulysses group, in rank order (borrowed) */
     int U, u;
-    int64_t B, Sl, Sf;       /* rows before (Sl) and after (Sf = U*Sl) the all-to-all */
+    int64_t B, Sl, Sf;       /* rows before (Sl: mine) and after (Sf: the group's) the
+                                all-to-all */
+    int64_t *rows, *row0;    /* [U], [U+1]: group rank j holds gathered rows
+                                row0[j] .. row0[j+1]-1 (any S: counts differ) */
+    int64_t Smax;            /* the most rows a group rank holds */
+    int *counts;             /* [4U] all-to-all send/receive counts and displacements */
     int64_t H, G, Hl, Gl, Dqk, Dv;
     cpa_layout layout;
     int *q_heads;            /* [U, Hl] query heads group rank j works on */
@@ -159,9 +171,9 @@ int64_t cpa_ulysses_bytes(const cpa_ulysses_shape *shape, int U);
 /* Floats of the forward's saved state: the head-sharded q, k, v, out, lse. */
 int64_t cpa_ulysses_saved_floats(const cpa_ulysses_shape *shape, int U);
 
-/* Bytes one rank sends in a forward and in a backward given its saved
+/* Bytes group rank u sends in a forward and in a backward given its saved
  * state (the all-to-alls only; an inner ring adds its own). */
-void cpa_ulysses_volume(const cpa_ulysses_shape *shape, int U, double *fwd, double *bwd);
+void cpa_ulysses_volume(const cpa_ulysses_shape *shape, int U, int u, double *fwd, double *bwd);
 
 cpa_status cpa_ulysses_init(cpa_ulysses *x, MPI_Comm comm, const cpa_ulysses_shape *shape,
                             cpa_ring *inner_ring, cpa_attn_ctx *ctx);
@@ -211,8 +223,8 @@ typedef struct cpa_algo_row {
     /* The largest local kernel call: q [B, *Sq, *H, .] against k [B, *Sk, *G, .]. */
     void (*kernel_shape)(const cpa_cp_config *c, int64_t *H, int64_t *G, int64_t *Sq,
                          int64_t *Sk);
-    /* Bytes one rank sends per forward and per backward (with saved state). */
-    void (*volume)(const cpa_cp_config *c, double *fwd, double *bwd);
+    /* Bytes rank `rank` sends per forward and per backward (with saved state). */
+    void (*volume)(const cpa_cp_config *c, int rank, double *fwd, double *bwd);
     /* `comm` is the plan's (borrowed); the state may make sub-communicators.
      * `split` is the row's split with a CHUNKS table filled in by the plan. */
     cpa_status (*init)(MPI_Comm comm, const cpa_cp_config *c, cpa_split split, cpa_attn_ctx *ctx,
@@ -226,6 +238,9 @@ typedef struct cpa_algo_row {
                            cpa_tensor dq, cpa_tensor dk, cpa_tensor dv);
     /* Counters of the last call: wait, bytes sent, compute, flops. */
     void (*stats)(const void *state, cpa_plan_stats *st);
+    /* The documents changed (cpa_plan_set_documents): the new mask, whose
+     * cu_seqlens the plan owns; the split and the schedule stay. */
+    void (*set_mask)(void *state, cpa_mask mask);
 } cpa_algo_row;
 
 extern const cpa_algo_row cpa_ulysses_row, cpa_ring_row, cpa_hybrid_row, cpa_allgather_row;
@@ -242,6 +257,11 @@ static inline void cpa_stats_set(cpa_plan_stats *st, double wait_s, double bytes
  * CHUNKS (its table to be filled by the plan) for DOCUMENTS, else zigzag
  * for causal masks and contiguous for general ones. */
 cpa_split cpa_balanced_split(const cpa_cp_config *c);
+
+/* A CHUNKS split gets its table (cpa_split_balance over `mask`) in
+ * *table, which the caller frees; other kinds are left as they are
+ * (*table = NULL). */
+cpa_status cpa_split_fill_table(cpa_split *split, int64_t S, cpa_mask mask, int32_t **table);
 
 /* Rules shared by rows: the double ring's window (of `of` = R ranks). */
 cpa_status cpa_window_rule(int W, int R, const char *of);

@@ -11,8 +11,13 @@
  * (cpa_split with U > 1): the Ulysses all-to-all then rebuilds exactly the
  * ring-level zigzag piece the inner ring expects.
  *
+ * Any S: the ring ranks' row counts differ by a few rows; each Ulysses
+ * group gathers its own ring rank's count, the inner ring sends each
+ * block's own count.
+ *
  * Saved state: the Ulysses engine's head-sharded q, k, v, out, lse over the
- * S/R rows of the ring rank (9 all-to-alls per layer with it).
+ * rows of the ring rank (9 all-to-alls per layer with it), sized for the
+ * largest ring rank.
  */
 #include "cp_internal.h"
 
@@ -24,9 +29,11 @@ typedef struct hybrid_state {
 
 static cpa_split hybrid_split(const cpa_cp_config *c)
 {
-    cpa_split s = {.kind = CPA_SPLIT_CONTIGUOUS, .P = c->cp_size, .U = 1};
+    /* Ring-level chunks (zigzag for causal masks, else contiguous) cut into
+     * U parts: with any S, the group's parts make exactly the ring rank's. */
+    cpa_split s = {.kind = CPA_SPLIT_CONTIGUOUS, .P = c->cp_size, .U = c->ulysses_degree};
     if (c->mask.kind == CPA_MASK_CAUSAL)
-        s.kind = CPA_SPLIT_ZIGZAG, s.U = c->ulysses_degree;
+        s.kind = CPA_SPLIT_ZIGZAG;
     return s;
 }
 
@@ -58,24 +65,34 @@ static cpa_ring_shape inner_ring_shape(const cpa_cp_config *c)
     return sh;
 }
 
-/* The Ulysses engine over the S/R rows of one ring rank. */
-static cpa_ulysses_shape outer_shape(const cpa_cp_config *c)
+/* The rows ring rank rho holds (the inner ring's split), or with rho < 0
+ * the most any holds. */
+static int64_t ring_rank_rows(const cpa_cp_config *c, int rho)
 {
     const int R = c->cp_size / c->ulysses_degree;
-    return cpa_ulysses_shape_of(c, c->seq_length / R);
+    cpa_split sp = {.kind = c->mask.kind == CPA_MASK_CAUSAL ? CPA_SPLIT_ZIGZAG
+                                                             : CPA_SPLIT_CONTIGUOUS,
+                    .P = R, .U = 1};
+    return rho < 0 ? cpa_split_max_rows(sp, c->seq_length) : cpa_split_rows(sp, c->seq_length, rho);
+}
+
+/* The Ulysses engine over the rows of ring rank rho (rho < 0: the largest). */
+static cpa_ulysses_shape outer_shape(const cpa_cp_config *c, int rho)
+{
+    return cpa_ulysses_shape_of(c, ring_rank_rows(c, rho));
 }
 
 static int64_t hybrid_state_bytes(const cpa_cp_config *c)
 {
     const int U = c->ulysses_degree, R = c->cp_size / U;
     cpa_ring_shape rs = inner_ring_shape(c);
-    cpa_ulysses_shape us = outer_shape(c);
+    cpa_ulysses_shape us = outer_shape(c, -1);
     return (int64_t)sizeof(hybrid_state) + cpa_ring_bytes(&rs, R) + cpa_ulysses_bytes(&us, U);
 }
 
 static int64_t hybrid_saved_floats(const cpa_cp_config *c)
 {
-    cpa_ulysses_shape us = outer_shape(c);
+    cpa_ulysses_shape us = outer_shape(c, -1); /* the largest ring rank's: same on every rank */
     return cpa_ulysses_saved_floats(&us, c->ulysses_degree);
 }
 
@@ -84,17 +101,18 @@ static void hybrid_kernel_shape(const cpa_cp_config *c, int64_t *H, int64_t *G, 
 {
     const int U = c->ulysses_degree, R = c->cp_size / U;
     *H = c->num_heads / U, *G = cpa_ulysses_kv_heads(c->num_heads, c->num_kv_heads, U);
-    *Sq = *Sk = c->seq_length / R; /* the inner ring: blocks of the gathered rows */
+    (void)R;
+    *Sq = *Sk = ring_rank_rows(c, -1); /* the inner ring: blocks of the gathered rows */
 }
 
-static void hybrid_volume(const cpa_cp_config *c, double *fwd, double *bwd)
+static void hybrid_volume(const cpa_cp_config *c, int rank, double *fwd, double *bwd)
 {
     const int U = c->ulysses_degree, R = c->cp_size / U;
     cpa_ring_shape rs = inner_ring_shape(c);
-    cpa_ulysses_shape us = outer_shape(c);
+    cpa_ulysses_shape us = outer_shape(c, rank / U);
     double rf, rb, uf, ub;
-    cpa_ring_volume(&rs, R, &rf, &rb);
-    cpa_ulysses_volume(&us, U, &uf, &ub);
+    cpa_ring_volume(&rs, R, rank / U, &rf, &rb);
+    cpa_ulysses_volume(&us, U, rank % U, &uf, &ub);
     *fwd = rf + uf;
     *bwd = rb + ub;
 }
@@ -133,7 +151,7 @@ static cpa_status hybrid_init(MPI_Comm comm, const cpa_cp_config *c, cpa_split s
         return cpa_mpi_error(rc, "MPI_Comm_split (hybrid groups)");
     cpa_ring_shape rs = inner_ring_shape(c);
     CPA_TRY(cpa_ring_init(&h->ring, h->rcomm, &rs, ctx));
-    cpa_ulysses_shape us = outer_shape(c);
+    cpa_ulysses_shape us = outer_shape(c, rank / U);
     return cpa_ulysses_init(&h->uly, h->ucomm, &us, &h->ring, ctx);
 }
 
@@ -158,6 +176,13 @@ static void hybrid_stats(const void *state, cpa_plan_stats *st)
     cpa_ulysses_stats(&h->uly, st); /* it adds the inner ring's */
 }
 
+static void hybrid_set_mask(void *state, cpa_mask mask)
+{
+    hybrid_state *h = state;
+    h->uly.mask = mask; /* its inner ring is h->ring */
+    h->ring.mask = mask;
+}
+
 const cpa_algo_row cpa_hybrid_row = {
     .id = CPA_ALGO_HYBRID,
     .name = "hybrid_cp_algo",
@@ -176,5 +201,6 @@ const cpa_algo_row cpa_hybrid_row = {
     .destroy = hybrid_destroy,
     .forward = hybrid_forward,
     .backward = hybrid_backward,
+    .set_mask = hybrid_set_mask,
     .stats = hybrid_stats,
 };

@@ -22,6 +22,8 @@ struct cpa_plan {
     cpa_attn_ctx *ctx;
     void *state;          /* the row's own */
     int64_t *cu_seqlens;  /* the plan's copy of cfg.mask.cu_seqlens (NULL: none) */
+    int64_t docs_cap;     /* entries cu_seqlens has room for */
+    uint64_t docs_hash;   /* of the current cu_seqlens (0: none) */
     int32_t *chunk_of;    /* CHUNKS split: the plan's assignment (split.chunk_of) */
     int64_t saved_floats;
     uint64_t serial;      /* unique per plan of this process: ties saved states to it */
@@ -33,6 +35,7 @@ struct cpa_plan_saved {
     const cpa_plan *plan; /* the plan whose forwards fill it */
     uint64_t serial;      /* and its serial (an address can be reused by a later plan) */
     int filled;           /* a forward has written it */
+    uint64_t docs_hash;   /* the plan's documents when it was filled */
     float *data;          /* plan->saved_floats floats (NULL if 0) */
 };
 
@@ -165,9 +168,9 @@ static cpa_status validate(const cpa_cp_config *c, int world)
     const cpa_split sp = e->split(c);
     if (sp.kind == CPA_SPLIT_CHUNKS) { /* its table comes at creation; the rule now */
         if (cpa_split_document_chunks(c->seq_length, c->cp_size) == 0)
-            return cpa_error(CPA_ERR_ARG, "--seq-length %lld is not divisible by 2 x %d "
-                             "(--cp-load-balance documents assigns 2 or 4 chunks per rank: "
-                             "S %% (2P) == 0, or S %% (4P) == 0 for 4)",
+            return cpa_error(CPA_ERR_ARG, "--seq-length %lld is shorter than the %d ranks "
+                             "(--cp-load-balance documents assigns each rank 1 to 4 chunks of "
+                             "at least one position: S >= P)",
                              (long long)c->seq_length, c->cp_size);
         return CPA_OK;
     }
@@ -178,15 +181,10 @@ static cpa_status validate(const cpa_cp_config *c, int world)
 static cpa_status plan_split(cpa_plan *plan)
 {
     plan->split = plan->row->split(&plan->cfg);
-    if (plan->split.kind != CPA_SPLIT_CHUNKS)
-        return CPA_OK;
-    const int n = plan->P * plan->split.chunks_per_rank;
-    if (!(plan->chunk_of = cpa_malloc(sizeof(int32_t) * (size_t)n, "the chunk assignment")))
-        return CPA_ERR_NOMEM;
-    CPA_TRY(cpa_split_balance(plan->cfg.seq_length, plan->P, plan->split.chunks_per_rank,
-                              plan->cfg.mask, plan->chunk_of));
-    plan->split.chunk_of = plan->chunk_of;
-    return cpa_split_check(plan->split, plan->cfg.seq_length);
+    CPA_TRY(cpa_split_fill_table(&plan->split, plan->cfg.seq_length, plan->cfg.mask,
+                                 &plan->chunk_of));
+    plan->Sl = cpa_split_rows(plan->split, plan->cfg.seq_length, plan->rank);
+    return plan->Sl < 0 ? CPA_ERR_ARG : CPA_OK;
 }
 
 /* The configuration with its defaults filled in (v_head_dim). */
@@ -281,7 +279,7 @@ cpa_status cpa_plan_create(MPI_Comm comm, const cpa_cp_config *config, cpa_plan 
         plan->comm = MPI_COMM_NULL;
         plan->rank = rank;
         plan->P = world;
-        plan->Sl = config->seq_length / world;
+        plan->Sl = 0; /* this rank's rows: set with the split */
         plan->saved_floats = plan->row->saved_floats(&plan->cfg);
         static uint64_t next_serial; /* plans are made by one thread at a time (MPI calls) */
         plan->serial = ++next_serial;
@@ -294,6 +292,8 @@ cpa_status cpa_plan_create(MPI_Comm comm, const cpa_cp_config *config, cpa_plan 
         if (s == CPA_OK) {
             memcpy(plan->cu_seqlens, config->mask.cu_seqlens, sizeof(int64_t) * n);
             plan->cfg.mask.cu_seqlens = plan->cu_seqlens;
+            plan->docs_cap = (int64_t)n;
+            plan->docs_hash = cpa_fnv1a64(CPA_FNV_OFFSET, plan->cu_seqlens, sizeof(int64_t) * n);
         }
     }
     if (s == CPA_OK) {
@@ -391,7 +391,8 @@ static cpa_status check_local(const cpa_plan *plan, const char *name, const cpa_
     for (int i = 0; i < 4; ++i)
         if (t->shape[i] != want[i])
             return cpa_error(CPA_ERR_ARG, "%s: local shape [%lld, %lld, %lld, %lld] does not "
-                             "match the plan's [B, S/P, N, D] = [%lld, %lld, %lld, %lld]", name,
+                             "match the plan's [B, local rows, N, D] = [%lld, %lld, %lld, %lld] on "
+                             "this rank", name,
                              (long long)t->shape[0], (long long)t->shape[1],
                              (long long)t->shape[2], (long long)t->shape[3], (long long)want[0],
                              (long long)want[1], (long long)want[2], (long long)want[3]);
@@ -410,7 +411,7 @@ static cpa_status check_io(const cpa_plan *plan, const cpa_tensor *q, const cpa_
     CPA_TRY(check_local(plan, "out", out, c->num_heads, c->v_head_dim));
     if (lse->ndim != 3 || !lse->data || lse->shape[0] != c->batch || lse->shape[1] != c->num_heads ||
         lse->shape[2] != plan->Sl)
-        return cpa_error(CPA_ERR_ARG, "lse: expected a local [B, H, S/P] = [%lld, %lld, %lld] view",
+        return cpa_error(CPA_ERR_ARG, "lse: expected a local [B, H, local rows] = [%lld, %lld, %lld] view",
                          (long long)c->batch, (long long)c->num_heads, (long long)plan->Sl);
     return CPA_OK;
 }
@@ -425,6 +426,10 @@ static cpa_status check_saved(const cpa_plan *plan, const cpa_plan_saved *saved,
     if (backward && !saved->filled)
         return cpa_error(CPA_ERR_ARG, "saved: no forward has filled this saved state; pass the "
                          "one the layer's forward filled, or NULL to rebuild it");
+    if (backward && saved->docs_hash != plan->docs_hash)
+        return cpa_error(CPA_ERR_ARG, "saved: the plan's documents changed "
+                         "(cpa_plan_set_documents) since the forward that filled this saved "
+                         "state; set the forward's documents again before its backward");
     return CPA_OK;
 }
 
@@ -462,9 +467,67 @@ cpa_status cpa_plan_forward(cpa_plan *plan, cpa_plan_saved *saved, cpa_tensor q,
     note_outcome(plan, s);
     plan->row->stats(plan->state, &plan->stats);
     plan->stats.total_s = cpa_wtime() - t0;
-    if (saved && s == CPA_OK)
+    if (saved && s == CPA_OK) {
         saved->filled = 1;
+        saved->docs_hash = plan->docs_hash;
+    }
     return s;
+}
+
+/* ---- per-call documents ------------------------------------------------------ */
+
+static uint64_t docs_hash(cpa_mask m)
+{
+    return m.cu_seqlens ? cpa_fnv1a64(CPA_FNV_OFFSET, m.cu_seqlens,
+                                      sizeof(int64_t) * (size_t)(m.num_docs + 1))
+                        : 0;
+}
+
+cpa_status cpa_plan_set_documents(cpa_plan *plan, const int64_t *cu_seqlens, int64_t num_docs)
+{
+    if (!plan)
+        return cpa_error(CPA_ERR_ARG, "cpa_plan_set_documents: plan is NULL");
+    CPA_TRY(check_usable(plan));
+    cpa_mask m = plan->cfg.mask;
+    m.cu_seqlens = num_docs > 0 ? cu_seqlens : NULL;
+    m.num_docs = num_docs > 0 ? num_docs : 0;
+    cpa_status s = CPA_OK;
+    if (num_docs < 0 || (num_docs > 0 && !cu_seqlens))
+        s = cpa_error(CPA_ERR_ARG, "cu_seqlens: %lld documents at %p: give N >= 1 documents "
+                      "and N+1 offsets, or 0 for none", (long long)num_docs,
+                      (const void *)cu_seqlens);
+    else if (plan->cfg.balance == CPA_BALANCE_DOCUMENTS)
+        s = cpa_error(CPA_ERR_ARG, "cu_seqlens: this plan assigns chunks to ranks from its "
+                      "documents (--cp-load-balance documents), so they cannot change per call; "
+                      "use the zigzag balance for per-sample documents");
+    else
+        s = cpa_mask_check(m, plan->cfg.seq_length);
+    /* Every rank must pass the same documents: the check agrees on the
+     * status and compares a hash of them (two collectives per call). */
+    CPA_TRY(agree(plan->comm, s));
+    const uint64_t h = docs_hash(m);
+    long long v[4] = {(long long)(h >> 33), (long long)(h & 0x1ffffffffULL), 0, 0};
+    v[2] = -v[0], v[3] = -v[1];
+    CPA_TRY(cpa_comm_allreduce(v, 4, MPI_LONG_LONG, MPI_MAX, plan->comm,
+                               "cpa_plan_set_documents: the documents check"));
+    if (v[0] != -v[2] || v[1] != -v[3])
+        return cpa_error(CPA_ERR_ARG, "cu_seqlens differs between ranks: every rank of the "
+                         "plan must pass the same documents");
+    if (m.cu_seqlens && m.num_docs + 1 > plan->docs_cap) { /* grows only */
+        int64_t *n = cpa_malloc(sizeof(int64_t) * (size_t)(m.num_docs + 1), "the plan's cu_seqlens");
+        CPA_TRY(agree(plan->comm, n ? CPA_OK : CPA_ERR_NOMEM));
+        cpa_free(plan->cu_seqlens);
+        plan->cu_seqlens = n;
+        plan->docs_cap = m.num_docs + 1;
+    }
+    if (m.cu_seqlens) {
+        memcpy(plan->cu_seqlens, m.cu_seqlens, sizeof(int64_t) * (size_t)(m.num_docs + 1));
+        m.cu_seqlens = plan->cu_seqlens;
+    }
+    plan->cfg.mask = m;
+    plan->docs_hash = h;
+    plan->row->set_mask(plan->state, m);
+    return CPA_OK;
 }
 
 cpa_status cpa_plan_backward(cpa_plan *plan, const cpa_plan_saved *saved, cpa_tensor q,
@@ -525,6 +588,28 @@ cpa_status cpa_plan_volume(const cpa_cp_config *c, double *forward_bytes, double
         return cpa_error(CPA_ERR_ARG, "--context-parallel-size %d: must be >= 1", c->cp_size);
     CPA_TRY(validate(c, c->cp_size));
     cpa_cp_config cfg = resolved(c);
-    find_algo(c->algo)->volume(&cfg, forward_bytes, backward_bytes);
+    *forward_bytes = *backward_bytes = 0.0;
+    for (int r = 0; r < c->cp_size; ++r) {
+        double f, b;
+        find_algo(c->algo)->volume(&cfg, r, &f, &b);
+        *forward_bytes = f > *forward_bytes ? f : *forward_bytes;
+        *backward_bytes = b > *backward_bytes ? b : *backward_bytes;
+    }
+    return CPA_OK;
+}
+
+cpa_status cpa_plan_rank_volume(const cpa_cp_config *c, int rank, double *forward_bytes,
+                                double *backward_bytes)
+{
+    if (!c || !forward_bytes || !backward_bytes)
+        return cpa_error(CPA_ERR_ARG, "cpa_plan_rank_volume: config and outputs must not be NULL");
+    if (c->cp_size < 1)
+        return cpa_error(CPA_ERR_ARG, "--context-parallel-size %d: must be >= 1", c->cp_size);
+    if (rank < 0 || rank >= c->cp_size)
+        return cpa_error(CPA_ERR_ARG, "cpa_plan_rank_volume: rank %d is outside the %d ranks",
+                         rank, c->cp_size);
+    CPA_TRY(validate(c, c->cp_size));
+    cpa_cp_config cfg = resolved(c);
+    find_algo(c->algo)->volume(&cfg, rank, forward_bytes, backward_bytes);
     return CPA_OK;
 }

@@ -4,7 +4,11 @@
  * contiguous cut into U Ulysses parts for the hybrid), the global positions
  * of each rank's rows, and copies between global and local tensors.
  *
- * The third kind, CHUNKS, is any assignment of P*cpr equal chunks to the
+ * Any length S: a sequence cut into n chunks has chunk i at
+ * [i·S/n, (i+1)·S/n) (rounded down), so ranks hold lengths that differ by at
+ * most one row per chunk, and every engine works with each rank's own count.
+ *
+ * The third kind, CHUNKS, is any assignment of P*cpr such chunks to the
  * ranks (cpr each); cpa_split_balance chooses one from the documents of a
  * mask so that every rank sees about the same number of visible pairs.
  *
@@ -12,11 +16,29 @@
  * eight pieces {row, len, pos}.  The kernels take the same pieces, so what a
  * rank holds and what it computes can never disagree.
  */
-#include "internal.h"
+#include "cp_internal.h"
 #include "kernel_internal.h" /* cpa_mask_range */
 
 #include <stdlib.h>
 #include <string.h>
+
+/* Chunk i of a sequence of S positions cut into n nearly equal chunks:
+ * [i·S/n, (i+1)·S/n) rounded down, so lengths differ by at most one and
+ * the longer chunks are spread evenly (any S, any n <= S). */
+static int64_t chunk_start(int64_t S, int64_t n, int64_t i)
+{
+    /* i·S exceeds int64 for long sequences over many chunks: 128 bits. */
+    return (int64_t)((__int128)i * S / n);
+}
+
+/* The chunks a split cuts the sequence into (every one must hold a row). */
+static int64_t split_chunks(cpa_split split)
+{
+    return split.kind == CPA_SPLIT_CONTIGUOUS ? split.P
+           : split.kind == CPA_SPLIT_CHUNKS   ? (int64_t)split.P * split.chunks_per_rank
+                                              : 2 * (int64_t)split.P; /* zigzag: 2R chunks cut
+                                                                         into U parts */
+}
 
 cpa_status cpa_split_check(cpa_split split, int64_t S)
 {
@@ -31,27 +53,36 @@ cpa_status cpa_split_check(cpa_split split, int64_t S)
                          split.P);
     if (S < 1)
         return cpa_error(CPA_ERR_ARG, "--seq-length %lld: must be positive", (long long)S);
-    if (split.kind == CPA_SPLIT_CONTIGUOUS && S % split.P != 0)
-        return cpa_error(CPA_ERR_ARG,
-                         "--seq-length %lld is not divisible by the %d context-parallel ranks "
-                         "(the contiguous split needs S %% P == 0)", (long long)S, split.P);
     if (split.kind == CPA_SPLIT_CHUNKS) {
         const int cpr = split.chunks_per_rank;
         if (cpr < 1 || cpr > CPA_SPLIT_MAX_PIECES || !split.chunk_of)
             return cpa_error(CPA_ERR_ARG, "chunk split: %d chunks per rank (1..%d) and a chunk "
                              "table are needed", cpr, CPA_SPLIT_MAX_PIECES);
-        if (S % ((int64_t)split.P * cpr) != 0)
-            return cpa_error(CPA_ERR_ARG, "--seq-length %lld is not divisible by %d x %d (the "
-                             "document-balanced split cuts the sequence into %d chunks per rank)",
-                             (long long)S, split.P, cpr, cpr);
-        const int n = split.P * cpr;
-        char *seen = calloc((size_t)n, 1);
+    }
+    /* Any length: chunks differ by at most one position, but each must hold
+     * one (the zigzag's 2P chunks also give each of the U parts a row). */
+    const int64_t n = split_chunks(split);
+    if (S < n)
+        return cpa_error(CPA_ERR_ARG,
+                         "--seq-length %lld is shorter than the %lld chunks the %s split cuts "
+                         "it into (%s); every chunk needs at least one position: S >= %lld",
+                         (long long)S, (long long)n,
+                         split.kind == CPA_SPLIT_CONTIGUOUS ? "contiguous"
+                         : split.kind == CPA_SPLIT_ZIGZAG   ? "causal zigzag"
+                                                            : "document-balanced",
+                         split.kind == CPA_SPLIT_CONTIGUOUS ? "one per rank"
+                         : split.kind == CPA_SPLIT_ZIGZAG   ? "two per rank"
+                                                            : "chunks per rank x ranks",
+                         (long long)n);
+    if (split.kind == CPA_SPLIT_CHUNKS) {
+        const int cpr = split.chunks_per_rank, nc = split.P * cpr;
+        char *seen = calloc((size_t)nc, 1);
         if (!seen)
             return cpa_error(CPA_ERR_NOMEM, "chunk split: out of memory");
         int bad = -1;
-        for (int i = 0; i < n && bad < 0; ++i) {
+        for (int i = 0; i < nc && bad < 0; ++i) {
             const int32_t c = split.chunk_of[i];
-            if (c < 0 || c >= n || seen[c] || (i % cpr && c <= split.chunk_of[i - 1]))
+            if (c < 0 || c >= nc || seen[c] || (i % cpr && c <= split.chunk_of[i - 1]))
                 bad = i;
             else
                 seen[c] = 1;
@@ -60,15 +91,8 @@ cpa_status cpa_split_check(cpa_split split, int64_t S)
         if (bad >= 0)
             return cpa_error(CPA_ERR_ARG, "chunk split: entry %d (%d) of the table: every chunk "
                              "0..%d must appear once, each rank's in ascending order", bad,
-                             (int)split.chunk_of[bad], n - 1);
-        return CPA_OK;
+                             (int)split.chunk_of[bad], nc - 1);
     }
-    if (split.kind == CPA_SPLIT_ZIGZAG && S % (2 * (int64_t)split.P) != 0)
-        return cpa_error(CPA_ERR_ARG,
-                         "--seq-length %lld is not divisible by 2 x %d (the causal zigzag split "
-                         "cuts the sequence into 2P chunks: S %% (2P) == 0; try %lld)",
-                         (long long)S, split.P,
-                         (long long)((S / (2 * (int64_t)split.P) + 1) * 2 * split.P));
     return CPA_OK;
 }
 
@@ -79,40 +103,77 @@ cpa_status cpa_split_pieces(cpa_split split, int64_t S, int r, cpa_piece *pieces
         return cpa_error(CPA_ERR_ARG, "rank %d is outside the %d ranks of the split", r, split.P);
     if (!pieces || !count)
         return cpa_error(CPA_ERR_ARG, "cpa_split_pieces: pieces and count must not be NULL");
-    const int64_t local = S / split.P;
-    if (split.kind == CPA_SPLIT_CONTIGUOUS) {
-        pieces[0] = (cpa_piece){0, local, (int64_t)r * local};
+    if (split.kind == CPA_SPLIT_CONTIGUOUS) { /* chunk rho of R, then part u of U */
+        const int64_t R = split.P / split.U, rho = r / split.U, u = r % split.U;
+        const int64_t a = chunk_start(S, R, rho), L = chunk_start(S, R, rho + 1) - a;
+        const int64_t lo = chunk_start(L, split.U, u), hi = chunk_start(L, split.U, u + 1);
+        pieces[0] = (cpa_piece){0, hi - lo, a + lo};
         *count = 1;
         return CPA_OK;
     }
     if (split.kind == CPA_SPLIT_CHUNKS) { /* adjacent chunks make one piece */
         const int cpr = split.chunks_per_rank;
-        const int64_t len = local / cpr;
+        const int64_t nc = (int64_t)split.P * cpr;
         int n = 0;
+        int64_t row = 0;
         for (int i = 0; i < cpr; ++i) {
-            const int64_t pos = (int64_t)split.chunk_of[r * cpr + i] * len;
+            const int64_t c = split.chunk_of[r * cpr + i];
+            const int64_t pos = chunk_start(S, nc, c), len = chunk_start(S, nc, c + 1) - pos;
             if (n && pieces[n - 1].pos + pieces[n - 1].len == pos)
                 pieces[n - 1].len += len;
             else
-                pieces[n++] = (cpa_piece){i * len, len, pos};
+                pieces[n++] = (cpa_piece){row, len, pos};
+            row += len;
         }
         *count = n;
         return CPA_OK;
     }
-    /* Zigzag over R ring ranks, then part u of the ring rank's 2c tokens. */
+    /* Zigzag over R ring ranks: ring rank rho holds chunks rho and 2R-1-rho
+     * of 2R (c0 + c1 rows), cut contiguously into U parts; part u is mine. */
     /* int64 throughout: 2R overflows an int once P/U > 2^30. */
     const int64_t R = split.P / split.U, rho = r / split.U, u = r % split.U;
-    const int64_t c = S / (2 * R);
-    const int64_t starts[2] = {rho * c, (2 * R - 1 - rho) * c};
-    const int64_t lo = u * local, hi = lo + local; /* offsets in [0, 2c) */
+    const int64_t starts[2] = {chunk_start(S, 2 * R, rho), chunk_start(S, 2 * R, 2 * R - 1 - rho)};
+    const int64_t c0 = chunk_start(S, 2 * R, rho + 1) - starts[0];
+    const int64_t L = c0 + chunk_start(S, 2 * R, 2 * R - rho) - starts[1];
+    const int64_t lo = chunk_start(L, split.U, u), hi = chunk_start(L, split.U, u + 1);
+    const int64_t edge[3] = {0, c0, L}; /* offsets in [0, L) of the two chunks */
     int n = 0;
     for (int h = 0; h < 2; ++h) {
-        int64_t a = lo > h * c ? lo : h * c, b = hi < (h + 1) * c ? hi : (h + 1) * c;
+        int64_t a = lo > edge[h] ? lo : edge[h], b = hi < edge[h + 1] ? hi : edge[h + 1];
         if (b > a)
-            pieces[n++] = (cpa_piece){a - lo, b - a, starts[h] + (a - h * c)};
+            pieces[n++] = (cpa_piece){a - lo, b - a, starts[h] + (a - edge[h])};
     }
     *count = n;
     return CPA_OK;
+}
+
+int64_t cpa_split_rows(cpa_split split, int64_t S, int r)
+{
+    cpa_piece p[CPA_SPLIT_MAX_PIECES];
+    int n = 0;
+    if (cpa_split_pieces(split, S, r, p, &n) != CPA_OK)
+        return -1;
+    int64_t rows = 0;
+    for (int i = 0; i < n; ++i)
+        rows += p[i].len;
+    return rows;
+}
+
+int64_t cpa_split_max_rows(cpa_split split, int64_t S)
+{
+    if (split.kind == CPA_SPLIT_CHUNKS && !split.chunk_of && split.P > 0 &&
+        split.chunks_per_rank > 0) { /* no table yet: the most any table can give */
+        const int64_t n = (int64_t)split.P * split.chunks_per_rank;
+        return split.chunks_per_rank * ((S + n - 1) / n);
+    }
+    int64_t most = -1;
+    for (int r = 0; r < split.P; ++r) {
+        const int64_t n = cpa_split_rows(split, S, r);
+        if (n < 0)
+            return -1;
+        most = n > most ? n : most;
+    }
+    return most;
 }
 
 cpa_status cpa_split_positions(cpa_split split, int64_t S, int r, int64_t *positions)
@@ -139,14 +200,15 @@ static cpa_status copy_rows(cpa_split split, int r, cpa_tensor global, cpa_tenso
     cpa_piece p[CPA_SPLIT_MAX_PIECES];
     int n;
     CPA_TRY(cpa_split_pieces(split, S, r, p, &n));
-    if (local.shape[0] != global.shape[0] || local.shape[1] != S / split.P ||
+    const int64_t rows = cpa_split_rows(split, S, r);
+    if (local.shape[0] != global.shape[0] || local.shape[1] != rows ||
         local.shape[2] != global.shape[2] || local.shape[3] != global.shape[3])
         return cpa_error(CPA_ERR_ARG,
-                         "shard: local view is [%lld, %lld, %lld, %lld] but must be [B, S/P, N, D]"
-                         " = [%lld, %lld, %lld, %lld]", (long long)local.shape[0],
+                         "shard: local view is [%lld, %lld, %lld, %lld] but must be [B, rows of "
+                         "rank %d, N, D] = [%lld, %lld, %lld, %lld]", (long long)local.shape[0],
                          (long long)local.shape[1], (long long)local.shape[2],
-                         (long long)local.shape[3], (long long)global.shape[0],
-                         (long long)(S / split.P), (long long)global.shape[2],
+                         (long long)local.shape[3], r, (long long)global.shape[0],
+                         (long long)rows, (long long)global.shape[2],
                          (long long)global.shape[3]);
     const int64_t B = global.shape[0], N = global.shape[2], D = global.shape[3];
     for (int i = 0; i < n; ++i)
@@ -214,14 +276,12 @@ static int by_value(const void *a, const void *b)
 
 cpa_status cpa_split_balance(int64_t S, int P, int cpr, cpa_mask mask, int32_t *chunk_of)
 {
-    if (P < 1 || cpr < 1 || cpr > CPA_SPLIT_MAX_PIECES || !chunk_of ||
-        S % ((int64_t)P * cpr) != 0)
+    if (P < 1 || cpr < 1 || cpr > CPA_SPLIT_MAX_PIECES || !chunk_of || S < (int64_t)P * cpr)
         return cpa_error(CPA_ERR_ARG, "cpa_split_balance: S %lld, P %d, %d chunks per rank: "
-                         "need P >= 1, 1 <= cpr <= %d and S %% (P*cpr) == 0", (long long)S, P,
+                         "need P >= 1, 1 <= cpr <= %d and S >= P*cpr", (long long)S, P,
                          cpr, CPA_SPLIT_MAX_PIECES);
     CPA_TRY(cpa_mask_check(mask, S));
     const int n = P * cpr;
-    const int64_t len = S / n;
     chunk_cost *cc = cpa_malloc(sizeof *cc * (size_t)n, "chunk costs");
     double *load = cpa_calloc(sizeof *load * (size_t)P, "rank loads");
     int *fill = cpa_calloc(sizeof *fill * (size_t)P, "rank fills");
@@ -230,7 +290,8 @@ cpa_status cpa_split_balance(int64_t S, int P, int cpr, cpa_mask mask, int32_t *
         return CPA_ERR_NOMEM;
     }
     for (int c = 0; c < n; ++c)
-        cc[c] = (chunk_cost){visible_keys(mask, S, c * len, (c + 1) * len), c};
+        cc[c] = (chunk_cost){
+            visible_keys(mask, S, chunk_start(S, n, c), chunk_start(S, n, c + 1)), c};
     qsort(cc, (size_t)n, sizeof *cc, by_cost_desc);
     for (int i = 0; i < n; ++i) {
         int best = -1;
@@ -246,9 +307,34 @@ cpa_status cpa_split_balance(int64_t S, int P, int cpr, cpa_mask mask, int32_t *
     return CPA_OK;
 }
 
+cpa_status cpa_split_fill_table(cpa_split *split, int64_t S, cpa_mask mask, int32_t **table)
+{
+    *table = NULL;
+    if (split->kind != CPA_SPLIT_CHUNKS)
+        return CPA_OK;
+    const int n = split->P * split->chunks_per_rank;
+    if (n < 1)
+        return cpa_error(CPA_ERR_ARG, "chunk split: %d chunks per rank over %d ranks",
+                         split->chunks_per_rank, split->P);
+    if (!(*table = cpa_malloc(sizeof(int32_t) * (size_t)n, "the chunk assignment")))
+        return CPA_ERR_NOMEM;
+    cpa_status s = cpa_split_balance(S, split->P, split->chunks_per_rank, mask, *table);
+    if (s == CPA_OK) {
+        split->chunk_of = *table;
+        s = cpa_split_check(*split, S);
+    }
+    if (s != CPA_OK) {
+        cpa_free(*table);
+        *table = NULL;
+        split->chunk_of = NULL;
+    }
+    return s;
+}
+
 int cpa_split_document_chunks(int64_t S, int P)
 {
-    return P < 1 ? 0 : S % (4 * (int64_t)P) == 0 ? 4 : S % (2 * (int64_t)P) == 0 ? 2 : 0;
+    /* Four chunks per rank where every chunk keeps a position, else fewer. */
+    return P < 1 ? 0 : S >= 4 * (int64_t)P ? 4 : S >= 2 * (int64_t)P ? 2 : S >= P ? 1 : 0;
 }
 
 double cpa_split_imbalance(cpa_split split, int64_t S, cpa_mask mask)

@@ -11,6 +11,11 @@
  * Each all-to-all packs contiguous per-destination slabs, exchanges them,
  * and unpacks into strided views, so every layout works.
  *
+ * Any sequence length.  Group rank j holds rows [j·Sf/U, (j+1)·Sf/U) of
+ * the Sf gathered rows (rounded down: the split's rule), so counts differ
+ * by rank and the exchange is an MPI_Ialltoallv counted in rows of one
+ * head group; slabs are spaced for the largest count.
+ *
  * GQA.  When U divides G each rank gets G/U key/value heads.  Otherwise the
  * KV heads are replicated so that each rank gets the heads its query heads
  * need (one if they all share a group, else one per query head), and the
@@ -30,6 +35,7 @@
 #include "cp_internal.h"
 #include "kernel_internal.h"
 
+#include <limits.h>
 #include <string.h>
 
 int64_t cpa_ulysses_kv_heads(int64_t H, int64_t G, int U)
@@ -49,30 +55,37 @@ int64_t cpa_ulysses_saved_floats(const cpa_ulysses_shape *sh, int U)
     return qn * (sh->Dqk + sh->Dv + 1) + kn * (sh->Dqk + sh->Dv);
 }
 
+/* First gathered row of group rank j (of U over S rows): the split's rule. */
+static int64_t first_row(int64_t S, int U, int j)
+{
+    return (int64_t)((__int128)j * S / U);
+}
+
 int64_t cpa_ulysses_bytes(const cpa_ulysses_shape *sh, int U)
 {
     /* The buffers of cpa_ulysses_init (keep the two in step): the slabs,
      * the scratch state and dout, dq, dk, dv. */
     const int64_t Hl = sh->H / U, Gl = cpa_ulysses_kv_heads(sh->H, sh->G, U);
     const int64_t nmax = Hl > Gl ? Hl : Gl, D = sh->Dqk > sh->Dv ? sh->Dqk : sh->Dv;
-    const int64_t slab = sh->B * (sh->S / U) * nmax * D;
+    const int64_t slab = sh->B * ((sh->S + U - 1) / U) * nmax * D;
     const int64_t qn = sh->B * sh->S * Hl, kn = sh->B * sh->S * Gl;
     return (int64_t)sizeof(float) * (2 * U * slab + cpa_ulysses_saved_floats(sh, U) +
                                      qn * (sh->Dqk + sh->Dv) + kn * (sh->Dqk + sh->Dv)) +
-           (int64_t)sizeof(int) * (U * (Hl + Gl) + nmax); /* the head maps */
+           (int64_t)sizeof(int) * (U * (Hl + Gl) + nmax + 4 * U) + /* head maps, counts */
+           (int64_t)sizeof(int64_t) * (2 * U + 1);                 /* the row map */
 }
 
-void cpa_ulysses_volume(const cpa_ulysses_shape *sh, int U, double *fwd, double *bwd)
+void cpa_ulysses_volume(const cpa_ulysses_shape *sh, int U, int u, double *fwd, double *bwd)
 {
-    /* Each all-to-all keeps 1/U of a rank's rows and sends the rest:
-     * forward q, k, v in and out, lse back; backward dout in and dq, dk, dv
-     * back. */
+    /* seq_to_heads sends my rows of the other ranks' heads (q, k, v
+     * forward, dout backward); heads_to_seq sends the other ranks' rows of
+     * my heads (out and lse forward, dq, dk, dv backward). */
     const int64_t Hl = sh->H / U, Gl = cpa_ulysses_kv_heads(sh->H, sh->G, U);
-    const double rows = (double)(sh->B * (sh->S / U)) * (U - 1) * 4.0;
-    const double q = rows * Hl * sh->Dqk, kk = rows * Gl * sh->Dqk, v = rows * Gl * sh->Dv;
-    const double o = rows * Hl * sh->Dv, l = rows * Hl;
-    *fwd = q + kk + v + o + l;
-    *bwd = o + q + kk + v;
+    const int64_t mine = first_row(sh->S, U, u + 1) - first_row(sh->S, U, u);
+    const double out_rows = 4.0 * (double)sh->B * (double)mine * (U - 1);
+    const double in_rows = 4.0 * (double)sh->B * (double)(sh->S - mine);
+    *fwd = out_rows * (Hl * sh->Dqk + Gl * (sh->Dqk + sh->Dv)) + in_rows * Hl * (sh->Dv + 1);
+    *bwd = out_rows * Hl * sh->Dv + in_rows * (Hl * sh->Dqk + Gl * (sh->Dqk + sh->Dv));
 }
 
 cpa_status cpa_ulysses_init(cpa_ulysses *x, MPI_Comm comm, const cpa_ulysses_shape *sh,
@@ -83,7 +96,7 @@ cpa_status cpa_ulysses_init(cpa_ulysses *x, MPI_Comm comm, const cpa_ulysses_sha
     MPI_Comm_size(comm, &x->U);
     MPI_Comm_rank(comm, &x->u);
     const int U = x->U;
-    x->B = sh->B, x->Sf = sh->S, x->Sl = sh->S / U;
+    x->B = sh->B, x->Sf = sh->S;
     x->H = sh->H, x->G = sh->G, x->Hl = sh->H / U, x->Dqk = sh->Dqk, x->Dv = sh->Dv;
     x->Gl = cpa_ulysses_kv_heads(sh->H, sh->G, U);
     x->layout = sh->layout;
@@ -94,11 +107,25 @@ cpa_status cpa_ulysses_init(cpa_ulysses *x, MPI_Comm comm, const cpa_ulysses_sha
     x->ctx = ctx;
 
     const int64_t hpg = x->H / x->G, nmax = x->Hl > x->Gl ? x->Hl : x->Gl;
-    x->q_heads = cpa_malloc(sizeof(int) * (size_t)(U * (x->Hl + x->Gl) + nmax), "Ulysses head maps");
-    if (!x->q_heads)
+    x->q_heads = cpa_malloc(sizeof(int) * (size_t)(U * (x->Hl + x->Gl) + nmax + 4 * U),
+                            "Ulysses head maps");
+    x->rows = cpa_malloc(sizeof(int64_t) * (size_t)(2 * U + 1), "Ulysses row map"); /* + row0 */
+    if (!x->q_heads || !x->rows) {
+        cpa_ulysses_free(x);
         return CPA_ERR_NOMEM;
+    }
     x->kv_heads = x->q_heads + U * x->Hl;
     x->ident = x->kv_heads + U * x->Gl;
+    x->counts = x->ident + nmax;
+    x->row0 = x->rows + U;
+    x->Smax = 0;
+    for (int j = 0; j <= U; ++j)
+        x->row0[j] = first_row(x->Sf, U, j);
+    for (int j = 0; j < U; ++j) {
+        x->rows[j] = x->row0[j + 1] - x->row0[j];
+        x->Smax = x->rows[j] > x->Smax ? x->rows[j] : x->Smax;
+    }
+    x->Sl = x->rows[x->u];
     for (int j = 0; j < U; ++j) {
         for (int64_t i = 0; i < x->Hl; ++i)
             x->q_heads[j * x->Hl + i] = (int)(j * x->Hl + i);
@@ -112,7 +139,7 @@ cpa_status cpa_ulysses_init(cpa_ulysses *x, MPI_Comm comm, const cpa_ulysses_sha
         x->ident[i] = (int)i;
 
     const int64_t D = x->Dqk > x->Dv ? x->Dqk : x->Dv;
-    x->slab = x->B * x->Sl * nmax * D;
+    x->slab = x->B * x->Smax * nmax * D;
     const int64_t qn = x->B * x->Sf * x->Hl, kn = x->B * x->Sf * x->Gl;
     struct {
         float **p;
@@ -138,6 +165,7 @@ void cpa_ulysses_free(cpa_ulysses *x)
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; ++i)
         cpa_free(bufs[i]);
     cpa_free(x->q_heads);
+    cpa_free(x->rows);
     memset(x, 0, sizeof *x);
 }
 
@@ -213,23 +241,42 @@ static void unpack(const float *src, cpa_tensor dst, int64_t row0, int64_t rows,
             }
 }
 
-static cpa_status alltoall(cpa_ulysses *x, int64_t count, const char *what)
+/* Exchange the slabs: group rank j's slab starts at j·B·Smax units of
+ * `unit` floats (one row of the head group); I send send_rows[j]·B units to
+ * j and receive recv_rows[j]·B from it (NULL: my own row count, Sl). */
+static cpa_status alltoall(cpa_ulysses *x, int64_t unit, const int64_t *send_rows,
+                           const int64_t *recv_rows, const char *what)
 {
-    /* Slabs beyond MPI's int count travel as one element of a derived type. */
+    const int U = x->U;
+    int *sc = x->counts, *sd = sc + U, *rc = sd + U, *rd = rc + U;
+    if ((int64_t)U * x->B * x->Smax > INT_MAX || unit > INT_MAX)
+        return cpa_error(CPA_ERR_ARG, "%s: Ulysses all-to-all of %lld rows of %lld floats per "
+                         "rank exceeds MPI's int counts", what, (long long)(x->B * x->Smax),
+                         (long long)unit);
+    double sent = 0.0;
+    for (int j = 0; j < U; ++j) {
+        sc[j] = (int)(x->B * (send_rows ? send_rows[j] : x->Sl));
+        rc[j] = (int)(x->B * (recv_rows ? recv_rows[j] : x->Sl));
+        sd[j] = rd[j] = (int)(j * x->B * x->Smax);
+        sent += j == x->u ? 0.0 : (double)sc[j] * (double)unit * sizeof(float);
+    }
     MPI_Datatype type;
-    int n;
-    CPA_TRY(cpa_comm_float_type(count, &type, &n));
+    int rc0 = MPI_Type_contiguous((int)unit, MPI_FLOAT, &type);
+    if (rc0 == MPI_SUCCESS)
+        rc0 = MPI_Type_commit(&type);
+    if (rc0 != MPI_SUCCESS)
+        return cpa_mpi_error(rc0, "MPI_Type_contiguous (Ulysses rows)");
     double t0 = cpa_wtime();
     MPI_Request req;
-    int rc = MPI_Ialltoall(x->send, n, type, x->recv, n, type, x->comm, &req);
-    if (type != MPI_FLOAT)
-        MPI_Type_free(&type);
-    cpa_status st = rc == MPI_SUCCESS ? cpa_comm_wait(1, &req, "%s: Ulysses all-to-all of %lld "
-                                                      "floats per rank over %d ranks", what,
-                                                      (long long)count, x->U)
-                                      : cpa_mpi_error(rc, "MPI_Ialltoall");
+    int rc1 = MPI_Ialltoallv(x->send, sc, sd, type, x->recv, rc, rd, type, x->comm, &req);
+    MPI_Type_free(&type); /* freed types stay valid for pending operations */
+    cpa_status st = rc1 == MPI_SUCCESS
+                        ? cpa_comm_wait(1, &req, "%s: Ulysses all-to-all of %lld rows of %lld "
+                                        "floats over %d ranks", what,
+                                        (long long)(x->B * x->Smax), (long long)unit, x->U)
+                        : cpa_mpi_error(rc1, "MPI_Ialltoallv");
     x->wait_s += cpa_wtime() - t0;
-    x->bytes_sent += (double)count * sizeof(float) * (x->U - 1);
+    x->bytes_sent += sent;
     return st;
 }
 
@@ -238,12 +285,12 @@ static cpa_status alltoall(cpa_ulysses *x, int64_t count, const char *what)
 cpa_status cpa_ulysses_seq_to_heads(cpa_ulysses *x, cpa_tensor local, const int *heads,
                                     int64_t nl, cpa_tensor mine)
 {
-    const int64_t count = x->B * x->Sl * nl * local.shape[3];
+    const int64_t unit = nl * local.shape[3], stride = x->B * x->Smax * unit;
     for (int j = 0; j < x->U; ++j)
-        pack(local, 0, x->Sl, heads + j * nl, nl, x->send + j * count);
-    CPA_TRY(alltoall(x, count, "sequence to heads"));
+        pack(local, 0, x->Sl, heads + j * nl, nl, x->send + j * stride);
+    CPA_TRY(alltoall(x, unit, NULL, x->rows, "sequence to heads"));
     for (int i = 0; i < x->U; ++i)
-        unpack(x->recv + i * count, mine, i * x->Sl, x->Sl, x->ident, nl, 0);
+        unpack(x->recv + i * stride, mine, x->row0[i], x->rows[i], x->ident, nl, 0);
     return CPA_OK;
 }
 
@@ -252,12 +299,12 @@ cpa_status cpa_ulysses_seq_to_heads(cpa_ulysses *x, cpa_tensor local, const int 
 cpa_status cpa_ulysses_heads_to_seq(cpa_ulysses *x, cpa_tensor mine, const int *heads,
                                     int64_t nl, cpa_tensor local, int accumulate)
 {
-    const int64_t count = x->B * x->Sl * nl * mine.shape[3];
+    const int64_t unit = nl * mine.shape[3], stride = x->B * x->Smax * unit;
     for (int j = 0; j < x->U; ++j)
-        pack(mine, j * x->Sl, x->Sl, x->ident, nl, x->send + j * count);
-    CPA_TRY(alltoall(x, count, "heads to sequence"));
+        pack(mine, x->row0[j], x->rows[j], x->ident, nl, x->send + j * stride);
+    CPA_TRY(alltoall(x, unit, x->rows, NULL, "heads to sequence"));
     for (int i = 0; i < x->U; ++i)
-        unpack(x->recv + i * count, local, 0, x->Sl, heads + i * nl, nl, accumulate);
+        unpack(x->recv + i * stride, local, 0, x->Sl, heads + i * nl, nl, accumulate);
     return CPA_OK;
 }
 
@@ -409,10 +456,10 @@ static void ulysses_kernel_shape(const cpa_cp_config *c, int64_t *H, int64_t *G,
     *Sq = *Sk = c->seq_length;
 }
 
-static void ulysses_volume(const cpa_cp_config *c, double *fwd, double *bwd)
+static void ulysses_volume(const cpa_cp_config *c, int rank, double *fwd, double *bwd)
 {
     cpa_ulysses_shape sh = cpa_ulysses_shape_of(c, c->seq_length);
-    cpa_ulysses_volume(&sh, c->cp_size, fwd, bwd);
+    cpa_ulysses_volume(&sh, c->cp_size, rank, fwd, bwd);
 }
 
 static cpa_status ulysses_row_init(MPI_Comm comm, const cpa_cp_config *c, cpa_split split,
@@ -453,6 +500,14 @@ static void ulysses_row_stats(const void *state, cpa_plan_stats *st)
     cpa_ulysses_stats(state, st);
 }
 
+static void ulysses_row_set_mask(void *state, cpa_mask mask)
+{
+    cpa_ulysses *x = state;
+    x->mask = mask;
+    if (x->ring)
+        x->ring->mask = mask;
+}
+
 const cpa_algo_row cpa_ulysses_row = {
     .id = CPA_ALGO_ULYSSES,
     .name = "ulysses_cp_algo",
@@ -468,5 +523,6 @@ const cpa_algo_row cpa_ulysses_row = {
     .destroy = ulysses_row_destroy,
     .forward = ulysses_row_forward,
     .backward = ulysses_row_backward,
+    .set_mask = ulysses_row_set_mask,
     .stats = ulysses_row_stats,
 };

@@ -122,10 +122,15 @@ expect_usage "W >= P (W=4, P=4)" 4 "--cp-window-size 4" \
     attn --context-parallel-size 4 $RING --cp-window-size 4 --seq-length 96
 expect_usage "W >= P (W=2, P=2)" 2 "--cp-window-size 2" \
     attn --context-parallel-size 2 $RING --cp-window-size 2 --seq-length 96
-expect_usage "causal ring S % 2P (S=100, P=4)" 4 "--seq-length 100" \
-    attn --context-parallel-size 4 $RING --seq-length 100
-expect_usage "general ring S % P (S=98, P=4)" 4 "--seq-length 98" \
-    attn --context-parallel-size 4 $RING --seq-length 98 --attention-mask-type general
+# Any length works (uneven shards); only a sequence shorter than the
+# split's chunks is refused.
+expect_usage "causal ring S < 2P (S=7, P=4)" 4 "--seq-length 7 is shorter than the 8 chunks" \
+    attn --context-parallel-size 4 $RING --seq-length 7
+expect_usage "general ring S < P (S=3, P=4)" 4 "--seq-length 3 is shorter than" \
+    attn --context-parallel-size 4 $RING --seq-length 3 --attention-mask-type general
+check_case "ring P=4 causal uneven S=101" 4 $RING --seq-length 101
+check_case "ring P=3 general uneven S=98 overlap" 3 $RING --seq-length 98 \
+    --attention-mask-type general --use-cp-send-recv-overlap
 expect_usage "unknown algorithm" 2 "--context-parallel-algo ring_cp_algo" \
     attn --context-parallel-size 2 --context-parallel-algo ring_cp_algo
 expect_usage "H % G != 0" 2 "--num-query-groups 3" \
@@ -253,8 +258,12 @@ expect_usage "documents balance with ulysses" 2 "--cp-load-balance documents app
 
 expect_usage "ulysses H % (TP*P) (H=6, P=4)" 4 "--num-attention-heads 6" \
     attn --context-parallel-size 4 --seq-length 96 --num-attention-heads 6 --num-query-groups 2
-expect_usage "ulysses S % P (S=98, P=4)" 4 "--seq-length 98" \
-    attn --context-parallel-size 4 --seq-length 98
+expect_usage "ulysses S < P (S=3, P=4)" 4 "--seq-length 3" \
+    attn --context-parallel-size 4 --seq-length 3
+check_case "ulysses P=4 uneven S=98 GQA" 4 --seq-length 98 --num-query-groups 2
+check_case "hybrid P=4 U=2 uneven S=99 causal" 4 $HYB --ulysses-degree-in-cp 2 --seq-length 99
+check_case "allgather P=3 uneven S=100 documents" 3 $AG --seq-length 100 \
+    --cu-seqlens 0,1,37,38,90,100 --cp-load-balance documents
 expect_usage "hybrid without U" 4 "--ulysses-degree-in-cp" \
     attn --context-parallel-size 4 $HYB --seq-length 96
 expect_usage "hybrid U must divide P (U=3, P=4)" 4 "--ulysses-degree-in-cp 3" \

@@ -82,9 +82,9 @@ static void ring_shift(int overlap)
     int cur = 0;
     for (int t = 1; t <= P; ++t) {
         int h0 = -1, h1 = -1;
-        CHECK_OK(cpa_xfer_post(&x, fw[cur], next, c[r & 1], fw[1 - cur], prev, c[prev & 1], n,
+        CHECK_OK(cpa_xfer_post(&x, fw[cur], n, next, c[r & 1], fw[1 - cur], n, prev, c[prev & 1],
                                21, "test transfer", &h0));
-        CHECK_OK(cpa_xfer_post(&x, bw[cur], prev, c[r & 1], bw[1 - cur], next, c[next & 1], n,
+        CHECK_OK(cpa_xfer_post(&x, bw[cur], n, prev, c[r & 1], bw[1 - cur], n, next, c[next & 1],
                                22, "test transfer", &h1));
         CHECK_OK(cpa_xfer_wait(&x, h0));
         CHECK_OK(cpa_xfer_wait(&x, h1));
@@ -138,7 +138,7 @@ static void large_count_transfers(void)
         cpa_xfer x;
         cpa_xfer_init(&x);
         int h = -1;
-        CHECK_OK(cpa_xfer_post(&x, s, next, c, d, prev, c, n, 31, "test transfer", &h));
+        CHECK_OK(cpa_xfer_post(&x, s, n, next, c, d, n, prev, c, 31, "test transfer", &h));
         CHECK_OK(cpa_xfer_wait(&x, h));
         CHECK_MSG(mismatches(d, n, prev, 2, "large count", (int)n) == 0, "%lld floats", (long long)n);
         CHECK_MSG(d[n] == -7.0f, "%lld floats: written past the end", (long long)n);
@@ -170,7 +170,7 @@ static void channels_with_progress(void)
         d[ch] = malloc(sizeof(float) * n[ch]);
         fill(s[ch], n[ch], r, ch);
         memset(d[ch], 0xff, sizeof(float) * n[ch]); /* NaN: never equal */
-        CHECK_OK(cpa_xfer_post(&x, s[ch], next, c, d[ch], prev, c, n[ch], 30 + ch, "test transfer", &h[ch]));
+        CHECK_OK(cpa_xfer_post(&x, s[ch], n[ch], next, c, d[ch], n[ch], prev, c, 30 + ch, "test transfer", &h[ch]));
         posted += (double)n[ch] * sizeof(float);
     }
     volatile double acc = 0.0;
@@ -220,10 +220,10 @@ static void double_ring(int overlap)
         const int steps = W > I ? W : I;
         for (int t = 1; t <= steps; ++t) {
             int hi = -1, ho = -1;
-            CHECK_OK(cpa_xfer_post(&x, in[cur], in_to, c[p & 1], in[1 - cur], in_from,
-                                   c[mod(p - 1, W) & 1], n, 11, "test transfer", &hi));
-            CHECK_OK(cpa_xfer_post(&x, out[cur], out_to, c[w & 1], out[1 - cur], out_from,
-                                   c[mod(w - 1, I) & 1], n, 12, "test transfer", &ho));
+            CHECK_OK(cpa_xfer_post(&x, in[cur], n, in_to, c[p & 1], in[1 - cur], n, in_from,
+                                   c[mod(p - 1, W) & 1], 11, "test transfer", &hi));
+            CHECK_OK(cpa_xfer_post(&x, out[cur], n, out_to, c[w & 1], out[1 - cur], n, out_from,
+                                   c[mod(w - 1, I) & 1], 12, "test transfer", &ho));
             CHECK_OK(cpa_xfer_wait(&x, ho));
             CHECK_OK(cpa_xfer_wait(&x, hi));
             cur = 1 - cur;
@@ -253,21 +253,20 @@ static void post_limits(void)
     int h = -1;
     /* Beyond MPI's int count a derived type of 2^20-float blocks covers the
      * transfer; only more than INT_MAX such blocks is refused. */
-    CHECK_STATUS(cpa_xfer_post(&x, &one, rank_, c, &got, rank_, c,
-                               ((int64_t)INT_MAX + 1) << 20, 1, "test transfer", &h),
+    CHECK_STATUS(cpa_xfer_post(&x, &one, ((int64_t)INT_MAX + 1) << 20, rank_, c, &got, ((int64_t)INT_MAX + 1) << 20, rank_, c, 1, "test transfer", &h),
                  CPA_ERR_ARG);
     CHECK(strstr(cpa_last_error(), "too large even in blocks") != NULL);
-    CHECK_STATUS(cpa_xfer_post(&x, &one, rank_, c, &got, rank_, c, -1, 1, "test transfer", &h), CPA_ERR_ARG);
+    CHECK_STATUS(cpa_xfer_post(&x, &one, -1, rank_, c, &got, -1, rank_, c, 1, "test transfer", &h), CPA_ERR_ARG);
     CHECK(h == -1); /* nothing was handed out */
 
     float s[CPA_XFER_SLOTS + 1], d[CPA_XFER_SLOTS + 1];
     for (int i = 0; i <= CPA_XFER_SLOTS; ++i)
         s[i] = enc(rank_, 0, i), d[i] = -1.0f;
     for (int i = 0; i < CPA_XFER_SLOTS; ++i) {
-        CHECK_OK(cpa_xfer_post(&x, &s[i], rank_, c, &d[i], rank_, c, 1, 40 + i, "test transfer", &h));
+        CHECK_OK(cpa_xfer_post(&x, &s[i], 1, rank_, c, &d[i], 1, rank_, c, 40 + i, "test transfer", &h));
         CHECK(h == i);
     }
-    CHECK_STATUS(cpa_xfer_post(&x, &s[CPA_XFER_SLOTS], rank_, c, &d[CPA_XFER_SLOTS], rank_, c, 1,
+    CHECK_STATUS(cpa_xfer_post(&x, &s[CPA_XFER_SLOTS], 1, rank_, c, &d[CPA_XFER_SLOTS], 1, rank_, c,
                                99, "test transfer", &h),
                  CPA_ERR_INTERNAL);
     cpa_xfer_drain(&x);
@@ -276,7 +275,7 @@ static void post_limits(void)
     for (int i = 0; i < CPA_XFER_SLOTS; ++i)
         CHECK(!x.busy[i] && x.req[2 * i] == MPI_REQUEST_NULL && x.req[2 * i + 1] == MPI_REQUEST_NULL);
     /* After the drain every slot is free again. */
-    CHECK_OK(cpa_xfer_post(&x, &s[CPA_XFER_SLOTS], rank_, c, &d[CPA_XFER_SLOTS], rank_, c, 1, 99, "test transfer",
+    CHECK_OK(cpa_xfer_post(&x, &s[CPA_XFER_SLOTS], 1, rank_, c, &d[CPA_XFER_SLOTS], 1, rank_, c, 99, "test transfer",
                            &h));
     CHECK(h == 0);
     CHECK_OK(cpa_xfer_wait(&x, h));

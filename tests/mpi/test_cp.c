@@ -13,10 +13,13 @@
  *       with packed documents (cu_seqlens: a document of length 1, edges on
  *       shard and chunk edges, documents spanning several shards, many short
  *       ones) and/or a sliding window (shorter than a shard, longer than S),
- *       the rows that take it also with the document-aware assignment;
+ *       the rows that take it also with the document-aware assignment,
+ *       and some cases with the documents set per call on a plan made
+ *       without them (cpa_plan_set_documents, a changed set refusing the
+ *       saved state);
  *       shapes
- *       rotate over the layouts, GQA (G = H, 2, 1), D 64/80, Dv != D, and
- *       overlap on/off; each case twice: with a saved state (the forward
+ *       rotate over the layouts, GQA (G = H, 2, 1), D 64/80, Dv != D,
+ *       overlap on/off, and S = 240 or 233 (uneven shards at every P); each case twice: with a saved state (the forward
  *       fills it, the backward starts from it) and without (the backward,
  *       given copies of its inputs, rebuilds what it needs); every fifth case
  *       runs the reference kernel inside the plan.  An algorithm added to
@@ -45,13 +48,16 @@ static int rank_, P_;
 
 static tu_tensor shard_of(cpa_split split, int r, tu_tensor g, cpa_layout layout)
 {
-    tu_tensor l = tu_attn(layout, g.t.shape[0], g.t.shape[1] / split.P, g.t.shape[2], g.t.shape[3]);
+    tu_tensor l = tu_attn(layout, g.t.shape[0], cpa_split_rows(split, g.t.shape[1], r),
+                          g.t.shape[2], g.t.shape[3]);
     cpa_shard(split, r, g.t, l.t);
     return l;
 }
 
-/* One configuration, both ways (saved state, and none with fresh copies). */
-static void run_case(const cpa_cp_config *cfg, const char *label)
+/* One configuration, both ways (saved state, and none with fresh copies).
+ * late_docs: the plan is made without the documents and gets them per call
+ * (cpa_plan_set_documents), as a trainer with per-sample documents does. */
+static void run_case(const cpa_cp_config *cfg, const char *label, int late_docs)
 {
     cpa_cp_config c = *cfg;
     const int fails0 = test_failed_;
@@ -60,12 +66,19 @@ static void run_case(const cpa_cp_config *cfg, const char *label)
 
     cpa_plan *plan = NULL;
     cpa_plan_saved *saved = NULL;
+    cpa_cp_config made = c;
+    if (late_docs)
+        made.mask.cu_seqlens = NULL, made.mask.num_docs = 0;
     const long long bytes0 = cpa_debug_alloc_bytes();
-    cpa_status st = cpa_plan_create(MPI_COMM_WORLD, &c, &plan);
+    cpa_status st = cpa_plan_create(MPI_COMM_WORLD, &made, &plan);
+    if (st == CPA_OK && late_docs)
+        st = cpa_plan_set_documents(plan, c.mask.cu_seqlens, c.mask.num_docs);
     const long long plan_bytes = cpa_debug_alloc_bytes() - bytes0;
     CHECK_MSG(st == CPA_OK, "%s: plan: %s", label, cpa_last_error());
-    if (st != CPA_OK)
+    if (st != CPA_OK) {
+        cpa_plan_destroy(plan);
         return;
+    }
     const long long saved0 = cpa_debug_alloc_bytes();
     CHECK_OK(cpa_plan_saved_create(plan, &saved));
     const long long saved_bytes = cpa_debug_alloc_bytes() - saved0;
@@ -108,13 +121,27 @@ static void run_case(const cpa_cp_config *cfg, const char *label)
         tu_tensor ldv = tu_attn(c.layout, B, Sl, G, Dv);
         tu_fill(ldq.t, 9, 3.0f); /* garbage: the plan must overwrite, not add */
         tu_fill(ldk.t, 10, 3.0f);
+        /* The bytes sent are the schedule's (cpa_plan_rank_volume: this rank's; the
+         * plan-wide figure is the most any rank sends), forward and backward. */
+        double vf = -1, vb = -1, mf = -1, mb = -1;
+        CHECK_OK(cpa_plan_rank_volume(&c, rank_, &vf, &vb));
+        CHECK_OK(cpa_plan_volume(&c, &mf, &mb));
+        CHECK_MSG(vf >= 0 && vb >= 0 && vf <= mf && vb <= mb,
+                  "%s rank %d: its volume %.0f/%.0f vs the largest %.0f/%.0f", label, rank_, vf,
+                  vb, mf, mb);
         const long long calls0 = cpa_debug_alloc_bytes();
         CHECK_OK(cpa_plan_forward(plan, with_saved ? saved : NULL, lq.t, lk.t, lv.t, lo.t, ll.t));
+        if (with_saved && late_docs) {
+            /* Documents changed between forward and backward: the saved state
+             * is refused on every rank; set back, it is accepted. */
+            CHECK_OK(cpa_plan_set_documents(plan, NULL, 0));
+            CHECK_STATUS(cpa_plan_backward(plan, saved, lq.t, lk.t, lv.t, lo.t, ll.t, ldo.t,
+                                           ldq.t, ldk.t, ldv.t), CPA_ERR_ARG);
+            CHECK(strstr(cpa_last_error(), "documents changed") != NULL);
+            CHECK_OK(cpa_plan_set_documents(plan, c.mask.cu_seqlens, c.mask.num_docs));
+        }
         if (with_saved) {
-            /* The bytes sent are the schedule's (cpa_plan_volume), forward and backward. */
-            double vf = -1, vb = -1;
             cpa_plan_stats fs, bs;
-            CHECK_OK(cpa_plan_volume(&c, &vf, &vb));
             cpa_plan_last_stats(plan, &fs);
             CHECK_OK(cpa_plan_backward(plan, saved, lq.t, lk.t, lv.t, lo.t, ll.t, ldo.t, ldq.t,
                                        ldk.t, ldv.t));
@@ -238,11 +265,19 @@ static void run_matrix(void)
                     c.num_kv_heads = gs[n % 3];
                     c.head_dim = n % 2 ? 80 : 64;
                     c.v_head_dim = n % 4 == 3 ? 48 : c.head_dim;
-                    c.batch = 2, c.seq_length = 240, c.tp_size = 1, c.num_threads = 1;
+                    /* Any length: every other case without documents is ragged (233
+                     * is prime: uneven shards at every P > 1). */
+                    c.batch = 2, c.tp_size = 1, c.num_threads = 1;
+                    c.seq_length = c.mask.cu_seqlens || n % 2 == 0 ? 240 : 233;
                     c.impl = n % 5 == 0 ? CPA_IMPL_REFERENCE : CPA_IMPL_FAST;
                     char label[256];
                     label_of(&c, label, sizeof label);
-                    run_case(&c, label);
+                    /* Every other case with documents gets them per call. */
+                    const int late = c.mask.cu_seqlens && c.balance != CPA_BALANCE_DOCUMENTS &&
+                                     (n / 4) % 4 < 2;
+                    if (late)
+                        strncat(label, " per-call-docs", sizeof label - strlen(label) - 1);
+                    run_case(&c, label, late);
                 }
             }
         }
@@ -273,7 +308,7 @@ int main(int argc, char **argv)
         c.tp_size = 1, c.num_threads = 1;
         char label[256];
         label_of(&c, label, sizeof label);
-        run_case(&c, label);
+        run_case(&c, label, 0);
     } else {
         if (rank_ == 0)
             fprintf(stderr, "usage: test_cp matrix | test_cp ALGO W OVERLAP MASK B S H G D DV "

@@ -121,14 +121,24 @@ static void bad_window(void)
     expect_arg("window 0", MPI_COMM_WORLD, &c, "--cp-window-size", NULL);
 }
 
+static void expect_ok(const char *name, const cpa_cp_config *c);
+
 static void bad_seq_length(void)
 {
     cpa_cp_config c = base();
+    /* Any length is fine (uneven shards) as long as every chunk holds a
+     * position: causal zigzag needs S >= 2P, the contiguous split S >= P. */
     c.seq_length = 17 * P_; /* divisible by P, not by 2P */
-    expect_arg("causal S % 2P", MPI_COMM_WORLD, &c, "--seq-length", NULL);
+    expect_ok("causal S % 2P != 0", &c);
+    c.seq_length = 2 * P_ - 1;
+    expect_arg("causal S < 2P", MPI_COMM_WORLD, &c, "--seq-length", "shorter than");
     c.mask.kind = CPA_MASK_NONE;
     c.seq_length = 16 * P_ + 1;
-    expect_arg("general S % P", MPI_COMM_WORLD, &c, "--seq-length", NULL);
+    expect_ok("general S % P != 0", &c);
+    if (P_ > 1) {
+        c.seq_length = P_ - 1;
+        expect_arg("general S < P", MPI_COMM_WORLD, &c, "--seq-length", "S >= ");
+    }
 }
 
 static void bad_heads(void)
@@ -171,11 +181,15 @@ static void ulysses_rules(void)
     c.num_heads = 8 * P_;
     c.mask.kind = CPA_MASK_NONE;
     c.seq_length = 16 * P_ + 1;
-    expect_arg("ulysses S % P", MPI_COMM_WORLD, &c, "--seq-length", NULL);
+    expect_ok("ulysses S % P != 0", &c);
+    if (P_ > 1) {
+        c.seq_length = P_ - 1;
+        expect_arg("ulysses S < P", MPI_COMM_WORLD, &c, "--seq-length", NULL);
+    }
 }
 
 /* Hybrid: U > 1, P % U == 0, U != P, H % (U*TP) == 0, W relative to R = P/U,
- * S % (2P) for causal. */
+ * S >= 2P for causal. */
 static void hybrid_rules(void)
 {
     cpa_cp_config c = base();
@@ -191,7 +205,9 @@ static void hybrid_rules(void)
         expect_arg("hybrid W >= R", MPI_COMM_WORLD, &c, "--cp-window-size", NULL);
         c.window = 1;
         c.seq_length = 16 * P_ + 2;
-        expect_arg("hybrid S % 2P", MPI_COMM_WORLD, &c, "--seq-length", NULL);
+        expect_ok("hybrid S % 2P != 0", &c);
+        c.seq_length = 2 * P_ - 1;
+        expect_arg("hybrid S < 2P", MPI_COMM_WORLD, &c, "--seq-length", NULL);
     }
     c = base();
     c.algo = CPA_ALGO_HYBRID;
@@ -219,7 +235,7 @@ static void rank_mismatch(void)
     expect_arg("last rank bad W", MPI_COMM_WORLD, &c, "--cp-window-size", NULL);
     c = base();
     if (rank_ == 1)
-        c.seq_length = 17 * P_; /* invalid on rank 1 only */
+        c.seq_length = P_; /* invalid on rank 1 only (causal: S >= 2P) */
     if (rank_ == P_ - 1 && P_ > 2)
         c.num_kv_heads = 3; /* another rule on a later rank: the lowest failing rank speaks */
     expect_arg("two ranks bad", MPI_COMM_WORLD, &c, "--seq-length", NULL);
@@ -299,6 +315,62 @@ static void saved_state_misuse(void)
     free(buf);
 }
 
+/* Per-call documents (cpa_plan_set_documents): a bad cu_seqlens, one that
+ * differs between ranks, or documents on a plan that balances by them are
+ * refused with CPA_ERR_ARG on every rank, the same message; the plan stays
+ * usable (good documents, then none, are accepted afterwards). */
+static void per_call_documents(void)
+{
+    cpa_cp_config c = base();
+    const int64_t S = c.seq_length;
+    cpa_plan *plan = NULL;
+    char msg[1024];
+    CHECK_MSG(create("per-call documents", MPI_COMM_WORLD, &c, &plan, msg) == CPA_OK, "%s", msg);
+    if (!plan)
+        return;
+    struct {
+        const char *name, *word;
+        int64_t cu[4], n;
+        int only_rank1; /* the bad value on rank 1 only */
+    } cases[] = {
+        {"not starting at 0", "cu_seqlens", {1, 5, S}, 2, 0},
+        {"not ending at S", "cu_seqlens", {0, 5, S - 1}, 2, 0},
+        {"not increasing", "cu_seqlens", {0, 7, 7, S}, 3, 0},
+        {"differs between ranks", "cu_seqlens differs between ranks", {0, 3, S}, 2, 1},
+    };
+    const int64_t good[3] = {0, 5, S};
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; ++i) {
+        const int bad_here = !cases[i].only_rank1 || rank_ == 1;
+        cpa_status st = cpa_plan_set_documents(plan, bad_here ? cases[i].cu : good,
+                                               bad_here ? cases[i].n : 2);
+        snprintf(msg, sizeof msg, "%s", st == CPA_OK ? "" : cpa_last_error());
+        if (cases[i].only_rank1 && P_ == 1) {
+            CHECK_MSG(st == CPA_OK, "%s at P=1: %s", cases[i].name, msg);
+            continue;
+        }
+        CHECK_MSG(st == CPA_ERR_ARG, "per-call cu_seqlens %s: rank %d got %s", cases[i].name,
+                  rank_, cpa_status_string(st));
+        check_same_message(cases[i].name, msg);
+        CHECK_MSG(strstr(msg, cases[i].word) != NULL, "%s: message lacks '%s': %s", cases[i].name,
+                  cases[i].word, msg);
+    }
+    CHECK_OK(cpa_plan_set_documents(plan, good, 2));
+    CHECK_OK(cpa_plan_set_documents(plan, NULL, 0));
+    cpa_plan_destroy(plan);
+    /* A plan whose chunk assignment comes from its documents. */
+    if (c.seq_length >= 2 * (int64_t)P_) {
+        c.balance = CPA_BALANCE_DOCUMENTS;
+        c.mask.cu_seqlens = good, c.mask.num_docs = 2;
+        plan = NULL;
+        CHECK_MSG(create("documents balance", MPI_COMM_WORLD, &c, &plan, msg) == CPA_OK, "%s", msg);
+        if (plan) {
+            CHECK_STATUS(cpa_plan_set_documents(plan, good, 2), CPA_ERR_ARG);
+            CHECK(strstr(cpa_last_error(), "--cp-load-balance documents") != NULL);
+            cpa_plan_destroy(plan);
+        }
+    }
+}
+
 int main(int argc, char **argv)
 {
     MPI_Init(&argc, &argv);
@@ -315,6 +387,7 @@ int main(int argc, char **argv)
     RUN_TEST(null_comm);
     RUN_TEST(flags_a_row_does_not_use);
     RUN_TEST(saved_state_misuse);
+    RUN_TEST(per_call_documents);
     RUN_TEST(valid_base); /* nothing left behind by the failures */
     int counts[2] = {test_passed_, test_failed_}, total[2];
     MPI_Allreduce(counts, total, 2, MPI_INT, MPI_SUM, MPI_COMM_WORLD);
