@@ -109,8 +109,9 @@ static const cli_option train_options[] = {
              "documents: an indexed dataset or --synthetic-documents).",
      .offset = AT(reset_position_ids)},
     {.flag = "--reset-attention-mask", .type = CLI_FLAG,
-     .help = "Attention inside each document only (Megatron's flag): not supported yet, "
-             "refused.", .offset = AT(reset_attention_mask)},
+     .help = "Attention inside each document only (Megatron's flag): every sample's "
+             "documents end after its EOD tokens, under every CP algorithm (needs "
+             "documents).", .offset = AT(reset_attention_mask)},
     {.flag = "--eod-mask-loss", .type = CLI_FLAG,
      .help = "No loss where the input is the EOD token (Megatron's flag; needs documents).",
      .offset = AT(eod_mask_loss)},
@@ -163,6 +164,8 @@ typedef struct train_run {
     uint8_t *long_range; /* [B, S] long-range flags of each sample */
     int64_t *positions;  /* [B, S] RoPE positions (--reset-position-ids) */
     uint8_t *loss_mask;  /* [B, S] (--eod-mask-loss) */
+    int64_t *cu_seqlens; /* [B, S+1] each sample's documents (--reset-attention-mask) */
+    int64_t *num_docs;   /* [B] */
     int32_t *scratch;    /* [S+1] one sample, for counting a batch's targets */
     int64_t accum, start_iter, n;
     tool_ceilings ceil; /* this rank's FMA peak and sgemm, the minimum over ranks */
@@ -202,20 +205,22 @@ static int check_rules(cli_args *args, train_cfg *c, int world)
                          (long long)dp);
     if (c->min_lr > c->lr)
         return cli_usage(sp, "--min-lr %g: must not exceed --lr %g", c->min_lr, c->lr);
-    /* The attention takes packed documents only as a plan-time cu_seqlens
-     * shared by every sample (cpa_cp_config.mask); per-sample documents
-     * (cpa_data_sample_documents) have no way in yet. */
-    if (c->reset_attention_mask)
-        return cli_usage(sp, "--reset-attention-mask: not supported yet: the attention takes "
-                         "documents only as one cu_seqlens fixed for the whole run, not per "
-                         "sample; --reset-position-ids and --eod-mask-loss work without it");
+    /* Per-sample documents change every step: an assignment made at plan
+     * time from documents cannot follow them. */
+    if (c->reset_attention_mask && c->cpf.balance == CPA_BALANCE_DOCUMENTS)
+        return cli_usage(sp, "--reset-attention-mask: each sample has its own documents, so "
+                         "--cp-load-balance documents (one assignment from plan-time documents) "
+                         "cannot follow them; use --cp-load-balance zigzag");
     if (c->synthetic_documents && c->data_path)
         return cli_usage(sp, "--synthetic-documents: is the built-in data; it does not go with "
                          "--data-path %s", c->data_path);
-    if ((c->reset_position_ids || c->eod_mask_loss) && !c->data_path && !c->synthetic_documents)
+    if ((c->reset_position_ids || c->eod_mask_loss || c->reset_attention_mask) && !c->data_path &&
+        !c->synthetic_documents)
         return cli_usage(sp, "%s: needs documents: an indexed dataset (--data-path PREFIX) or "
                          "--synthetic-documents; the copy task has no end-of-document token",
-                         c->reset_position_ids ? "--reset-position-ids" : "--eod-mask-loss");
+                         c->reset_position_ids   ? "--reset-position-ids"
+                         : c->reset_attention_mask ? "--reset-attention-mask"
+                                                   : "--eod-mask-loss");
     c->vocab_given = cli_given(args, "--vocab-size");
     c->split_given = cli_given(args, "--split");
     c->eod_given = cli_given(args, "--eod-token");
@@ -278,6 +283,7 @@ static int setup(train_run *r)
     g.num_layers = c->L, g.hidden = c->C, g.ffn_hidden = c->F, g.heads = c->H, g.kv_heads = c->G;
     g.vocab = cpa_data_vocab(r->data), g.seq_length = c->S, g.micro_batch = c->B;
     g.recompute = c->recompute, g.rope_base = 10000.0f, g.norm_eps = 1e-5f;
+    g.sample_documents = c->reset_attention_mask;
     cp_flags_apply(&c->cpf, &g.cp);
     g.cp.tp_size = (int)c->tp;
     g.cp.layout = c->cpf.bnsd ? CPA_LAYOUT_BNSD : CPA_LAYOUT_BSHD;
@@ -310,9 +316,11 @@ static int setup(train_run *r)
     r->long_range = malloc((size_t)(c->B * c->S));
     r->positions = malloc(sizeof(int64_t) * (size_t)(c->B * c->S));
     r->loss_mask = malloc((size_t)(c->B * c->S));
+    r->cu_seqlens = malloc(sizeof(int64_t) * (size_t)(c->B * (c->S + 1)));
+    r->num_docs = malloc(sizeof(int64_t) * (size_t)c->B);
     r->scratch = malloc(sizeof(int32_t) * (size_t)(c->S + 1));
     err = (!r->adam_m || !r->adam_v || !r->tokens || !r->long_range || !r->positions ||
-           !r->loss_mask || !r->scratch)
+           !r->loss_mask || !r->cu_seqlens || !r->num_docs || !r->scratch)
               ? tool_fail(1, "out of memory for the optimizer state and the batch")
               : 0;
     if ((err = tool_agree(err)))
@@ -354,6 +362,8 @@ static void teardown(train_run *r)
     free(r->long_range);
     free(r->positions);
     free(r->loss_mask);
+    free(r->cu_seqlens);
+    free(r->num_docs);
     free(r->scratch);
     cpa_grid_destroy(r->grid);
 }
@@ -473,7 +483,9 @@ static int batch_pass(train_run *r, int split, int64_t it, int backward, double 
     const int dp_rank = cpa_grid_rank(r->grid, CPA_GRID_DP);
     const cpa_gpt_batch batch = {r->tokens, r->long_range,
                                  c->reset_position_ids ? r->positions : NULL,
-                                 c->eod_mask_loss ? r->loss_mask : NULL};
+                                 c->eod_mask_loss ? r->loss_mask : NULL,
+                                 c->reset_attention_mask ? r->cu_seqlens : NULL,
+                                 c->reset_attention_mask ? r->num_docs : NULL};
     sums[0] = sums[1] = sums[2] = 0.0;
     sums[3] = (double)targets;
     for (int64_t m = 0; m < r->accum; ++m) {
@@ -486,6 +498,9 @@ static int batch_pass(train_run *r, int split, int64_t it, int backward, double 
                 cpa_data_sample_positions(r->data, tok, r->positions + b * c->S);
             if (c->eod_mask_loss)
                 cpa_data_sample_loss_mask(r->data, tok, r->loss_mask + b * c->S);
+            if (c->reset_attention_mask)
+                r->num_docs[b] =
+                    cpa_data_sample_documents(r->data, tok, r->cu_seqlens + b * (c->S + 1));
         }
         double l, ls, lc;
         cpa_status s = cpa_gpt_step_batch(r->model, &batch, scale, backward, &l, &ls, &lc);
@@ -646,9 +661,18 @@ static int train_main(int argc, char **argv)
         char data[1024];
         cpa_data_describe(r.data, data, sizeof data);
         tool_say("# data: %s\n", data);
-        tool_say("# model: %lld parameters, %lld tokens per rank (S/CP), %lld micro-steps per "
-                 "iteration\n", (long long)r.n, (long long)cpa_gpt_local_tokens(r.model),
-                 (long long)r.accum);
+        /* Any S: CP ranks may hold counts that differ by a few tokens. */
+        long long tok[2] = {cpa_gpt_local_tokens(r.model), -cpa_gpt_local_tokens(r.model)};
+        if (cpa_comm_allreduce(tok, 2, MPI_LONG_LONG, MPI_MAX, MPI_COMM_WORLD,
+                               "the tokens per rank") != CPA_OK)
+            tok[1] = -tok[0];
+        char per[64];
+        if (tok[0] == -tok[1])
+            snprintf(per, sizeof per, "%lld", tok[0]);
+        else
+            snprintf(per, sizeof per, "%lld to %lld", -tok[1], tok[0]);
+        tool_say("# model: %lld parameters, %s tokens per rank (S/CP), %lld micro-steps per "
+                 "iteration\n", (long long)r.n, per, (long long)r.accum);
         char source[1200];
         int ranks = 1;
         double host = tool_host_total(r.mem_estimate, &ranks);

@@ -64,7 +64,10 @@ struct cpa_gpt {
     int64_t *rpos;      /* (B, T) RoPE positions of the local rows of this micro-batch */
     int per_row_pos;    /* rpos holds them (a batch with positions), else pos does */
     cpa_plan *plan;
-    cpa_plan_saved **saved; /* (La) what each layer's attention forward keeps for its backward */
+    cpa_plan_saved **saved; /* (La, Bs) what each layer's attention forward keeps for its
+                               backward: Bs = B with sample_documents (one per sample), else 1 */
+    int64_t Bs;
+    const int64_t *docs, *ndocs; /* the current batch's documents (sample_documents) */
     double attn_fwd_flops; /* attention forward flops of this micro-batch (kernel count) */
 };
 
@@ -129,8 +132,12 @@ static void shape_of(cpa_gpt *m, const cpa_gpt_config *cfg, int P)
     m->cfg = *cfg;
     m->L = cfg->num_layers, m->C = cfg->hidden, m->F = cfg->ffn_hidden, m->H = cfg->heads;
     m->G = cfg->kv_heads, m->D = cfg->hidden / cfg->heads, m->V = cfg->vocab;
-    m->S = cfg->seq_length, m->B = cfg->micro_batch, m->T = cfg->seq_length / P;
+    /* T: this rank's tokens; any S gives ranks counts that differ by a few,
+     * so the estimate takes the most (S/P + 2) and create sets the plan's. */
+    m->S = cfg->seq_length, m->B = cfg->micro_batch;
+    m->T = P == 1 ? cfg->seq_length : cfg->seq_length / P + 2;
     m->N = m->B * m->T, m->W = (m->H + 2 * m->G) * m->D, m->La = cfg->recompute ? 1 : m->L;
+    m->Bs = cfg->sample_documents ? m->B : 1;
 }
 
 /* The attention plan's configuration for a model of `cfg` on P ranks. */
@@ -138,7 +145,9 @@ static cpa_cp_config plan_config(const cpa_gpt *m, int P)
 {
     cpa_cp_config cc = m->cfg.cp;
     cc.cp_size = P;
-    cc.batch = m->B, cc.seq_length = m->S, cc.num_heads = m->H, cc.num_kv_heads = m->G;
+    /* Per-sample documents: the plan attends one sample at a time. */
+    cc.batch = m->cfg.sample_documents ? 1 : m->B;
+    cc.seq_length = m->S, cc.num_heads = m->H, cc.num_kv_heads = m->G;
     cc.head_dim = m->D, cc.v_head_dim = m->D;
     if (cc.tp_size < 1)
         cc.tp_size = 1;
@@ -166,7 +175,7 @@ int64_t cpa_gpt_memory_bytes(const cpa_gpt_config *cfg, int cp_size, int64_t *nu
     return (int64_t)sizeof m + np * (2 * (int64_t)sizeof(float) + 1) +
            na * (int64_t)sizeof(float) + m.N * (2 * (int64_t)sizeof(int32_t) + 1) +
            (m.T + m.N) * (int64_t)sizeof(int64_t) + plan +
-           m.La * (saved + (int64_t)sizeof(void *));
+           m.La * m.Bs * (saved + (int64_t)sizeof(void *));
 }
 
 cpa_status cpa_gpt_create(const cpa_gpt_config *cfg, MPI_Comm cp_comm, cpa_gpt **out)
@@ -190,6 +199,7 @@ cpa_status cpa_gpt_create(const cpa_gpt_config *cfg, MPI_Comm cp_comm, cpa_gpt *
         cpa_free(m);
         return s;
     }
+    m->T = cpa_plan_local_seq(m->plan), m->N = m->B * m->T;
     cpa_gpt_params tmp;
     m->num_params = layout_params(m, &tmp, NULL);
     acts atmp;
@@ -202,8 +212,8 @@ cpa_status cpa_gpt_create(const cpa_gpt_config *cfg, MPI_Comm cp_comm, cpa_gpt *
     m->longf = cpa_malloc((size_t)m->N, "long-range flags");
     m->pos = cpa_malloc(sizeof(int64_t) * (size_t)m->T, "positions");
     m->rpos = cpa_malloc(sizeof(int64_t) * (size_t)m->N, "per-sample positions");
-    m->saved = cpa_calloc(sizeof *m->saved * (size_t)m->La, "saved attention states");
-    for (int64_t i = 0; m->saved && i < m->La && s == CPA_OK; ++i)
+    m->saved = cpa_calloc(sizeof *m->saved * (size_t)(m->La * m->Bs), "saved attention states");
+    for (int64_t i = 0; m->saved && i < m->La * m->Bs && s == CPA_OK; ++i)
         s = cpa_plan_saved_create(m->plan, &m->saved[i]);
     if (!m->params || !m->grads || !m->decay || !m->act_buf || !m->tok || !m->longf || !m->pos ||
         !m->rpos || !m->saved || s != CPA_OK) {
@@ -234,7 +244,7 @@ void cpa_gpt_destroy(cpa_gpt *m)
 {
     if (!m)
         return;
-    for (int64_t i = 0; m->saved && i < m->La; ++i)
+    for (int64_t i = 0; m->saved && i < m->La * m->Bs; ++i)
         cpa_plan_saved_destroy(m->saved[i]);
     cpa_free(m->saved);
     cpa_plan_destroy(m->plan);
@@ -334,7 +344,7 @@ static void rope(const cpa_gpt *m, cpa_tensor x, int inverse)
 
 typedef struct slot {
     float *ln1, *rstd1, *qkv, *att, *lse, *resmid, *ln2, *rstd2, *fc1, *sw;
-    cpa_plan_saved *saved;
+    cpa_plan_saved **saved; /* Bs of them */
 } slot;
 
 static slot slot_of(const cpa_gpt *m, int64_t s)
@@ -344,8 +354,62 @@ static slot slot_of(const cpa_gpt *m, int64_t s)
     slot x = {a->ln1 + s * N * C, a->rstd1 + s * N, a->qkv + s * N * m->W,
               a->att + s * N * m->H * m->D, a->lse + s * m->B * m->H * m->T,
               a->resmid + s * N * C, a->ln2 + s * N * C, a->rstd2 + s * N,
-              a->fc1 + s * N * 2 * m->F, a->sw + s * N * m->F, m->saved[s]};
+              a->fc1 + s * N * 2 * m->F, a->sw + s * N * m->F, m->saved + s * m->Bs};
     return x;
+}
+
+/* ---- the attention call: the whole micro-batch, or sample by sample ---------- */
+
+/* Sample b of a [B, ...] view (its first dim). */
+static cpa_tensor sample_of(cpa_tensor t, int64_t b)
+{
+    t.data += b * t.stride[0];
+    t.shape[0] = 1;
+    return t;
+}
+
+/* With per-sample documents the plan (made for one sample) gets sample b's. */
+static cpa_status set_sample_documents(cpa_gpt *m, int64_t b)
+{
+    return cpa_plan_set_documents(m->plan, m->docs + b * (m->S + 1), m->ndocs[b]);
+}
+
+static cpa_status attention_forward(cpa_gpt *m, cpa_plan_saved **saved, cpa_tensor q,
+                                    cpa_tensor k, cpa_tensor v, cpa_tensor out, cpa_tensor lse,
+                                    double *flops)
+{
+    cpa_plan_stats st;
+    *flops = 0.0;
+    if (!m->cfg.sample_documents) {
+        CPA_TRY(cpa_plan_forward(m->plan, saved[0], q, k, v, out, lse));
+        cpa_plan_last_stats(m->plan, &st);
+        *flops = st.flops;
+        return CPA_OK;
+    }
+    for (int64_t b = 0; b < m->B; ++b) {
+        CPA_TRY(set_sample_documents(m, b));
+        CPA_TRY(cpa_plan_forward(m->plan, saved[b], sample_of(q, b), sample_of(k, b),
+                                 sample_of(v, b), sample_of(out, b), sample_of(lse, b)));
+        cpa_plan_last_stats(m->plan, &st);
+        *flops += st.flops;
+    }
+    return CPA_OK;
+}
+
+static cpa_status attention_backward(cpa_gpt *m, cpa_plan_saved **saved, cpa_tensor q,
+                                     cpa_tensor k, cpa_tensor v, cpa_tensor out, cpa_tensor lse,
+                                     cpa_tensor dout, cpa_tensor dq, cpa_tensor dk, cpa_tensor dv)
+{
+    if (!m->cfg.sample_documents)
+        return cpa_plan_backward(m->plan, saved[0], q, k, v, out, lse, dout, dq, dk, dv);
+    for (int64_t b = 0; b < m->B; ++b) {
+        CPA_TRY(set_sample_documents(m, b));
+        CPA_TRY(cpa_plan_backward(m->plan, saved[b], sample_of(q, b), sample_of(k, b),
+                                  sample_of(v, b), sample_of(out, b), sample_of(lse, b),
+                                  sample_of(dout, b), sample_of(dq, b), sample_of(dk, b),
+                                  sample_of(dv, b)));
+    }
+    return CPA_OK;
 }
 
 /* `count`: add the attention's flops to the model flops (not when the
@@ -361,13 +425,11 @@ static cpa_status block_forward(cpa_gpt *m, int64_t l, slot x, int count)
     cpa_tensor v = rows_view(m, x.qkv + HD + m->G * m->D, m->G, m->W);
     rope(m, q, 0);
     rope(m, k, 0);
-    CPA_TRY(cpa_plan_forward(m->plan, x.saved, q, k, v, rows_view(m, x.att, m->H, HD),
-                             lse_view(m, x.lse)));
-    if (count) {
-        cpa_plan_stats st;
-        cpa_plan_last_stats(m->plan, &st);
-        m->attn_fwd_flops += st.flops;
-    }
+    double flops;
+    CPA_TRY(attention_forward(m, x.saved, q, k, v, rows_view(m, x.att, m->H, HD),
+                              lse_view(m, x.lse), &flops));
+    if (count)
+        m->attn_fwd_flops += flops;
     cpa_matmul_forward(m->a.tmp, x.att, m->p.projw + l * C * HD, N, HD, C);
     cpa_residual_forward(x.resmid, in, m->a.tmp, N * C);
     cpa_rmsnorm_forward(x.ln2, x.rstd2, x.resmid, m->p.ln2w + l * C, N, C, m->cfg.norm_eps);
@@ -403,9 +465,8 @@ static cpa_status block_backward(cpa_gpt *m, int64_t l, slot x)
     cpa_tensor dq = rows_view(m, a->dqkv, m->H, m->W);
     cpa_tensor dk = rows_view(m, a->dqkv + HD, m->G, m->W);
     cpa_tensor dv = rows_view(m, a->dqkv + HD + m->G * m->D, m->G, m->W);
-    CPA_TRY(cpa_plan_backward(m->plan, x.saved, q, k, v, rows_view(m, x.att, m->H, HD),
-                              lse_view(m, x.lse),
-                              rows_view(m, a->datt, m->H, HD), dq, dk, dv));
+    CPA_TRY(attention_backward(m, x.saved, q, k, v, rows_view(m, x.att, m->H, HD),
+                               lse_view(m, x.lse), rows_view(m, a->datt, m->H, HD), dq, dk, dv));
     rope(m, dq, 1);
     rope(m, dk, 1);
     memset(a->dln, 0, sizeof(float) * (size_t)(N * C));
@@ -482,7 +543,10 @@ cpa_status cpa_gpt_step(cpa_gpt *m, const int32_t *sample, const uint8_t *long_r
                         float loss_scale, int backward, double *loss_sum, double *long_sum,
                         double *long_count)
 {
-    const cpa_gpt_batch batch = {sample, long_range, NULL, NULL};
+    if (m->cfg.sample_documents)
+        return cpa_error(CPA_ERR_ARG, "cpa_gpt_step: this model attends per-sample documents "
+                         "(sample_documents); use cpa_gpt_step_batch with cu_seqlens");
+    const cpa_gpt_batch batch = {sample, long_range, NULL, NULL, NULL, NULL};
     return step(m, &batch, 0, loss_scale, backward, loss_sum, long_sum, long_count);
 }
 
@@ -493,6 +557,11 @@ cpa_status cpa_gpt_step_batch(cpa_gpt *m, const cpa_gpt_batch *batch, float loss
     if (!m || !batch || !batch->tokens)
         return cpa_error(CPA_ERR_ARG, "cpa_gpt_step_batch: NULL %s",
                          !m ? "model" : !batch ? "batch" : "tokens");
+    if (m->cfg.sample_documents && (!batch->cu_seqlens || !batch->num_docs))
+        return cpa_error(CPA_ERR_ARG, "cpa_gpt_step_batch: this model attends per-sample "
+                         "documents (--reset-attention-mask) and needs the batch's cu_seqlens "
+                         "and num_docs");
+    m->docs = batch->cu_seqlens, m->ndocs = batch->num_docs;
     return step(m, batch, m->S, loss_scale, backward, loss_sum, long_sum, long_count);
 }
 

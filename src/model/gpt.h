@@ -10,7 +10,10 @@
  * Each rank of a CP group holds T = S/P tokens of the same sequence, split
  * the way the attention algorithm wants (zigzag for causal rings); RoPE
  * uses the tokens' global positions, or per-sample positions given with
- * the batch (cpa_gpt_step_batch: --reset-position-ids).  Parameters are
+ * the batch (cpa_gpt_step_batch: --reset-position-ids); a model with
+ * sample_documents attends inside each sample's own documents
+ * (--reset-attention-mask): its plan runs once per sample, each with that
+ * sample's cu_seqlens (cpa_plan_set_documents).  Parameters are
  * replicated; their gradients are summed over all ranks by the trainer.
  */
 #ifndef CPATTN_MODEL_GPT_H
@@ -31,6 +34,8 @@ typedef struct cpa_gpt_config {
     int64_t seq_length;   /* S, global */
     int64_t micro_batch;  /* B */
     int recompute;        /* --recompute-granularity full: keep block inputs only */
+    int sample_documents; /* --reset-attention-mask: each sample attends inside its own
+                             documents (the batch's cu_seqlens); the plan runs per sample */
     float rope_base;      /* 10000 */
     float norm_eps;       /* 1e-5 */
     cpa_cp_config cp;     /* the attention algorithm and its options (sizes filled by the model) */
@@ -93,6 +98,9 @@ typedef struct cpa_gpt_batch {
                                    position, the plain case) */
     const uint8_t *loss_mask;   /* [B, S] 0: this target takes no loss and no gradient
                                    (NULL: every target counts) */
+    const int64_t *cu_seqlens;  /* [B, S+1] sample b's documents: cu_seqlens[b*(S+1) + 0 ..
+                                   num_docs[b]] = 0, c1, ..., S (sample_documents models) */
+    const int64_t *num_docs;    /* [B] */
 } cpa_gpt_batch;
 
 /* cpa_gpt_step for a cpa_gpt_batch: masked targets add nothing to

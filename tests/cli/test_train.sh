@@ -27,7 +27,10 @@
 #      (ring, Ulysses); so does the packed copy task (--synthetic-documents)
 #      at CP=2 and 4.  A bad .idx (version, pointers) or a truncated .bin
 #      exits 2 on every rank naming the file and the field;
-#      --reset-attention-mask, the reset flags without documents, a bad
+#      With --reset-attention-mask as well, CP=1 losses are printed by ring
+#      (overlap), Ulysses and all-gather at CP=2 and by ring, double ring
+#      and hybrid at CP=4.  --reset-attention-mask with the documents
+#      balance, the reset flags without documents, a bad
 #      --split and an empty valid split exit 2; a bad JSON line makes
 #      preprocess exit 2 naming FILE:LINE and write nothing.
 #
@@ -340,8 +343,8 @@ expect_fail "CP does not divide the world" 3 2 $SHORT --context-parallel-size 2 
     "--context-parallel-size 2" "3 MPI ranks"
 expect_fail "unknown algorithm" 2 2 $SHORT --context-parallel-size 2 \
     --context-parallel-algo ring_cp_algo -- "--context-parallel-algo ring_cp_algo"
-expect_fail "causal ring S % 2P (S=36, P=4)" 4 2 $SHORT --context-parallel-size 4 $RING \
-    --seq-length 36 -- "--seq-length 36"
+expect_fail "causal ring S < 2P (S=7, P=4)" 4 2 $SHORT --context-parallel-size 4 $RING \
+    --seq-length 7 -- "--seq-length 7"
 expect_fail "ulysses H % P (H=2, P=4)" 4 2 $SHORT --context-parallel-size 4 $ULY \
     --num-attention-heads 2 -- "--num-attention-heads 2"
 expect_fail "hybrid without --ulysses-degree-in-cp" 4 2 $SHORT --context-parallel-size 4 $HYB \
@@ -583,6 +586,38 @@ same_losses "packed copy task + resets: ring CP=4 == CP=1" "$REF_PK" 4 $PACKED \
 same_losses "packed copy task + resets: ulysses CP=2 == CP=1" "$REF_PK" 2 $PACKED \
     --context-parallel-size 2 $ULY
 
+# --reset-attention-mask too: every sample attends inside its own documents,
+# under every algorithm (the plan runs per sample with its cu_seqlens).
+ALL="--reset-position-ids --reset-attention-mask --eod-mask-loss"
+for data in "packed:$BASE --synthetic-documents" "indexed:$DATA"; do
+    name=${data%%:*}
+    args=${data#*:}
+    if train_losses 1 5 $args $ALL; then
+        REF_AM=$got
+        pass "$name + all three reset flags CP=1: losses $REF_AM"
+        if train_losses 1 5 $args $RESETS && [ "$got" != "$REF_AM" ]; then
+            pass "$name: --reset-attention-mask changes the losses"
+        else fail "$name: --reset-attention-mask changes the losses" "same '$got' or ${why:-}"; fi
+    else
+        REF_AM=""
+        fail "$name + all three reset flags CP=1" "$why"
+    fi
+    same_losses "$name + reset mask: ring CP=2 == CP=1" "$REF_AM" 2 $args $ALL \
+        --context-parallel-size 2 $RING --use-cp-send-recv-overlap
+    same_losses "$name + reset mask: ulysses CP=2 == CP=1" "$REF_AM" 2 $args $ALL \
+        --context-parallel-size 2 $ULY
+    same_losses "$name + reset mask: allgather CP=2 == CP=1" "$REF_AM" 2 $args $ALL \
+        --context-parallel-size 2 --context-parallel-algo allgather_cp_algo
+    if [ "$name" = packed ]; then
+        same_losses "$name + reset mask: ring CP=4 == CP=1" "$REF_AM" 4 $args $ALL \
+            --context-parallel-size 4 $RING
+        same_losses "$name + reset mask: double ring CP=4 W=2 == CP=1" "$REF_AM" 4 $args $ALL \
+            --context-parallel-size 4 $RING --cp-window-size 2
+        same_losses "$name + reset mask: hybrid CP=4 U=2 == CP=1" "$REF_AM" 4 $args $ALL \
+            --context-parallel-size 4 $HYB --ulysses-degree-in-cp 2
+    fi
+done
+
 # Damaged datasets: a copy of ds with one field changed, or its .bin cut.
 cp "$TMP/ds.bin" "$TMP/dsv.bin" && cp "$TMP/ds.idx" "$TMP/dsv.idx"
 put_bytes "$TMP/dsv.idx" 9 0200000000000000 # version 2
@@ -602,9 +637,12 @@ expect_fail "a bad --split exits 2" 2 2 $SHORT --context-parallel-size 2 $RING \
     --data-path "$TMP/ds" --split 9,x,1 -- "--split" "split '9,x,1'"
 expect_fail "--split with a text file exits 2" 2 2 $SHORT --context-parallel-size 2 $RING \
     --data-path "$TMP/text.txt" --split 90,10,0 -- "--split" "text file"
-expect_fail "--reset-attention-mask is refused (not supported yet)" 2 2 $SHORT \
-    --context-parallel-size 2 $RING --synthetic-documents --reset-attention-mask -- \
-    "--reset-attention-mask" "not supported yet"
+expect_fail "--reset-attention-mask with documents balance exits 2" 2 2 $SHORT \
+    --context-parallel-size 2 $RING --synthetic-documents --reset-attention-mask \
+    --cp-load-balance documents -- "--reset-attention-mask" "--cp-load-balance zigzag"
+expect_fail "--reset-attention-mask without documents exits 2" 2 2 $SHORT \
+    --context-parallel-size 2 $RING --reset-attention-mask -- "--reset-attention-mask" \
+    "needs documents"
 expect_fail "--reset-position-ids without documents exits 2" 2 2 $SHORT \
     --context-parallel-size 2 $RING --reset-position-ids -- "--reset-position-ids" \
     "needs documents"

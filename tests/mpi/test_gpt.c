@@ -25,6 +25,14 @@
  * 1e-4 + 1e-3 relative per gradient element (the attention sums in
  * another order); and the gradient agrees with finite differences of the
  * masked loss, as above.
+ *
+ * Then per-sample documents (--reset-attention-mask: a model with
+ * sample_documents runs its plan once per sample with that sample's
+ * cu_seqlens): the same documents in both rows reproduce a model whose plan
+ * holds them from creation (loss 1e-6 relative, gradients as above); rows
+ * with different documents give on P ranks the loss and gradients of one
+ * rank, change the loss (so the documents are used), and agree with finite
+ * differences.
  */
 #include "gpt.h"
 #include "test.h"
@@ -88,7 +96,7 @@ static void check_batch_extras(cpa_gpt *m, const cpa_gpt_config *g, const int32_
     double l, ls, lc;
 
     /* Global positions through the batch path: the same computation. */
-    cpa_gpt_batch same = {sample, NULL, global, NULL};
+    cpa_gpt_batch same = {sample, NULL, global, NULL, NULL, NULL};
     memset(grad, 0, sizeof(float) * (size_t)n);
     CHECK_OK(cpa_gpt_step_batch(m, &same, 1.0f / (float)tokens, 1, &l, &ls, &lc));
     MPI_Allreduce(MPI_IN_PLACE, &l, 1, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD);
@@ -97,14 +105,14 @@ static void check_batch_extras(cpa_gpt *m, const cpa_gpt_config *g, const int32_
     CHECK(memcmp(grad, plain_grad, sizeof(float) * (size_t)n) == 0);
 
     /* Reset positions alone change the loss (so the positions are used). */
-    cpa_gpt_batch reset_only = {sample, NULL, pos, NULL};
+    cpa_gpt_batch reset_only = {sample, NULL, pos, NULL, NULL, NULL};
     CHECK_OK(cpa_gpt_step_batch(m, &reset_only, 1.0f, 0, &l, &ls, &lc));
     MPI_Allreduce(MPI_IN_PLACE, &l, 1, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD);
     CHECK_MSG(fabs(l - plain_loss) > 1e-5 * plain_loss, "reset positions: loss %.9g, plain %.9g",
               l, plain_loss);
 
     /* Reset positions and a mask: P ranks against one. */
-    cpa_gpt_batch full = {sample, NULL, pos, mask};
+    cpa_gpt_batch full = {sample, NULL, pos, mask, NULL, NULL};
     memset(grad, 0, sizeof(float) * (size_t)n);
     CHECK_OK(cpa_gpt_step_batch(m, &full, 1.0f / (float)targets, 1, &l, &ls, &lc));
     MPI_Allreduce(MPI_IN_PLACE, &l, 1, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD);
@@ -149,6 +157,107 @@ static void check_batch_extras(cpa_gpt *m, const cpa_gpt_config *g, const int32_
                   "reset + mask, param %lld: analytic %.6g, finite difference %.6g", (long long)i,
                   an, fd);
     }
+}
+
+/* Sum a step's loss and gradients over the ranks of comm. */
+static double step_sums(cpa_gpt *m, const cpa_gpt_batch *b, float scale, MPI_Comm comm)
+{
+    const int64_t n = cpa_gpt_num_params(m);
+    float *grad = cpa_gpt_grads_buffer(m);
+    memset(grad, 0, sizeof(float) * (size_t)n);
+    double l = 0, ls, lc;
+    CHECK_OK(cpa_gpt_step_batch(m, b, scale, 1, &l, &ls, &lc));
+    MPI_Allreduce(MPI_IN_PLACE, &l, 1, MPI_DOUBLE, MPI_SUM, comm);
+    MPI_Allreduce(MPI_IN_PLACE, grad, (int)n, MPI_FLOAT, MPI_SUM, comm);
+    return l;
+}
+
+static int grads_close(const float *a, const float *b, int64_t n, double *worst)
+{
+    int bad = 0;
+    *worst = 0.0;
+    for (int64_t i = 0; i < n; ++i) {
+        double e = fabs((double)a[i] - (double)b[i]);
+        bad += !(e <= 1e-4 + 1e-3 * fabs((double)b[i]));
+        *worst = e > *worst ? e : *worst;
+    }
+    return bad;
+}
+
+static void check_sample_documents(cpa_gpt *m, const cpa_gpt_config *g, const int32_t *sample)
+{
+    const int64_t S = g->seq_length, n = cpa_gpt_num_params(m), tokens = 2 * S;
+    const float scale = 1.0f / (float)tokens;
+    /* Row 0: [0,5) [5,11) [11,16); row 1: [0,9) [9,16) (S = 16). */
+    int64_t cu[2 * 17] = {0, 5, 11, 16};
+    cu[17] = 0, cu[18] = 9, cu[19] = 16;
+    const int64_t nd[2] = {3, 2}, same_nd[2] = {3, 3};
+    int64_t same_cu[2 * 17] = {0, 5, 11, 16};
+    same_cu[17] = 0, same_cu[18] = 5, same_cu[19] = 11, same_cu[20] = 16;
+    cpa_gpt_config gd = *g;
+    gd.sample_documents = 1;
+    cpa_gpt *md = NULL, *fixed = NULL, *one = NULL;
+    CHECK_OK(cpa_gpt_create(&gd, MPI_COMM_WORLD, &md));
+    cpa_gpt_config gf = *g; /* the plan-time path: documents in the plan's mask */
+    gf.cp.mask.cu_seqlens = same_cu, gf.cp.mask.num_docs = 3;
+    CHECK_OK(cpa_gpt_create(&gf, MPI_COMM_WORLD, &fixed));
+    cpa_gpt_config g1 = gd;
+    g1.cp.algo = CPA_ALGO_RING, g1.cp.ulysses_degree = 0, g1.cp.window = 1;
+    CHECK_OK(cpa_gpt_create(&g1, MPI_COMM_SELF, &one));
+    float *ref = malloc(sizeof(float) * (size_t)n);
+    if (!md || !fixed || !one || !ref)
+        goto done;
+    cpa_gpt *models[3] = {md, fixed, one};
+    for (int i = 0; i < 3; ++i)
+        memcpy(cpa_gpt_params_buffer(models[i]), cpa_gpt_params_buffer(m), sizeof(float) * (size_t)n);
+
+    /* The same documents in both rows: per call == at plan time. */
+    cpa_gpt_batch same = {sample, NULL, NULL, NULL, same_cu, same_nd}, plain = same;
+    plain.cu_seqlens = NULL, plain.num_docs = NULL;
+    const double lf = step_sums(fixed, &plain, scale, MPI_COMM_WORLD);
+    memcpy(ref, cpa_gpt_grads_buffer(fixed), sizeof(float) * (size_t)n);
+    const double ls = step_sums(md, &same, scale, MPI_COMM_WORLD);
+    double worst;
+    CHECK_MSG(fabs(ls - lf) <= 1e-6 * fabs(lf), "same documents: loss %.9g per call, %.9g at plan "
+              "time", ls, lf);
+    int bad = grads_close(cpa_gpt_grads_buffer(md), ref, n, &worst);
+    CHECK_MSG(bad == 0, "same documents: %d gradient elements differ (worst %.3g)", bad, worst);
+
+    /* Different documents per row: P ranks == one rank, and not the dense loss. */
+    cpa_gpt_batch docs = {sample, NULL, NULL, NULL, cu, nd};
+    const double lr = step_sums(one, &docs, scale, MPI_COMM_SELF);
+    memcpy(ref, cpa_gpt_grads_buffer(one), sizeof(float) * (size_t)n);
+    const double lp = step_sums(md, &docs, scale, MPI_COMM_WORLD);
+    CHECK_MSG(fabs(lp - lr) <= 1e-5 * fabs(lr), "per-sample documents: loss %.9g on P ranks, "
+              "%.9g on one", lp, lr);
+    bad = grads_close(cpa_gpt_grads_buffer(md), ref, n, &worst);
+    CHECK_MSG(bad == 0, "per-sample documents: %d gradient elements differ from one rank's "
+              "(worst %.3g)", bad, worst);
+    CHECK_MSG(fabs(lp - ls) > 1e-6 * fabs(ls), "per-sample documents: loss %.9g equals the "
+              "other documents' %.9g", lp, ls);
+    /* And the gradient against finite differences of that loss. */
+    memcpy(ref, cpa_gpt_grads_buffer(md), sizeof(float) * (size_t)n);
+    float *p = cpa_gpt_params_buffer(md);
+    const double h = 1e-3;
+    for (int64_t i = 0; i < n; i += 1 + n / 23) {
+        const float p0 = p[i];
+        p[i] = p0 + (float)h;
+        const double up = batch_loss_of(md, &docs, tokens, MPI_COMM_WORLD);
+        p[i] = p0 - (float)h;
+        const double dn = batch_loss_of(md, &docs, tokens, MPI_COMM_WORLD);
+        p[i] = p0;
+        const double fd = (up - dn) / (2 * h), an = ref[i];
+        CHECK_MSG(fabs(fd - an) <= 1e-3 + 0.02 * fabs(an), "per-sample documents, param %lld: "
+                  "analytic %.6g, finite difference %.6g", (long long)i, an, fd);
+    }
+    /* cpa_gpt_step (no documents) is refused by such a model. */
+    double l0, l1, l2;
+    CHECK_STATUS(cpa_gpt_step(md, sample, NULL, 1.0f, 0, &l0, &l1, &l2), CPA_ERR_ARG);
+done:
+    free(ref);
+    cpa_gpt_destroy(md);
+    cpa_gpt_destroy(fixed);
+    cpa_gpt_destroy(one);
 }
 
 int main(int argc, char **argv)
@@ -218,6 +327,7 @@ int main(int argc, char **argv)
         memcpy(plain_grad, grad, sizeof(float) * (size_t)n);
         check_batch_extras(m, &g, sample, l, plain_grad);
         free(plain_grad);
+        check_sample_documents(m, &g, sample);
     }
     int counts[2] = {test_passed_, test_failed_}, total[2];
     MPI_Allreduce(counts, total, 2, MPI_INT, MPI_SUM, MPI_COMM_WORLD);
