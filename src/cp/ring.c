@@ -435,6 +435,26 @@ static cpa_status halo_post_kv(cpa_ring *g, cpa_tensor k, cpa_tensor v, int hs[2
 static cpa_status timed_forward(cpa_ring *g, const cpa_attn_desc *d, cpa_tensor out,
                                 cpa_tensor lse);
 
+/* The own block on the caller's K/V (one rank, or the halo's first step). */
+static void own_desc(const cpa_ring *g, cpa_tensor q, cpa_tensor k, cpa_tensor v,
+                     cpa_attn_desc *d, cpa_piece qp[CPA_SPLIT_MAX_PIECES],
+                     cpa_piece kp[CPA_SPLIT_MAX_PIECES])
+{
+    block_desc(g, g->idx, q, k.data, d, qp, kp); /* views replaced: */
+    d->k = k, d->v = v;
+}
+
+/* Wait for the halo exchange of `side` (handle h, -1: none posted); 1 if
+ * this rank then has that halo to compute with and all went well. */
+static int halo_arrived(cpa_ring *g, int h, int side, cpa_status *s)
+{
+    if (h < 0)
+        return 0;
+    cpa_status sw = cpa_xfer_wait(&g->xfer, h);
+    *s = *s != CPA_OK ? *s : sw;
+    return *s == CPA_OK && has_halo(g, side);
+}
+
 static cpa_status halo_forward(cpa_ring *g, cpa_tensor q, cpa_tensor k, cpa_tensor v,
                                cpa_tensor out, cpa_tensor lse)
 {
@@ -444,18 +464,13 @@ static cpa_status halo_forward(cpa_ring *g, cpa_tensor q, cpa_tensor k, cpa_tens
     /* The own block, on the caller's K/V, while the halos travel. */
     cpa_attn_desc d;
     cpa_piece qp[CPA_SPLIT_MAX_PIECES], kp[CPA_SPLIT_MAX_PIECES];
-    block_desc(g, g->idx, q, k.data, &d, qp, kp); /* views replaced below */
-    d.k = k, d.v = v;
+    own_desc(g, q, k, v, &d, qp, kp);
     cpa_status s = timed_forward(g, &d, out, lse);
     const int64_t lse_shape[3] = {g->B, g->H, g->Sq};
     cpa_tensor ob = cpa_tensor_attn(g->out_blk, g->layout, g->B, g->Sq, g->H, g->Dv);
     cpa_tensor lb = cpa_tensor_make(g->lse_blk, 3, lse_shape);
     for (int side = 0; side < 2; ++side) {
-        if (hs[side] < 0)
-            continue;
-        cpa_status sw = cpa_xfer_wait(&g->xfer, hs[side]);
-        s = s != CPA_OK ? s : sw;
-        if (s != CPA_OK || !has_halo(g, side))
+        if (!halo_arrived(g, hs[side], side, &s))
             continue;
         cpa_piece hp;
         halo_desc(g, side, q, &d, qp, &hp);
@@ -480,19 +495,14 @@ static cpa_status halo_backward(cpa_ring *g, cpa_tensor q, cpa_tensor k, cpa_ten
     cpa_tensor_zero(dq), cpa_tensor_zero(dk), cpa_tensor_zero(dv);
     cpa_attn_desc d;
     cpa_piece qp[CPA_SPLIT_MAX_PIECES], kp[CPA_SPLIT_MAX_PIECES];
-    block_desc(g, g->idx, q, k.data, &d, qp, kp); /* views replaced below */
-    d.k = k, d.v = v;
+    own_desc(g, q, k, v, &d, qp, kp);
     double t0 = cpa_wtime();
     cpa_status s = cpa_attn_backward(g->ctx, &d, out, lse, dout, dq, dk, dv);
     g->compute_s += cpa_wtime() - t0;
     g->flops += 2.5 * cpa_attn_forward_flops(&d);
     const int64_t h = g->halo, hf = halo_floats(g);
     for (int side = 0; side < 2; ++side) { /* the halos' gradients into [4], [5] */
-        if (hs[side] < 0)
-            continue;
-        cpa_status sw = cpa_xfer_wait(&g->xfer, hs[side]);
-        s = s != CPA_OK ? s : sw;
-        if (s != CPA_OK || !has_halo(g, side))
+        if (!halo_arrived(g, hs[side], side, &s))
             continue;
         float *acc = hbuf(g, 4 + side);
         memset(acc, 0, sizeof(float) * (size_t)hf);
@@ -563,8 +573,7 @@ cpa_status cpa_ring_forward(cpa_ring *g, cpa_tensor q, cpa_tensor k, cpa_tensor 
     if (g->R == 1) { /* one block, the caller's own K/V */
         cpa_attn_desc d;
         cpa_piece qp[CPA_SPLIT_MAX_PIECES], kp[CPA_SPLIT_MAX_PIECES];
-        block_desc(g, 0, q, k.data, &d, qp, kp); /* views replaced below */
-        d.k = k, d.v = v;
+        own_desc(g, q, k, v, &d, qp, kp);
         return timed_forward(g, &d, out, lse);
     }
     if (g->halo > 0)
@@ -646,8 +655,7 @@ cpa_status cpa_ring_backward(cpa_ring *g, cpa_tensor q, cpa_tensor k, cpa_tensor
     if (g->R == 1) { /* one block: gradients straight into the caller's */
         cpa_attn_desc d;
         cpa_piece qp[CPA_SPLIT_MAX_PIECES], kp[CPA_SPLIT_MAX_PIECES];
-        block_desc(g, 0, q, k.data, &d, qp, kp); /* views replaced below */
-        d.k = k, d.v = v;
+        own_desc(g, q, k, v, &d, qp, kp);
         cpa_tensor_zero(dq), cpa_tensor_zero(dk), cpa_tensor_zero(dv);
         double t0 = cpa_wtime();
         s = cpa_attn_backward(g->ctx, &d, out, lse, dout, dq, dk, dv);
