@@ -119,8 +119,10 @@ static const cli_option train_options[] = {
      .help = "full: keep only each block's input and recompute the block in backward.",
      .offset = AT(recompute)},
 #define TRAIN_CP_AT 33 /* the CP rows (cp_flags.h) go here */
-    INT_FLAG("--tensor-model-parallel-size", "1", "Accepted for Megatron's head rules; the "
-             "trainer itself runs TP = 1.", tp, 1, 1),
+    INT_FLAG("--tensor-model-parallel-size", "1", "Megatron's tensor parallelism: TP adjacent "
+             "ranks share every layer (column-parallel QKV and gate/up, row-parallel output and "
+             "down projections, vocabulary-parallel embedding, LM head and cross-entropy); world "
+             "= TP x CP x DP.", tp, 1, 1 << 20),
     {.flag = "--threads", .env = "CPATTN_THREADS", .type = CLI_INT, .def = "1",
      .help = "OpenMP threads per rank (kernels and GEMMs).", .min = 1, .max = 1024,
      .offset = AT(threads)},
@@ -191,10 +193,36 @@ static int check_rules(cli_args *args, train_cfg *c, int world)
         return cli_usage(sp, "--hidden-size %lld / --num-attention-heads %lld = head dim %lld: "
                          "must be even (RoPE rotates pairs)", (long long)c->C, (long long)c->H,
                          (long long)(c->C / c->H));
-    if (world % c->cpf.cp != 0)
-        return cli_usage(sp, "--context-parallel-size %lld: must divide the %d MPI ranks (world "
-                         "= CP x DP)", (long long)c->cpf.cp, world);
-    const int64_t dp = world / c->cpf.cp;
+    if (world % (c->tp * c->cpf.cp) != 0)
+        return cli_usage(sp, "--tensor-model-parallel-size %lld x --context-parallel-size %lld: "
+                         "must divide the %d MPI ranks (world = TP x CP x DP)", (long long)c->tp,
+                         (long long)c->cpf.cp, world);
+    const int64_t dp = world / (c->tp * c->cpf.cp);
+    if (c->tp > 1) {
+        cpa_gpt_config rules;
+        memset(&rules, 0, sizeof rules);
+        rules.heads = c->H, rules.kv_heads = c->G, rules.hidden = c->C, rules.ffn_hidden = c->F;
+        rules.cp.tp_size = (int)c->tp;
+        if (cpa_gpt_tp_rules(&rules) != CPA_OK)
+            return cli_usage(sp, "%s", cpa_last_error());
+        /* The request's head rules, with the full H (each TP rank's plan sees H/TP). */
+        if (c->cpf.algo == CPA_ALGO_ULYSSES && c->H % (c->tp * c->cpf.cp) != 0)
+            return cli_usage(sp, "--num-attention-heads %lld is not divisible by "
+                             "--tensor-model-parallel-size %lld x --context-parallel-size %lld "
+                             "(ulysses_cp_algo: H %% (TP*CP) == 0)", (long long)c->H,
+                             (long long)c->tp, (long long)c->cpf.cp);
+        if (c->cpf.algo == CPA_ALGO_HYBRID && c->cpf.ulysses > 1 &&
+            c->H % (c->tp * c->cpf.ulysses) != 0)
+            return cli_usage(sp, "--num-attention-heads %lld is not divisible by "
+                             "--ulysses-degree-in-cp %lld x --tensor-model-parallel-size %lld "
+                             "(hybrid_cp_algo: H %% (U*TP) == 0)", (long long)c->H,
+                             (long long)c->cpf.ulysses, (long long)c->tp);
+        if (c->save || c->load)
+            return cli_usage(sp, "%s with --tensor-model-parallel-size %lld: checkpoints of a "
+                             "tensor-parallel model are not supported yet (each TP rank holds "
+                             "different shards); use TP = 1 to save or resume",
+                             c->save ? "--save" : "--load", (long long)c->tp);
+    }
     if (!cli_given(args, "--global-batch-size")) {
         c->GB = c->B * dp;
         cli_mark_derived(args, "--global-batch-size", "= micro batch x DP");
@@ -302,7 +330,8 @@ static int setup(train_run *r)
     err = tool_check_memory("this training run", r->mem_estimate);
     if ((err = tool_agree(err)))
         return err;
-    cpa_status s = cpa_gpt_create(&g, cpa_grid_comm(r->grid, CPA_GRID_CP), &r->model);
+    cpa_status s = cpa_gpt_create_tp(&g, cpa_grid_comm(r->grid, CPA_GRID_CP),
+                                     cpa_grid_comm(r->grid, CPA_GRID_TP), &r->model);
     /* The plan's verdict is the same on every rank of a CP group, and every
      * group has the same configuration. */
     err = s == CPA_OK ? 0 : tool_fail(s == CPA_ERR_ARG ? 2 : 1, "%s", cpa_last_error());
@@ -550,7 +579,7 @@ static int train(train_run *r)
             return err;
         if (cpa_grid_sum_grads(r->grid, grads, r->n) != CPA_OK)
             return tool_agree(tool_fail(1, "%s", cpa_last_error()));
-        double norm = cpa_grad_norm(grads, r->n);
+        double norm = cpa_gpt_grad_norm(r->model, grads); /* TP: shards' squares summed */
         /* Megatron's guard: a NaN or Inf loss or gradient stops the run
          * before the update, so neither the weights nor any checkpoint ever
          * hold that state.  Every rank has the same sums and norm. */
@@ -646,7 +675,7 @@ static int train_main(int argc, char **argv)
      * with --save-interval 0, after the whole run. */
     if (r.c.save && (rc = tool_agree(r.rank == 0 ? tool_check_output_dir("--save", r.c.save) : 0)))
         return rc;
-    cpa_grid_config grid = {.cp_size = (int)r.c.cpf.cp};
+    cpa_grid_config grid = {.cp_size = (int)r.c.cpf.cp, .tp_size = (int)r.c.tp};
     cpa_status gs = cpa_grid_create(MPI_COMM_WORLD, &grid, &r.grid);
     rc = gs == CPA_OK ? 0 : tool_fail(gs == CPA_ERR_ARG ? 2 : 1, "%s", cpa_last_error());
     if ((rc = tool_agree(rc)))

@@ -56,8 +56,22 @@ typedef struct cpa_gpt_params {
 typedef struct cpa_gpt cpa_gpt;
 
 /* Make the model for this rank: `cp_comm` is the rank's CP group (its size
- * is the CP size).  Collective over cp_comm (the attention plan is). */
+ * is the CP size).  Collective over cp_comm (the attention plan is).
+ * cpa_gpt_create_tp also takes the rank's TP group (its size must be
+ * config->cp.tp_size): the layers are Megatron's tensor-parallel ones (see
+ * gpt.c), each TP rank running the CP plan on its own heads. */
 cpa_status cpa_gpt_create(const cpa_gpt_config *config, MPI_Comm cp_comm, cpa_gpt **out);
+cpa_status cpa_gpt_create_tp(const cpa_gpt_config *config, MPI_Comm cp_comm, MPI_Comm tp_comm,
+                             cpa_gpt **out);
+
+/* The model's tensor-parallel rules (H, G and F divisible by TP, C by H),
+ * CPA_ERR_ARG naming the flags: what create checks first. */
+cpa_status cpa_gpt_tp_rules(const cpa_gpt_config *config);
+
+/* The global gradient norm of this rank's gradients (after the replica
+ * sum): sharded tensors' squares summed over the TP group, the replicated
+ * norms' counted once.  Collective over the TP group. */
+double cpa_gpt_grad_norm(const cpa_gpt *model, const float *grads);
 
 /* The bytes cpa_gpt_create allocates on one of cp_size ranks (parameters,
  * gradients, activations, the attention plan and its kernel context),

@@ -16,14 +16,14 @@
 #include <stdio.h>
 #include <string.h>
 
-/* The axes, innermost (fastest-varying world rank) first.  A TP axis
- * would be the first row, with replicates_params = 0 (TP shards the
- * parameters), and its size would come from cpa_grid_config. */
+/* The axes, innermost (fastest-varying world rank) first.  TP shards the
+ * parameters; CP and DP replicate them. */
 static const struct axis_info {
     cpa_grid_axis axis;
     const char *name;
     int replicates_params; /* 1: the ranks along it hold the same parameters */
 } axis_table[] = {
+    {CPA_GRID_TP, "TP", 0},
     {CPA_GRID_CP, "CP", 1},
     {CPA_GRID_DP, "DP", 1},
 };
@@ -35,7 +35,7 @@ struct cpa_grid {
     int world_size, world_rank;
     int ndims;
     cpa_grid_dim dims[CPA_GRID_MAX_DIMS]; /* innermost first */
-    MPI_Comm replicas; /* ranks holding the same parameters (every rank of CP x DP) */
+    MPI_Comm replicas; /* ranks holding the same parameters (the same TP coordinate) */
     MPI_Comm host;     /* ranks on this rank's host */
     int host_rank, host_size;
 };
@@ -69,19 +69,21 @@ void cpa_grid_destroy(cpa_grid *g)
 }
 
 /* The size of each axis: the configured ones, and DP takes what is left. */
-static int axis_size(cpa_grid_axis axis, int cp_size, int world_size)
+static int axis_size(cpa_grid_axis axis, int tp_size, int cp_size, int world_size)
 {
     switch (axis) {
+    case CPA_GRID_TP:
+        return tp_size;
     case CPA_GRID_CP:
         return cp_size;
     case CPA_GRID_DP:
-        return world_size / cp_size;
+        return world_size / (tp_size * cp_size);
     }
     return 1;
 }
 
 /* The communicators, on a grid whose sizes are valid. */
-static cpa_status build(cpa_grid *g, MPI_Comm parent, int cp_size)
+static cpa_status build(cpa_grid *g, MPI_Comm parent, int tp_size, int cp_size)
 {
     int rc = MPI_Comm_dup(parent, &g->world);
     if (rc != MPI_SUCCESS)
@@ -96,7 +98,7 @@ static cpa_status build(cpa_grid *g, MPI_Comm parent, int cp_size)
         cpa_grid_dim *d = &g->dims[i];
         d->axis = axis_table[i].axis;
         d->name = axis_table[i].name;
-        d->size = axis_size(d->axis, cp_size, g->world_size);
+        d->size = axis_size(d->axis, tp_size, cp_size, g->world_size);
         d->stride = stride;
         d->rank = (g->world_rank / stride) % d->size;
         d->comm = MPI_COMM_NULL;
@@ -143,8 +145,9 @@ cpa_status cpa_grid_create(MPI_Comm world, const cpa_grid_config *config, cpa_gr
      * any rank without a config, any rank out of memory, and the range of
      * the CP sizes passed. */
     const int cp = config ? config->cp_size : 0;
-    int v[4] = {config == NULL, g == NULL, cp, -cp};
-    cpa_status st = cpa_comm_allreduce(v, 4, MPI_INT, MPI_MAX, world,
+    const int tp = !config ? 0 : config->tp_size == 0 ? 1 : config->tp_size;
+    int v[6] = {config == NULL, g == NULL, cp, -cp, tp, -tp};
+    cpa_status st = cpa_comm_allreduce(v, 6, MPI_INT, MPI_MAX, world,
                                        "process grid creation: the sizes check");
     if (st == CPA_OK && v[0])
         st = cpa_error(CPA_ERR_ARG, "cpa_grid_create: NULL config (on at least one rank)");
@@ -154,15 +157,20 @@ cpa_status cpa_grid_create(MPI_Comm world, const cpa_grid_config *config, cpa_gr
     else if (st == CPA_OK && -v[3] != v[2])
         st = cpa_error(CPA_ERR_ARG, "the context-parallel size differs between ranks (from %d "
                        "to %d); every rank must pass the same sizes", -v[3], v[2]);
+    else if (st == CPA_OK && -v[5] != v[4])
+        st = cpa_error(CPA_ERR_ARG, "the tensor-parallel size differs between ranks (from %d "
+                       "to %d); every rank must pass the same sizes", -v[5], v[4]);
     else if (st == CPA_OK && cp < 1)
         st = cpa_error(CPA_ERR_ARG, "context-parallel size %d: must be at least 1", cp);
-    else if (st == CPA_OK && world_size % cp != 0)
+    else if (st == CPA_OK && tp < 1)
+        st = cpa_error(CPA_ERR_ARG, "tensor-parallel size %d: must be at least 1", tp);
+    else if (st == CPA_OK && world_size % ((long long)tp * cp) != 0)
         st = cpa_error(CPA_ERR_ARG, "the world of %d ranks is not divisible by the "
-                       "context-parallel size %d: world = CP x DP with the CP ranks of a replica "
-                       "consecutive, so the number of ranks must be a multiple of the CP size",
-                       world_size, cp);
+                       "tensor-parallel size %d x the context-parallel size %d: world = TP x CP "
+                       "x DP with the TP ranks adjacent, then the CP ranks of a replica, so the "
+                       "number of ranks must be a multiple of TP x CP", world_size, tp, cp);
     if (st == CPA_OK)
-        st = build(g, world, cp);
+        st = build(g, world, tp, cp);
     if (st != CPA_OK) {
         cpa_grid_destroy(g);
         return st;

@@ -6,7 +6,9 @@
 #      at CP = 2 and 4 for every algorithm (ring, double ring W = 2, ring with
 #      send/recv overlap, BNSD buffers, Ulysses, hybrid U = 2), for GQA, and
 #      for data parallelism (DP = 2 x CP = 2 and DP = 2 x CP = 1 against one
-#      rank accumulating the same global batch in micro-steps).
+#      rank accumulating the same global batch in micro-steps), and for tensor
+#      parallelism with GQA (TP = 2; TP = 2 x CP = 2 ring with overlap and
+#      Ulysses; TP = 2 x CP = 2 x DP = 2; TP = 4 with a padded vocabulary).
 #   2. --recompute-granularity full gives the losses of the plain run (CP = 1
 #      and CP = 2 ring).
 #   3. Resume: 8 uninterrupted iterations (A) against 4 iterations stopped by
@@ -260,6 +262,32 @@ else
     fail "reference GQA CP=1" "$why"
 fi
 same_losses "GQA G=2 ring CP=2 == CP=1" "$REF_GQA" 2 $BASE $GQA --context-parallel-size 2 $RING
+
+# Tensor parallelism (GQA G=2, H=4): TP ranks split heads, FFN and vocabulary;
+# the same global batch of 2 sequences everywhere.
+TPB="$BASE $GQA --global-batch-size 2"
+if train_losses 1 5 $TPB --micro-batch-size 2; then
+    REF_TP=$got
+    pass "reference TP=1 CP=1 GQA GB=2: losses $REF_TP"
+else
+    REF_TP=""
+    fail "reference TP=1 CP=1 GQA GB=2" "$why"
+fi
+TP2="--tensor-model-parallel-size 2"
+same_losses "TP=2 == TP=1" "$REF_TP" 2 $TPB --micro-batch-size 2 $TP2
+same_losses "TP=2 x CP=2 ring overlap == TP=1" "$REF_TP" 4 $TPB --micro-batch-size 2 $TP2 \
+    --context-parallel-size 2 $RING --use-cp-send-recv-overlap
+same_losses "TP=2 x CP=2 ulysses == TP=1" "$REF_TP" 4 $TPB --micro-batch-size 2 $TP2 \
+    --context-parallel-size 2 $ULY
+same_losses "TP=2 x CP=2 x DP=2 ring == TP=1" "$REF_TP" 8 $TPB --micro-batch-size 1 $TP2 \
+    --context-parallel-size 2 $RING
+# TP=4 with a vocabulary of 37 rows (padded to 40: the last rank holds 7 and
+# 3 rows of padding that the cross-entropy leaves out).
+V37="--micro-batch-size 2 --num-query-groups 4 --vocab-size 37"
+if train_losses 1 5 $TPB $V37; then
+    same_losses "TP=4 (vocabulary 37 padded to 40) == TP=1" "$got" 4 $TPB $V37 \
+        --tensor-model-parallel-size 4
+else fail "reference TP=1 G=4 V=37" "$why"; fi
 same_losses "GQA G=2 ulysses CP=2 == CP=1" "$REF_GQA" 2 $BASE $GQA --context-parallel-size 2 $ULY
 
 # ---------------------------------------------------------------------------
@@ -347,6 +375,17 @@ expect_fail "causal ring S < 2P (S=7, P=4)" 4 2 $SHORT --context-parallel-size 4
     --seq-length 7 -- "--seq-length 7"
 expect_fail "ulysses H % P (H=2, P=4)" 4 2 $SHORT --context-parallel-size 4 $ULY \
     --num-attention-heads 2 -- "--num-attention-heads 2"
+expect_fail "ulysses H % (TP*CP) (H=2, TP=2, CP=2)" 4 2 $SHORT --context-parallel-size 2 $ULY \
+    --tensor-model-parallel-size 2 --num-attention-heads 2 --hidden-size 32 -- \
+    "--num-attention-heads 2" "H % (TP*CP)"
+expect_fail "TP x CP does not divide the world" 4 2 $SHORT --context-parallel-size 2 \
+    --tensor-model-parallel-size 3 -- "--tensor-model-parallel-size 3" "TP x CP x DP"
+expect_fail "G % TP (G=1, TP=2)" 2 2 $SHORT --tensor-model-parallel-size 2 \
+    --num-query-groups 1 -- "--num-query-groups 1" "--tensor-model-parallel-size 2"
+expect_fail "F % TP (F=30, TP=4)" 4 2 $SHORT --tensor-model-parallel-size 4 \
+    --ffn-hidden-size 30 -- "--ffn-hidden-size 30" "--tensor-model-parallel-size 4"
+expect_fail "--save with TP=2 (not supported yet)" 2 2 $SHORT --tensor-model-parallel-size 2 \
+    --save "$TMP/tp_ckpt" -- "--save" "not supported yet"
 expect_fail "hybrid without --ulysses-degree-in-cp" 4 2 $SHORT --context-parallel-size 4 $HYB \
     -- "--ulysses-degree-in-cp"
 

@@ -5,6 +5,7 @@
  * strided q/k/v views, the loss over the whole sequence).
  *
  * usage: test_gpt ALGO [U W RECOMPUTE]
+ *        test_gpt tp ALGO        (4 ranks: TP = 2 x CP = 2, below)
  *
  * The loss is the mean cross-entropy over the B·S tokens, summed over the
  * ranks.  For a sample of parameters from every tensor, the analytic
@@ -33,6 +34,15 @@
  * with different documents give on P ranks the loss and gradients of one
  * rank, change the loss (so the documents are used), and agree with finite
  * differences.
+ *
+ * `tp`: TP = 2 x CP = 2 (Megatron's layers: column-parallel QKV and gate/up,
+ * row-parallel projections, vocabulary-parallel embedding, LM head and
+ * cross-entropy, the vocabulary 11 padded to 12): the loss equals a TP = 1
+ * model's on one rank (1e-5 relative), and the gradient agrees with finite
+ * differences, perturbing the same local element on every rank — for a
+ * sharded tensor that moves one element of each TP rank's shard, so the
+ * expected change is the sum of the TP ranks' gradients; for a replicated
+ * norm weight it is the one gradient every TP rank holds.
  */
 #include "gpt.h"
 #include "test.h"
@@ -260,9 +270,109 @@ done:
     cpa_gpt_destroy(one);
 }
 
+/* The TP = 2 x CP = 2 check (see the top of the file). */
+static int run_tp(const char *algo)
+{
+    int rank, W;
+    MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+    MPI_Comm_size(MPI_COMM_WORLD, &W);
+    if (W != 4) {
+        if (rank == 0)
+            fprintf(stderr, "test_gpt tp needs 4 ranks (TP = 2 x CP = 2), got %d\n", W);
+        return 2;
+    }
+    MPI_Comm tp_comm, cp_comm; /* world rank = cp_rank * 2 + tp_rank */
+    MPI_Comm_split(MPI_COMM_WORLD, rank / 2, rank % 2, &tp_comm);
+    MPI_Comm_split(MPI_COMM_WORLD, rank % 2, rank / 2, &cp_comm);
+    cpa_gpt_config g;
+    memset(&g, 0, sizeof g);
+    g.num_layers = 2, g.hidden = 16, g.ffn_hidden = 24, g.heads = 4, g.kv_heads = 2;
+    g.vocab = 11, g.seq_length = 16, g.micro_batch = 2;
+    g.rope_base = 10000.0f, g.norm_eps = 1e-5f;
+    cpa_algo_parse(algo, &g.cp.algo);
+    g.cp.window = 1;
+    g.cp.mask.kind = CPA_MASK_CAUSAL;
+    g.cp.num_threads = 1;
+    g.cp.tp_size = 1;
+    cpa_gpt *ref = NULL, *m = NULL;
+    CHECK_OK(cpa_gpt_create(&g, MPI_COMM_SELF, &ref));
+    g.cp.tp_size = 2;
+    CHECK_OK(cpa_gpt_create_tp(&g, cp_comm, tp_comm, &m));
+    if (!ref || !m)
+        return 1;
+    cpa_gpt_init_params(ref, 7);
+    cpa_gpt_init_params(m, 7);
+    float *p = cpa_gpt_params_buffer(m), *grad = cpa_gpt_grads_buffer(m);
+    const int64_t n = cpa_gpt_num_params(m), tokens = g.micro_batch * g.seq_length;
+    int32_t sample[2 * 17];
+    for (int i = 0; i < 2 * 17; ++i)
+        sample[i] = (int32_t)((i * 7 + 3) % 11);
+    double l, ls, lc, rl;
+    CHECK_OK(cpa_gpt_step(ref, sample, NULL, 1.0f / (float)tokens, 0, &rl, &ls, &lc));
+    memset(grad, 0, sizeof(float) * (size_t)n);
+    CHECK_OK(cpa_gpt_step(m, sample, NULL, 1.0f / (float)tokens, 1, &l, &ls, &lc));
+    MPI_Allreduce(MPI_IN_PLACE, &l, 1, MPI_DOUBLE, MPI_SUM, cp_comm);
+    MPI_Allreduce(MPI_IN_PLACE, grad, (int)n, MPI_FLOAT, MPI_SUM, cp_comm);
+    CHECK_MSG(fabs(l - rl) <= 1e-5 * fabs(rl), "TP=2 x CP=2 %s: loss %.9g, TP=1 %.9g", algo, l,
+              rl);
+    /* The replicated norms in the local layout: wte (6, C), ln1 (L, C), qkv
+     * (L, (2+2) * 4, C), proj (L, C, 8), ln2 (L, C), fc1 (L, 24, C), fc2
+     * (L, C, 12), lnf (C). */
+    const int64_t C = 16, L = 2, o_ln1 = 6 * C, o_qkv = o_ln1 + L * C;
+    const int64_t o_ln2 = o_qkv + L * 16 * C + L * C * 8, o_fc1 = o_ln2 + L * C;
+    const int64_t o_lnf = o_fc1 + L * 24 * C + L * C * 12;
+    CHECK_MSG(o_lnf + C == n, "the local layout: %lld parameters, expected %lld", (long long)n,
+              (long long)(o_lnf + C));
+    float *sum = malloc(sizeof(float) * (size_t)n);
+    memcpy(sum, grad, sizeof(float) * (size_t)n);
+    MPI_Allreduce(MPI_IN_PLACE, sum, (int)n, MPI_FLOAT, MPI_SUM, tp_comm);
+    const double h = 1e-3;
+    double worst = 0.0;
+    int checked = 0;
+    for (int64_t i = 0; i < n; i += 1 + n / 61) {
+        const int replicated = (i >= o_ln1 && i < o_qkv) || (i >= o_ln2 && i < o_fc1) ||
+                               i >= o_lnf;
+        const float p0 = p[i];
+        p[i] = p0 + (float)h;
+        double up;
+        CHECK_OK(cpa_gpt_step(m, sample, NULL, 1.0f, 0, &up, &ls, &lc));
+        p[i] = p0 - (float)h;
+        double dn;
+        CHECK_OK(cpa_gpt_step(m, sample, NULL, 1.0f, 0, &dn, &ls, &lc));
+        p[i] = p0;
+        MPI_Allreduce(MPI_IN_PLACE, &up, 1, MPI_DOUBLE, MPI_SUM, cp_comm);
+        MPI_Allreduce(MPI_IN_PLACE, &dn, 1, MPI_DOUBLE, MPI_SUM, cp_comm);
+        const double fd = (up - dn) / (2 * h) / (double)tokens;
+        const double an = replicated ? grad[i] : sum[i], err = fabs(fd - an);
+        CHECK_MSG(err <= 1e-3 + 0.02 * fabs(an), "TP param %lld (%s): analytic %.6g, finite "
+                  "difference %.6g", (long long)i, replicated ? "replicated" : "sharded", an, fd);
+        worst = err > worst ? err : worst;
+        ++checked;
+    }
+    if (rank == 0)
+        printf("TP=2 x CP=2 %s: loss %.9g (TP=1: %.9g), %d parameters checked, worst |fd - "
+               "analytic| %.2g\n", algo, l, rl, checked, worst);
+    free(sum);
+    cpa_gpt_destroy(m);
+    cpa_gpt_destroy(ref);
+    MPI_Comm_free(&tp_comm);
+    MPI_Comm_free(&cp_comm);
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     MPI_Init(&argc, &argv);
+    if (argc > 2 && !strcmp(argv[1], "tp")) {
+        int rc = run_tp(argv[2]), rank;
+        int counts[2] = {test_passed_, test_failed_}, total[2];
+        MPI_Allreduce(counts, total, 2, MPI_INT, MPI_SUM, MPI_COMM_WORLD);
+        MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+        if (rank == 0)
+            printf("%d passed, %d failed\n", total[0], total[1]);
+        MPI_Finalize();
+        return rc ? rc : total[1] ? 1 : 0;
+    }
     int rank, P;
     MPI_Comm_rank(MPI_COMM_WORLD, &rank);
     MPI_Comm_size(MPI_COMM_WORLD, &P);
