@@ -1,10 +1,11 @@
 /*
  * cmd_train.c — `cpattn train`: Megatron-style GPT pretraining with context
- * parallelism, the project's main job.  World = CP x DP in Megatron's rank
- * order (the CP ranks of a data-parallel replica are adjacent); each CP
- * group shares one sequence split by the attention algorithm; the loss is
- * the mean over every token of the global batch; parameter gradients are
- * summed over all ranks.  Flags use Megatron's names.
+ * parallelism, the project's main job.  World = TP x CP x DP in Megatron's
+ * rank order (TP ranks adjacent, then CP, then DP); the TP ranks share
+ * every layer's weights (gpt.c), each CP group shares one sequence split by
+ * the attention algorithm; the loss is the mean over every token of the
+ * global batch; parameter gradients are summed over the replicas (the CP x
+ * DP ranks of one TP coordinate).  Flags use Megatron's names.
  *
  * This file is the configuration, the loop and the logging; the process
  * grid and its reductions (src/model/parallel.c), the model
@@ -32,7 +33,7 @@
 typedef struct train_cfg {
     int64_t L, C, F, H, G, S, B, GB, iters, warmup, log_interval, eval_interval, eval_iters;
     int64_t save_interval, exit_interval, vocab, tp, threads, seed, eod_token;
-    int gqa, recompute, overwrite_save;
+    int gqa, recompute, overwrite_save, sequence_parallel;
     int synthetic_documents, reset_position_ids, reset_attention_mask, eod_mask_loss;
     double lr, min_lr, wd, clip;
     cp_flags cpf; /* the context-parallel flags, shared with attn (cp_flags.h) */
@@ -123,6 +124,11 @@ static const cli_option train_options[] = {
              "ranks share every layer (column-parallel QKV and gate/up, row-parallel output and "
              "down projections, vocabulary-parallel embedding, LM head and cross-entropy); world "
              "= TP x CP x DP.", tp, 1, 1 << 20),
+    {.flag = "--sequence-parallel", .type = CLI_FLAG,
+     .help = "Megatron's sequence parallelism (TP > 1): norms and residuals on S/(TP x CP) "
+             "tokens per rank, an all-gather before each column-parallel layer and a "
+             "reduce-scatter after each row-parallel one instead of the all-reduce.",
+     .offset = AT(sequence_parallel)},
     {.flag = "--threads", .env = "CPATTN_THREADS", .type = CLI_INT, .def = "1",
      .help = "OpenMP threads per rank (kernels and GEMMs).", .min = 1, .max = 1024,
      .offset = AT(threads)},
@@ -135,7 +141,7 @@ static cli_spec train_spec = {
     .command = "cpattn train",
     .synopsis = "[flags]",
     .description = "Train a GPT (RMSNorm, RoPE, GQA, SwiGLU) with context-parallel attention, "
-                   "Megatron style, under mpiexec -n CP*DP.",
+                   "Megatron style, under mpiexec -n TP*CP*DP.",
     .options = train_table, /* train_options with the CP flags: see cmd_train_spec() */
     .epilog = "Examples:\n"
               "  mpiexec -n 2 cpattn train --context-parallel-size 2 --context-parallel-algo "
@@ -148,7 +154,7 @@ const cli_spec *cmd_train_spec(void)
 {
     if (!train_spec.count)
         train_spec.count = cp_build_table(train_table, train_options, TRAIN_OWN, TRAIN_CP_AT,
-                                          AT(cpf), "CP ranks per sequence (world = CP x DP).");
+                                          AT(cpf), "CP ranks per sequence (world = TP x CP x DP).");
     return &train_spec;
 }
 
@@ -217,11 +223,6 @@ static int check_rules(cli_args *args, train_cfg *c, int world)
                              "--ulysses-degree-in-cp %lld x --tensor-model-parallel-size %lld "
                              "(hybrid_cp_algo: H %% (U*TP) == 0)", (long long)c->H,
                              (long long)c->cpf.ulysses, (long long)c->tp);
-        if (c->save || c->load)
-            return cli_usage(sp, "%s with --tensor-model-parallel-size %lld: checkpoints of a "
-                             "tensor-parallel model are not supported yet (each TP rank holds "
-                             "different shards); use TP = 1 to save or resume",
-                             c->save ? "--save" : "--load", (long long)c->tp);
     }
     if (!cli_given(args, "--global-batch-size")) {
         c->GB = c->B * dp;
@@ -312,6 +313,7 @@ static int setup(train_run *r)
     g.vocab = cpa_data_vocab(r->data), g.seq_length = c->S, g.micro_batch = c->B;
     g.recompute = c->recompute, g.rope_base = 10000.0f, g.norm_eps = 1e-5f;
     g.sample_documents = c->reset_attention_mask;
+    g.sequence_parallel = c->sequence_parallel && c->tp > 1;
     cp_flags_apply(&c->cpf, &g.cp);
     g.cp.tp_size = (int)c->tp;
     g.cp.layout = c->cpf.bnsd ? CPA_LAYOUT_BNSD : CPA_LAYOUT_BSHD;
@@ -397,30 +399,90 @@ static void teardown(train_run *r)
     cpa_grid_destroy(r->grid);
 }
 
-static cpa_ckpt_array *ckpt_arrays(train_run *r, cpa_ckpt_array a[3])
+/* A checkpoint holds the logical (TP = 1) parameters and AdamW moments,
+ * whatever the TP, CP and DP sizes that wrote it, so any grid can resume
+ * it: the replicas (CP, DP) hold the same values, and the TP shards are
+ * gathered into the logical arrays on world rank 0 when saving and taken
+ * from them by every rank when loading. */
+static const char *const ckpt_names[3] = {"params", "adam_m", "adam_v"};
+
+static float *local_array(train_run *r, int i)
 {
-    a[0] = (cpa_ckpt_array){"params", cpa_gpt_params_buffer(r->model), r->n};
-    a[1] = (cpa_ckpt_array){"adam_m", r->adam_m, r->n};
-    a[2] = (cpa_ckpt_array){"adam_v", r->adam_v, r->n};
-    return a;
+    return i == 0 ? cpa_gpt_params_buffer(r->model) : i == 1 ? r->adam_m : r->adam_v;
+}
+
+/* The logical arrays: the local ones at TP = 1, else n_logical floats each
+ * (freed by free_logical). */
+static int logical_arrays(train_run *r, cpa_ckpt_array a[3])
+{
+    const int tp = cpa_grid_size(r->grid, CPA_GRID_TP);
+    const int64_t n = tp == 1 ? r->n : cpa_gpt_logical_params(r->model);
+    int err = 0;
+    for (int i = 0; i < 3; ++i) {
+        a[i] = (cpa_ckpt_array){ckpt_names[i], tp == 1 ? local_array(r, i) : NULL, n};
+        if (tp > 1 && !(a[i].data = calloc((size_t)n, sizeof(float))))
+            err = tool_fail(1, "out of memory: the checkpoint's logical %s (%lld floats)",
+                            ckpt_names[i], (long long)n);
+    }
+    return err;
+}
+
+static void free_logical(train_run *r, cpa_ckpt_array a[3])
+{
+    if (cpa_grid_size(r->grid, CPA_GRID_TP) > 1)
+        for (int i = 0; i < 3; ++i)
+            free(a[i].data);
+}
+
+/* World rank 0's TP group (the first replica) sends its shards to it,
+ * which scatters them into the logical arrays. */
+static int gather_shards(train_run *r, cpa_ckpt_array a[3])
+{
+    const int tp = cpa_grid_size(r->grid, CPA_GRID_TP);
+    if (tp == 1 || cpa_grid_rank(r->grid, CPA_GRID_CP) != 0 ||
+        cpa_grid_rank(r->grid, CPA_GRID_DP) != 0)
+        return 0;
+    const int root = cpa_grid_rank(r->grid, CPA_GRID_TP) == 0;
+    float *all = NULL;
+    if (root && !(all = malloc(sizeof(float) * (size_t)(r->n * tp))))
+        return tool_fail(1, "out of memory: gathering the TP shards (%lld floats)",
+                         (long long)(r->n * tp));
+    MPI_Comm comm = cpa_grid_comm(r->grid, CPA_GRID_TP);
+    int err = 0;
+    for (int i = 0; i < 3 && !err; ++i) {
+        MPI_Request req;
+        int rc = MPI_Igather(local_array(r, i), (int)r->n, MPI_FLOAT, all, (int)r->n, MPI_FLOAT, 0,
+                             comm, &req);
+        if (rc != MPI_SUCCESS)
+            err = tool_fail_mpi(1, rc, "gathering the TP shards of the checkpoint");
+        else if (cpa_comm_wait(1, &req, "gathering the TP shards of %s", ckpt_names[i]) != CPA_OK)
+            err = tool_fail(1, "%s", cpa_last_error());
+        for (int t = 0; root && !err && t < tp; ++t)
+            cpa_gpt_to_logical(r->model, t, all + (int64_t)t * r->n, a[i].data);
+    }
+    free(all);
+    return err;
 }
 
 static int save(train_run *r, int64_t iters_done)
 {
-    int err = 0;
-    if (r->rank == 0) {
+    cpa_ckpt_array a[3];
+    int err = logical_arrays(r, a);
+    if (!err)
+        err = gather_shards(r, a);
+    if (!err && r->rank == 0) {
         cpa_ckpt_meta meta;
         memset(&meta, 0, sizeof meta);
         meta.iteration = iters_done;
         meta.rng_state = (uint64_t)r->c.seed;
         snprintf(meta.config, sizeof meta.config, "%s", r->shape);
-        cpa_ckpt_array a[3];
-        cpa_status s = cpa_ckpt_save(r->c.save, &meta, ckpt_arrays(r, a), 3);
+        cpa_status s = cpa_ckpt_save(r->c.save, &meta, a, 3);
         if (s != CPA_OK)
             err = tool_fail(1, "cannot save the checkpoint: %s", cpa_last_error());
         else
             tool_say(" saved checkpoint at iteration %lld to %s\n", (long long)iters_done, r->c.save);
     }
+    free_logical(r, a);
     return tool_agree(err);
 }
 
@@ -428,9 +490,18 @@ static int load(train_run *r)
 {
     cpa_ckpt_meta meta;
     cpa_ckpt_array a[3];
-    cpa_status s = cpa_ckpt_load(r->c.load, r->shape, &meta, ckpt_arrays(r, a), 3);
-    int err = s == CPA_OK ? 0 : tool_fail(s == CPA_ERR_ARG ? 2 : 1, "--load %s: %s", r->c.load,
-                                          cpa_last_error());
+    int err = tool_agree(logical_arrays(r, a));
+    if (err) {
+        free_logical(r, a);
+        return err;
+    }
+    cpa_status s = cpa_ckpt_load(r->c.load, r->shape, &meta, a, 3);
+    err = s == CPA_OK ? 0 : tool_fail(s == CPA_ERR_ARG ? 2 : 1, "--load %s: %s", r->c.load,
+                                      cpa_last_error());
+    if (!err && cpa_grid_size(r->grid, CPA_GRID_TP) > 1) /* this rank's shards */
+        for (int i = 0; i < 3; ++i)
+            cpa_gpt_from_logical(r->model, a[i].data, local_array(r, i));
+    free_logical(r, a);
     if ((err = tool_agree(err)))
         return err;
     /* The loader refuses a negative iteration; resuming below one would
@@ -564,6 +635,12 @@ static int train(train_run *r)
     float *grads = cpa_gpt_grads_buffer(r->model), *params = cpa_gpt_params_buffer(r->model);
     double window_t = 0.0, window_flops = 0.0, total_t = 0.0, last_loss = NAN, last_long = NAN;
     int64_t window_n = 0, done = 0, saved_at = -1, exit_at = -1;
+    /* Bytes per rank and iteration: TP collectives and CP attention as the
+     * model counts them, the replicas' gradient all-reduce by its ring
+     * volume 2(R-1)/R of the gradients. */
+    const int reps = cpa_grid_size(r->grid, CPA_GRID_CP) * cpa_grid_size(r->grid, CPA_GRID_DP);
+    const double grad_bytes = 4.0 * (double)r->n * 2.0 * (reps - 1) / reps;
+    double window_tp = 0.0, window_cp = 0.0;
     if (r->start_iter == c->iters) {
         tool_say(" the checkpoint is already at --train-iters %lld: nothing to train (raise "
                  "--train-iters to continue); the checkpoint is left as it is\n",
@@ -572,12 +649,16 @@ static int train(train_run *r)
     }
     for (int64_t it = r->start_iter; it < c->iters; ++it) {
         double t0 = MPI_Wtime();
+        cpa_gpt_comm_stats_reset(r->model);
         memset(grads, 0, sizeof(float) * (size_t)r->n);
         double sums[4];
         int err = batch_pass(r, CPA_DATA_TRAIN, it, 1, sums);
         if (err)
             return err;
-        if (cpa_grid_sum_grads(r->grid, grads, r->n) != CPA_OK)
+        /* Megatron's finalize_model_grads: the TP-shared tensors' partial
+         * gradients, then the replicas' sum. */
+        if (cpa_gpt_reduce_shared_grads(r->model, grads) != CPA_OK ||
+            cpa_grid_sum_grads(r->grid, grads, r->n) != CPA_OK)
             return tool_agree(tool_fail(1, "%s", cpa_last_error()));
         double norm = cpa_gpt_grad_norm(r->model, grads); /* TP: shards' squares summed */
         /* Megatron's guard: a NaN or Inf loss or gradient stops the run
@@ -597,6 +678,9 @@ static int train(train_run *r)
         double dt = MPI_Wtime() - t0;
         window_t += dt, total_t += dt, ++window_n, ++done;
         window_flops += cpa_gpt_step_flops(r->model) * (double)r->accum;
+        cpa_gpt_comm_stats cs;
+        cpa_gpt_comm_stats_get(r->model, &cs);
+        window_tp += cs.tp_bytes, window_cp += cs.cp_bytes;
         last_loss = sums[3] > 0 ? sums[0] / sums[3] : 0.0;
         last_long = sums[2] > 0 ? sums[1] / sums[2] : NAN;
         if ((it + 1) % c->log_interval == 0 || it + 1 == c->iters) {
@@ -612,11 +696,14 @@ static int train(train_run *r)
             /* MFU: model flops per second over the FMA peak (a hard ceiling),
              * and over the sgemm this BLAS reaches. */
             tool_say(" | lr %.3e | grad norm %.3f | %.1f ms/iter | %.0f tokens/s | %.3f TFLOP/s "
-                     "per rank | MFU %.2f (sgemm %.2f) | peak mem %.0f MiB\n",
+                     "per rank | MFU %.2f (sgemm %.2f) | peak mem %.0f MiB | MiB/iter per rank: "
+                     "TP %.3f CP %.3f grads %.3f\n",
                      (double)lr, norm, ms, tps, tflops, tflops * 1e3 / r->ceil.fma_gflops,
-                     tflops * 1e3 / r->ceil.sgemm_gflops, mem);
+                     tflops * 1e3 / r->ceil.sgemm_gflops, mem,
+                     window_tp / window_n / 1048576.0, window_cp / window_n / 1048576.0,
+                     grad_bytes / 1048576.0);
             fflush(stdout);
-            window_t = window_flops = 0.0;
+            window_t = window_flops = window_tp = window_cp = 0.0;
             window_n = 0;
         }
         if (c->eval_interval > 0 && (it + 1) % c->eval_interval == 0 && (err = evaluate(r, it + 1)))

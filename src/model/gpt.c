@@ -24,35 +24,57 @@
  * and target logit, so no rank holds [tokens x vocab] logits.  Norms are
  * replicated.  Initialisation keys every element by its index in the TP = 1
  * model, so any TP size starts from the same weights.
+ *
+ * KV heads when G < TP (Megatron's replication): each TP rank holds one
+ * KV head, g0 = tp_rank / (TP/G) (the group of all its H/TP query heads),
+ * so TP/G ranks hold copies of each; each copy's gradient sees only its
+ * rank's query heads, and cpa_gpt_reduce_shared_grads sums them.
+ *
+ * Sequence parallelism (--sequence-parallel, Megatron's): the residual
+ * stream, the norms and their inputs live on this TP rank's Nl of the N
+ * token rows (rows n0 .. n0+Nl-1, floor(t·N/TP) .. floor((t+1)·N/TP)).
+ * Before a column-parallel layer its input rows are all-gathered over TP;
+ * after a row-parallel layer the partial outputs are reduce-scattered
+ * (one all-reduce's volume, split in two); the backward swaps the two.
+ * The gathered norm outputs are not kept: the weight gradients gather them
+ * again (Megatron's choice, memory over a second all-gather).  The norm
+ * weights' gradients then cover only this rank's rows and are summed over
+ * TP once per iteration (cpa_gpt_reduce_shared_grads).
  */
 #include "gpt.h"
 
 #include "internal.h"
 #include "layers.h"
+#include "parallel.h"
 
+#include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
 
+/* Nl: this rank's rows of the residual stream (N without
+ * --sequence-parallel, see the top). */
 typedef struct acts {
-    float *res;    /* (L+1, N, C) block inputs; res[L] is the final residual */
-    float *ln1;    /* (La, N, C) */
-    float *rstd1;  /* (La, N) */
+    float *res;    /* (L+1, Nl, C) block inputs; res[L] is the final residual */
+    float *ln1;    /* (La, Nl, C) */
+    float *rstd1;  /* (La, Nl) */
     float *qkv;    /* (La, N, W) after RoPE */
     float *att;    /* (La, N, H*D) attention output */
     float *lse;    /* (La, B, H, T) */
-    float *resmid; /* (La, N, C) */
-    float *ln2;    /* (La, N, C) */
-    float *rstd2;  /* (La, N) */
+    float *resmid; /* (La, Nl, C) */
+    float *ln2;    /* (La, Nl, C) */
+    float *rstd2;  /* (La, Nl) */
     float *fc1;    /* (La, N, 2F) */
     float *sw;     /* (La, N, F) */
-    float *lnf;    /* (N, C) */
-    float *rstdf;  /* (N) */
+    float *lnf;    /* (N, C) all rows (gathered: the LM head's input) */
+    float *rstdf;  /* (Nl) */
     float *logits; /* (N, V) */
     float *losses; /* (N) */
     float *tmp;    /* (N, C) */
+    float *full;   /* (N, C) sequence parallel: an all-gathered input (else empty) */
+    float *part;   /* (Nl, C) sequence parallel: a reduce-scattered output (else empty) */
     /* backward scratch */
-    float *dres;    /* (N, C) */
+    float *dres;    /* (Nl, C) */
     float *dln;     /* (N, C) */
     float *dqkv;    /* (N, W) */
     float *datt;    /* (N, H*D) */
@@ -69,6 +91,15 @@ struct cpa_gpt {
     int64_t Hf, Gf, Ff, Vf, v0, Vv;
     int tp, tp_rank;
     MPI_Comm tp_comm;
+    int64_t g0;         /* this rank's first KV head in the whole model */
+    int kv_rep;         /* TP ranks holding each KV head: TP/G when G < TP, else 1 */
+    MPI_Comm kv_comm;   /* those ranks (kv_rep > 1), else MPI_COMM_NULL */
+    int sp;             /* sequence parallel (TP > 1) */
+    int64_t Nl, n0;     /* this rank's residual rows (all N without sp), the first */
+    int *sp_counts, *sp_displs; /* (TP) every rank's residual rows x C, and offsets */
+    float *share;       /* cpa_gpt_reduce_shared_grads' packing buffer */
+    int64_t share_n;
+    cpa_gpt_comm_stats comm; /* since the last reset */
     double *ce;         /* (3, N) vocabulary-parallel cross-entropy: max, sum, target */
     cpa_gpt_params p, g;
     float *params, *grads;
@@ -115,26 +146,28 @@ static int64_t layout_params(cpa_gpt *m, cpa_gpt_params *p, float *base)
 
 static int64_t layout_acts(cpa_gpt *m, acts *a, float *base)
 {
-    const int64_t N = m->N, C = m->C, La = m->La;
+    const int64_t N = m->N, Nl = m->Nl, C = m->C, La = m->La;
     float *c = base;
     int64_t n = 0;
-    n += carve(&a->res, &c, (m->L + 1) * N * C);
-    n += carve(&a->ln1, &c, La * N * C);
-    n += carve(&a->rstd1, &c, La * N);
+    n += carve(&a->res, &c, (m->L + 1) * Nl * C);
+    n += carve(&a->ln1, &c, La * Nl * C);
+    n += carve(&a->rstd1, &c, La * Nl);
     n += carve(&a->qkv, &c, La * N * m->W);
     n += carve(&a->att, &c, La * N * m->H * m->D);
     n += carve(&a->lse, &c, La * m->B * m->H * m->T);
-    n += carve(&a->resmid, &c, La * N * C);
-    n += carve(&a->ln2, &c, La * N * C);
-    n += carve(&a->rstd2, &c, La * N);
+    n += carve(&a->resmid, &c, La * Nl * C);
+    n += carve(&a->ln2, &c, La * Nl * C);
+    n += carve(&a->rstd2, &c, La * Nl);
     n += carve(&a->fc1, &c, La * N * 2 * m->F);
     n += carve(&a->sw, &c, La * N * m->F);
     n += carve(&a->lnf, &c, N * C);
-    n += carve(&a->rstdf, &c, N);
+    n += carve(&a->rstdf, &c, Nl);
     n += carve(&a->logits, &c, N * m->V);
     n += carve(&a->losses, &c, N);
     n += carve(&a->tmp, &c, N * C);
-    n += carve(&a->dres, &c, N * C);
+    n += carve(&a->full, &c, m->sp ? N * C : 0);
+    n += carve(&a->part, &c, m->sp ? Nl * C : 0);
+    n += carve(&a->dres, &c, Nl * C);
     n += carve(&a->dln, &c, N * C);
     n += carve(&a->dqkv, &c, N * m->W);
     n += carve(&a->datt, &c, N * m->H * m->D);
@@ -142,6 +175,23 @@ static int64_t layout_acts(cpa_gpt *m, acts *a, float *base)
     n += carve(&a->dsw, &c, N * m->F);
     n += carve(&a->dlogits, &c, N * m->V);
     return n;
+}
+
+/* N = B·T token rows, and this rank's residual rows (sequence parallel:
+ * floor(t·N/TP) .. floor((t+1)·N/TP) - 1; else all). */
+static void set_rows(cpa_gpt *m)
+{
+    m->N = m->B * m->T;
+    m->n0 = m->sp ? m->tp_rank * m->N / m->tp : 0;
+    m->Nl = m->sp ? (m->tp_rank + 1) * m->N / m->tp - m->n0 : m->N;
+}
+
+/* The floats cpa_gpt_reduce_shared_grads packs at most (before layout). */
+static int64_t share_count(const cpa_gpt *m)
+{
+    const int64_t norms = m->sp ? (2 * m->L + 1) * m->C : 0;
+    const int64_t kv = m->kv_rep > 1 ? m->L * 2 * m->G * m->D * m->C : 0;
+    return norms > kv ? norms : kv;
 }
 
 /* The shape fields of a model of `cfg` on P CP ranks, TP rank tp_rank of
@@ -152,15 +202,21 @@ static void shape_of(cpa_gpt *m, const cpa_gpt_config *cfg, int P, int tp_rank)
     m->tp = cfg->cp.tp_size > 1 ? cfg->cp.tp_size : 1, m->tp_rank = tp_rank;
     m->Hf = cfg->heads, m->Gf = cfg->kv_heads, m->Ff = cfg->ffn_hidden, m->Vf = cfg->vocab;
     m->L = cfg->num_layers, m->C = cfg->hidden, m->F = m->Ff / m->tp, m->H = m->Hf / m->tp;
-    m->G = m->Gf / m->tp, m->D = cfg->hidden / cfg->heads;
+    m->D = cfg->hidden / cfg->heads;
+    if (m->Gf >= m->tp || m->Gf < 1) /* G/TP heads each (the rules check G % TP) */
+        m->G = m->Gf / m->tp, m->kv_rep = 1, m->g0 = tp_rank * m->G;
+    else /* one KV head each, held by TP/G ranks */
+        m->G = 1, m->kv_rep = m->tp / (int)m->Gf, m->g0 = tp_rank / m->kv_rep;
+    m->sp = cfg->sequence_parallel && m->tp > 1;
     m->V = (m->Vf + m->tp - 1) / m->tp, m->v0 = tp_rank * m->V;
     m->Vv = m->Vf - m->v0 < m->V ? (m->Vf - m->v0 > 0 ? m->Vf - m->v0 : 0) : m->V;
     /* T: this rank's tokens; any S gives ranks counts that differ by a few,
      * so the estimate takes the most (S/P + 2) and create sets the plan's. */
     m->S = cfg->seq_length, m->B = cfg->micro_batch;
     m->T = P == 1 ? cfg->seq_length : cfg->seq_length / P + 2;
-    m->N = m->B * m->T, m->W = (m->H + 2 * m->G) * m->D, m->La = cfg->recompute ? 1 : m->L;
+    m->W = (m->H + 2 * m->G) * m->D, m->La = cfg->recompute ? 1 : m->L;
     m->Bs = cfg->sample_documents ? m->B : 1;
+    set_rows(m);
 }
 
 /* The attention plan's configuration for a model of `cfg` on P ranks. */
@@ -199,7 +255,8 @@ int64_t cpa_gpt_memory_bytes(const cpa_gpt_config *cfg, int cp_size, int64_t *nu
     return (int64_t)sizeof m + np * (2 * (int64_t)sizeof(float) + 1) +
            na * (int64_t)sizeof(float) + m.N * (2 * (int64_t)sizeof(int32_t) + 1) +
            (m.T + m.N) * (int64_t)sizeof(int64_t) + 3 * m.N * (int64_t)sizeof(double) + plan +
-           m.La * m.Bs * (saved + (int64_t)sizeof(void *));
+           m.La * m.Bs * (saved + (int64_t)sizeof(void *)) +
+           share_count(&m) * (int64_t)sizeof(float) + 2 * m.tp * (int64_t)sizeof(int);
 }
 
 cpa_status cpa_gpt_create(const cpa_gpt_config *cfg, MPI_Comm cp_comm, cpa_gpt **out)
@@ -218,11 +275,15 @@ cpa_status cpa_gpt_tp_rules(const cpa_gpt_config *cfg)
         return cpa_error(CPA_ERR_ARG, "--num-attention-heads %lld is not divisible by "
                          "--tensor-model-parallel-size %d (each TP rank takes H/TP heads)",
                          (long long)cfg->heads, tp);
-    if (cfg->kv_heads % tp != 0)
-        return cpa_error(CPA_ERR_ARG, "--num-query-groups %lld is not divisible by "
-                         "--tensor-model-parallel-size %d (each TP rank takes G/TP key/value "
-                         "heads; replicating KV heads when G < TP is not supported yet)",
-                         (long long)cfg->kv_heads, tp);
+    if (cfg->kv_heads < 1 || cfg->heads % cfg->kv_heads != 0)
+        return cpa_error(CPA_ERR_ARG, "--num-attention-heads %lld is not divisible by "
+                         "--num-query-groups %lld (each KV head serves H/G query heads)",
+                         (long long)cfg->heads, (long long)cfg->kv_heads);
+    if (cfg->kv_heads % tp != 0 && tp % cfg->kv_heads != 0)
+        return cpa_error(CPA_ERR_ARG, "--num-query-groups %lld and "
+                         "--tensor-model-parallel-size %d: one must divide the other (G/TP "
+                         "key/value heads on each TP rank, or when G < TP each KV head "
+                         "replicated on TP/G ranks)", (long long)cfg->kv_heads, tp);
     if (cfg->ffn_hidden % tp != 0)
         return cpa_error(CPA_ERR_ARG, "--ffn-hidden-size %lld is not divisible by "
                          "--tensor-model-parallel-size %d (each TP rank takes F/TP of the "
@@ -247,6 +308,7 @@ cpa_status cpa_gpt_create_tp(const cpa_gpt_config *cfg, MPI_Comm cp_comm, MPI_Co
         return CPA_ERR_NOMEM;
     shape_of(m, cfg, P, tpr);
     m->tp_comm = tp_comm;
+    m->kv_comm = MPI_COMM_NULL;
 
     /* The attention plan validates the CP rules collectively. */
     cpa_cp_config cc = plan_config(m, P);
@@ -255,7 +317,24 @@ cpa_status cpa_gpt_create_tp(const cpa_gpt_config *cfg, MPI_Comm cp_comm, MPI_Co
         cpa_free(m);
         return s;
     }
-    m->T = cpa_plan_local_seq(m->plan), m->N = m->B * m->T;
+    m->T = cpa_plan_local_seq(m->plan);
+    set_rows(m);
+    if (m->sp && m->N * m->C > INT_MAX) {
+        cpa_gpt_destroy(m);
+        return cpa_error(CPA_ERR_ARG, "--sequence-parallel: %lld token rows x hidden %lld per "
+                         "rank exceed one MPI all-gather's int count; lower "
+                         "--micro-batch-size or raise --context-parallel-size",
+                         (long long)m->N, (long long)m->C);
+    }
+    /* The ranks sharing a KV head (collective over the TP group). */
+    if (m->kv_rep > 1) {
+        int rc = MPI_Comm_split(tp_comm, (int)m->g0, tpr, &m->kv_comm);
+        if (rc != MPI_SUCCESS) {
+            m->kv_comm = MPI_COMM_NULL;
+            cpa_gpt_destroy(m);
+            return cpa_model_mpi_error(rc, "MPI_Comm_split (the TP ranks sharing a KV head)");
+        }
+    }
     cpa_gpt_params tmp;
     m->num_params = layout_params(m, &tmp, NULL);
     acts atmp;
@@ -270,14 +349,23 @@ cpa_status cpa_gpt_create_tp(const cpa_gpt_config *cfg, MPI_Comm cp_comm, MPI_Co
     m->rpos = cpa_malloc(sizeof(int64_t) * (size_t)m->N, "per-sample positions");
     m->ce = cpa_malloc(sizeof(double) * (size_t)(3 * m->N), "cross-entropy row sums");
     m->saved = cpa_calloc(sizeof *m->saved * (size_t)(m->La * m->Bs), "saved attention states");
+    m->sp_counts = cpa_calloc(sizeof(int) * (size_t)(2 * m->tp), "sequence-parallel counts");
+    m->share_n = share_count(m);
+    m->share = cpa_malloc(sizeof(float) * (size_t)(m->share_n > 0 ? m->share_n : 1),
+                          "shared gradients");
     for (int64_t i = 0; m->saved && i < m->La * m->Bs && s == CPA_OK; ++i)
         s = cpa_plan_saved_create(m->plan, &m->saved[i]);
     if (!m->params || !m->grads || !m->decay || !m->act_buf || !m->tok || !m->longf || !m->pos ||
-        !m->rpos || !m->ce || !m->saved || s != CPA_OK) {
+        !m->rpos || !m->ce || !m->saved || !m->sp_counts || !m->share || s != CPA_OK) {
         cpa_gpt_destroy(m);
         return CPA_ERR_NOMEM;
     }
     m->tgt = m->tok + m->N;
+    m->sp_displs = m->sp_counts + m->tp;
+    for (int t = 0; t < m->tp; ++t) { /* every rank's residual rows (sp), in floats */
+        const int64_t r0 = m->sp ? t * m->N / m->tp : 0, r1 = m->sp ? (t + 1) * m->N / m->tp : m->N;
+        m->sp_counts[t] = (int)((r1 - r0) * m->C), m->sp_displs[t] = (int)(r0 * m->C);
+    }
     layout_params(m, &m->p, m->params);
     layout_params(m, &m->g, m->grads);
     layout_acts(m, &m->a, m->act_buf);
@@ -314,6 +402,10 @@ void cpa_gpt_destroy(cpa_gpt *m)
     cpa_free(m->pos);
     cpa_free(m->rpos);
     cpa_free(m->ce);
+    cpa_free(m->sp_counts);
+    cpa_free(m->share);
+    if (m->kv_comm != MPI_COMM_NULL)
+        MPI_Comm_free(&m->kv_comm);
     cpa_free(m);
 }
 
@@ -343,92 +435,223 @@ static float normal_at(uint64_t seed, uint64_t i)
     return (float)(sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2));
 }
 
-/* Element (row r, column c) of this rank's share of a tensor, as its index
- * in the TP = 1 model: `off` is the tensor's offset there, `cols` its full
- * row length; rows map through the column-parallel blocks (row_map) and
- * columns through the row-parallel one (col0).  TP = 1: the identity. */
-typedef struct shard_map {
-    int64_t off, cols;       /* in the whole model */
-    int64_t blocks;          /* column-parallel: row blocks of `block` local rows each, */
-    int64_t block, stride0;  /* block i of the whole tensor starts at row i*stride0 + */
-    int64_t first;           /* tp_rank * block */
-    int64_t col0;            /* row-parallel: first column of this rank */
-} shard_map;
+/* The tensors, in layout_params' order. */
+enum { T_WTE, T_LN1, T_QKV, T_PROJ, T_LN2, T_FC1, T_FC2, T_LNF, T_COUNT };
 
-/* dst = std * N(0, 1) * factor, keyed by the TP = 1 index. */
-static void init_tensor(float *dst, int64_t rows, int64_t cols, const shard_map *mp,
-                        uint64_t seed, float std, float factor)
+/* The tensors' sizes in this rank's share (local) and in the TP = 1 model
+ * (full, the vocabulary unpadded), in layout_params' order. */
+static void tensor_sizes(const cpa_gpt *m, int64_t local[T_COUNT], int64_t full[T_COUNT])
 {
-    for (int64_t r = 0; r < rows; ++r) {
-        const int64_t bi = mp->blocks > 1 ? r / mp->block : 0, br = r - bi * mp->block;
-        const int64_t grow = bi * mp->stride0 + mp->first + br;
-        for (int64_t c = 0; c < cols; ++c)
-            dst[r * cols + c] =
-                std * normal_at(seed, (uint64_t)(mp->off + grow * mp->cols + mp->col0 + c)) *
-                factor;
+    const int64_t L = m->L, C = m->C, D = m->D;
+    const int64_t loc[T_COUNT] = {m->V * C, L * C, L * m->W * C, L * C * m->H * D, L * C,
+                                  L * 2 * m->F * C, L * C * m->F, C};
+    const int64_t whole[T_COUNT] = {m->Vf * C, L * C, L * (m->Hf + 2 * m->Gf) * D * C,
+                                    L * C * m->Hf * D, L * C, L * 2 * m->Ff * C, L * C * m->Ff, C};
+    for (int k = 0; k < T_COUNT; ++k)
+        local[k] = loc[k], full[k] = whole[k];
+}
+
+/* Where local parameter i of TP rank `tp_rank` lives in the TP = 1 model
+ * (the logical layout a checkpoint stores): its index there, or -1 for a
+ * padding row of the vocabulary; *tensor gets which tensor it is.  The
+ * column-parallel tensors (wte rows, q/k/v rows of the fused QKV, gate and
+ * up rows) take this rank's block of rows, the row-parallel ones (the two
+ * projections) its block of columns, the norms are whole.  TP = 1: i. */
+static int64_t logical_index(const cpa_gpt *m, int tp_rank, int64_t i, int *tensor)
+{
+    const int64_t C = m->C, D = m->D, t = tp_rank;
+    const int64_t q = m->H * D, kv = m->G * D, Wf = (m->Hf + 2 * m->Gf) * D;
+    int64_t size[T_COUNT], full[T_COUNT];
+    tensor_sizes(m, size, full);
+    int64_t off = 0, loff = 0;
+    int k = 0;
+    while (k < T_COUNT - 1 && i >= off + size[k])
+        off += size[k], loff += full[k], ++k;
+    *tensor = k;
+    const int64_t e = i - off; /* element of this tensor */
+    switch (k) {
+    case T_WTE: {
+        const int64_t row = t * m->V + e / C;
+        return row < m->Vf ? loff + row * C + e % C : -1;
+    }
+    case T_QKV: { /* (L, W, C): q rows, k rows, v rows */
+        const int64_t l = e / (m->W * C), r = e / C % m->W, c = e % C;
+        /* TP rank t's KV heads (shared when G < TP) */
+        const int64_t k0 = (m->kv_rep > 1 ? t / m->kv_rep : t * m->G) * D;
+        const int64_t g = r < q ? t * q + r : r < q + kv ? m->Hf * D + k0 + (r - q)
+                                                         : (m->Hf + m->Gf) * D + k0 + (r - q - kv);
+        return loff + (l * Wf + g) * C + c;
+    }
+    case T_PROJ: { /* (L, C, H*D): columns */
+        const int64_t row = e / q, c = e % q;
+        return loff + row * m->Hf * D + t * q + c;
+    }
+    case T_FC1: { /* (L, 2F, C): gate rows, up rows */
+        const int64_t l = e / (2 * m->F * C), r = e / C % (2 * m->F), c = e % C;
+        const int64_t g = r < m->F ? t * m->F + r : m->Ff + t * m->F + (r - m->F);
+        return loff + (l * 2 * m->Ff + g) * C + c;
+    }
+    case T_FC2: { /* (L, C, F): columns */
+        const int64_t row = e / m->F, c = e % m->F;
+        return loff + row * m->Ff + t * m->F + c;
+    }
+    default: /* the norms: replicated */
+        return loff + e;
+    }
+}
+
+int64_t cpa_gpt_logical_index(const cpa_gpt *m, int64_t i)
+{
+    int k;
+    return i < 0 || i >= m->num_params ? -1 : logical_index(m, m->tp_rank, i, &k);
+}
+
+int64_t cpa_gpt_logical_params(const cpa_gpt *m)
+{
+    int64_t local[T_COUNT], full[T_COUNT], n = 0;
+    tensor_sizes(m, local, full);
+    for (int k = 0; k < T_COUNT; ++k)
+        n += full[k];
+    return n;
+}
+
+void cpa_gpt_to_logical(const cpa_gpt *m, int tp_rank, const float *local, float *logical)
+{
+    for (int64_t i = 0; i < m->num_params; ++i) {
+        int k;
+        const int64_t g = logical_index(m, tp_rank, i, &k);
+        if (g >= 0)
+            logical[g] = local[i];
+    }
+}
+
+void cpa_gpt_from_logical(const cpa_gpt *m, const float *logical, float *local)
+{
+    for (int64_t i = 0; i < m->num_params; ++i) {
+        int k;
+        const int64_t g = logical_index(m, m->tp_rank, i, &k);
+        local[i] = g >= 0 ? logical[g] : 0.0f;
     }
 }
 
 void cpa_gpt_init_params(cpa_gpt *m, uint64_t seed)
 {
+    /* GPT-2: N(0, 0.02), the output projections scaled by 1/sqrt(2L), norms
+     * at 1; each element keyed by its TP = 1 index, so every TP size starts
+     * from the same weights. */
     const float std = 0.02f, std_out = 0.02f / sqrtf(2.0f * (float)m->L);
-    const int64_t L = m->L, C = m->C, D = m->D, t = m->tp_rank;
-    const int64_t Wf = (m->Hf + 2 * m->Gf) * D;
-    /* The tensors' offsets in the TP = 1 model (layout_params' order). */
-    const int64_t o_wte = 0, o_ln1 = o_wte + m->Vf * C, o_qkv = o_ln1 + L * C;
-    const int64_t o_proj = o_qkv + L * Wf * C, o_ln2 = o_proj + L * C * m->Hf * D;
-    const int64_t o_fc1 = o_ln2 + L * C, o_fc2 = o_fc1 + L * 2 * m->Ff * C;
-    /* wte: this rank's vocabulary rows (padding rows stay 0). */
-    memset(m->p.wte, 0, sizeof(float) * (size_t)(m->V * C));
-    shard_map mw = {o_wte, C, 1, m->V, 0, m->v0, 0};
-    init_tensor(m->p.wte, m->Vv, C, &mw, seed, std, 1.0f);
-    for (int64_t l = 0; l < L; ++l) {
-        /* QKV: q heads, then k, then v, each this rank's block of rows. */
-        const int64_t q = m->H * D, kv = m->G * D;
-        float *w = m->p.qkvw + l * m->W * C;
-        shard_map mq = {o_qkv + l * Wf * C, C, 1, q, 0, t * q, 0};
-        init_tensor(w, q, C, &mq, seed, std, 1.0f);
-        shard_map mk = {o_qkv + l * Wf * C, C, 1, kv, 0, m->Hf * D + t * kv, 0};
-        init_tensor(w + q * C, kv, C, &mk, seed, std, 1.0f);
-        shard_map mv = {o_qkv + l * Wf * C, C, 1, kv, 0, (m->Hf + m->Gf) * D + t * kv, 0};
-        init_tensor(w + (q + kv) * C, kv, C, &mv, seed, std, 1.0f);
-        /* Output projection (C, H*D): this rank's columns; GPT-2's 1/sqrt(2L). */
-        shard_map mp = {o_proj + l * C * m->Hf * D, m->Hf * D, 1, C, 0, 0, t * q};
-        init_tensor(m->p.projw + l * C * q, C, q, &mp, seed, std, std_out / std);
-        /* gate rows then up rows, each this rank's block. */
-        shard_map mf = {o_fc1 + l * 2 * m->Ff * C, C, 2, m->F, m->Ff, t * m->F, 0};
-        init_tensor(m->p.fc1w + l * 2 * m->F * C, 2 * m->F, C, &mf, seed, std, 1.0f);
-        shard_map m2 = {o_fc2 + l * C * m->Ff, m->Ff, 1, C, 0, 0, t * m->F};
-        init_tensor(m->p.fc2w + l * C * m->F, C, m->F, &m2, seed, std, std_out / std);
+    for (int64_t i = 0; i < m->num_params; ++i) {
+        int k;
+        const int64_t g = logical_index(m, m->tp_rank, i, &k);
+        if (k == T_LN1 || k == T_LN2 || k == T_LNF)
+            m->params[i] = 1.0f;
+        else if (g < 0) /* vocabulary padding */
+            m->params[i] = 0.0f;
+        else
+            m->params[i] = std * normal_at(seed, (uint64_t)g) *
+                           (k == T_PROJ || k == T_FC2 ? std_out / std : 1.0f);
     }
-    /* Norms start at 1. */
-    float *norms[] = {m->p.ln1w, m->p.ln2w};
-    for (int k = 0; k < 2; ++k)
-        for (int64_t i = 0; i < L * C; ++i)
-            norms[k][i] = 1.0f;
-    for (int64_t i = 0; i < C; ++i)
-        m->p.lnfw[i] = 1.0f;
 }
 
 /* ---- tensor parallelism --------------------------------------------------- */
 
-/* Sum the TP ranks' partial outputs (row-parallel layers, the column-
- * parallel layers' input gradients, the embedding): nothing at TP = 1. */
-static cpa_status tp_sum(const cpa_gpt *m, float *x, int64_t n, const char *what)
+/* TP collectives, each counted in m->comm: `bytes` the payload, `share`
+ * the fraction of it a ring algorithm sends per rank. */
+static void tp_count(cpa_gpt *m, double bytes, double share, double t0)
+{
+    m->comm.tp_bytes += bytes * share * (double)(m->tp - 1) / (double)m->tp;
+    m->comm.tp_s += MPI_Wtime() - t0;
+    m->comm.tp_calls += 1;
+}
+
+static cpa_status tp_allreduce(cpa_gpt *m, void *x, int64_t n, MPI_Datatype type, MPI_Op op,
+                               const char *what)
 {
     if (m->tp == 1)
         return CPA_OK;
-    return cpa_comm_allreduce(x, n, MPI_FLOAT, MPI_SUM, m->tp_comm, what);
+    int size = 0;
+    MPI_Type_size(type, &size);
+    const double t0 = MPI_Wtime();
+    CPA_TRY(cpa_comm_allreduce(x, n, type, op, m->tp_comm, what));
+    tp_count(m, (double)n * size, 2.0, t0);
+    return CPA_OK;
 }
 
-/* Vocabulary-parallel embedding: this rank's rows, zero elsewhere, summed. */
-static cpa_status embedding_forward(cpa_gpt *m, float *out)
+/* Sum the TP ranks' partial outputs (row-parallel layers, the column-
+ * parallel layers' input gradients, the embedding): nothing at TP = 1. */
+static cpa_status tp_sum(cpa_gpt *m, float *x, int64_t n, const char *what)
+{
+    return tp_allreduce(m, x, n, MPI_FLOAT, MPI_SUM, what);
+}
+
+/* Sequence parallel: every rank's residual rows [Nl, C] into all N rows
+ * (`local` NULL: in place, this rank's rows already at row n0 of `all`). */
+static cpa_status sp_allgather(cpa_gpt *m, const float *local, float *all, const char *what)
+{
+    const double t0 = MPI_Wtime();
+    MPI_Request req;
+    int rc = MPI_Iallgatherv(local ? local : MPI_IN_PLACE, m->sp_counts[m->tp_rank], MPI_FLOAT,
+                             all, m->sp_counts, m->sp_displs, MPI_FLOAT, m->tp_comm, &req);
+    if (rc != MPI_SUCCESS)
+        return cpa_model_mpi_error(rc, "MPI_Iallgatherv");
+    CPA_TRY(cpa_comm_wait(1, &req, "%s (TP all-gather of %lld rows)", what, (long long)m->N));
+    tp_count(m, 4.0 * (double)(m->N * m->C), 1.0, t0);
+    return CPA_OK;
+}
+
+/* Sequence parallel: the partial sums [N, C] of every rank, each rank
+ * keeping its residual rows' total [Nl, C]. */
+static cpa_status sp_reduce_scatter(cpa_gpt *m, const float *all, float *local, const char *what)
+{
+    const double t0 = MPI_Wtime();
+    MPI_Request req;
+    int rc = MPI_Ireduce_scatter(all, local, m->sp_counts, MPI_FLOAT, MPI_SUM, m->tp_comm, &req);
+    if (rc != MPI_SUCCESS)
+        return cpa_model_mpi_error(rc, "MPI_Ireduce_scatter");
+    CPA_TRY(cpa_comm_wait(1, &req, "%s (TP reduce-scatter of %lld rows)", what,
+                          (long long)m->N));
+    tp_count(m, 4.0 * (double)(m->N * m->C), 1.0, t0);
+    return CPA_OK;
+}
+
+/* The input of a column-parallel layer (or the gradient arriving at a
+ * row-parallel one's output): this rank's residual rows `local` [Nl, C]
+ * as all N rows — themselves without sp, else gathered into a->full. */
+static cpa_status tp_rows_in(cpa_gpt *m, const float *local, const float **all, const char *what)
+{
+    *all = local;
+    if (!m->sp)
+        return CPA_OK;
+    CPA_TRY(sp_allgather(m, local, m->a.full, what));
+    *all = m->a.full;
+    return CPA_OK;
+}
+
+/* The partial output [N, C] of a row-parallel layer (or a column-parallel
+ * one's input gradient) summed over TP, as this rank's residual rows:
+ * all-reduced in place without sp, else reduce-scattered into a->part. */
+static cpa_status tp_rows_out(cpa_gpt *m, float *partial, const float **local, const char *what)
+{
+    *local = partial;
+    if (!m->sp)
+        return tp_sum(m, partial, m->N * m->C, what);
+    CPA_TRY(sp_reduce_scatter(m, partial, m->a.part, what));
+    *local = m->a.part;
+    return CPA_OK;
+}
+
+/* Vocabulary-parallel embedding into this rank's residual rows res0
+ * [Nl, C]: each TP rank looks up its vocabulary rows (zero elsewhere) for
+ * all N tokens, and the partial rows are summed over TP (all-reduce, or
+ * reduce-scatter with sp). */
+static cpa_status embedding_forward(cpa_gpt *m, float *res0)
 {
     const int64_t N = m->N, C = m->C;
     if (m->tp == 1) {
-        cpa_embedding_forward(out, m->tok, m->p.wte, N, C);
+        cpa_embedding_forward(res0, m->tok, m->p.wte, N, C);
         return CPA_OK;
     }
+    float *out = m->sp ? m->a.tmp : res0; /* [N, C] partial rows */
     for (int64_t n = 0; n < N; ++n) {
         const int64_t v = (int64_t)m->tok[n] - m->v0;
         if (v >= 0 && v < m->Vv)
@@ -436,22 +659,28 @@ static cpa_status embedding_forward(cpa_gpt *m, float *out)
         else
             memset(out + n * C, 0, sizeof(float) * (size_t)C);
     }
-    return tp_sum(m, out, N * C, "the vocabulary-parallel embedding (TP all-reduce)");
+    const char *what = "the vocabulary-parallel embedding";
+    return m->sp ? sp_reduce_scatter(m, out, res0, what) : tp_sum(m, out, N * C, what);
 }
 
-static void embedding_backward(cpa_gpt *m, const float *dout)
+/* dres0: the gradient at this rank's residual rows [Nl, C] (all N rows
+ * are needed: gathered with sp). */
+static cpa_status embedding_backward(cpa_gpt *m, const float *dres0)
 {
     const int64_t C = m->C;
     if (m->tp == 1) {
-        cpa_embedding_backward(m->g.wte, dout, m->tok, m->N, C);
-        return;
+        cpa_embedding_backward(m->g.wte, dres0, m->tok, m->N, C);
+        return CPA_OK;
     }
+    const float *dout;
+    CPA_TRY(tp_rows_in(m, dres0, &dout, "the embedding gradient"));
     for (int64_t n = 0; n < m->N; ++n) {
         const int64_t v = (int64_t)m->tok[n] - m->v0;
         if (v >= 0 && v < m->Vv)
             for (int64_t c = 0; c < C; ++c)
                 m->g.wte[v * C + c] += dout[n * C + c];
     }
+    return CPA_OK;
 }
 
 /* Vocabulary-parallel cross-entropy over logits [N, Vv] (this rank's
@@ -473,8 +702,8 @@ static cpa_status tp_crossentropy_forward(cpa_gpt *m, const float *logits, doubl
             x = logits[n * V + v] > x ? logits[n * V + v] : x;
         mx[n] = x;
     }
-    CPA_TRY(cpa_comm_allreduce(mx, N, MPI_DOUBLE, MPI_MAX, m->tp_comm,
-                               "the vocabulary-parallel cross-entropy (row max)"));
+    CPA_TRY(tp_allreduce(m, mx, N, MPI_DOUBLE, MPI_MAX,
+                         "the vocabulary-parallel cross-entropy (row max)"));
     for (int64_t n = 0; n < N; ++n) {
         double e = 0.0;
         for (int64_t v = 0; v < V; ++v)
@@ -483,8 +712,8 @@ static cpa_status tp_crossentropy_forward(cpa_gpt *m, const float *logits, doubl
         const int64_t t = (int64_t)m->tgt[n] - m->v0;
         zt[n] = m->tgt[n] >= 0 && t >= 0 && t < V ? (double)logits[n * V + t] : 0.0;
     }
-    CPA_TRY(cpa_comm_allreduce(se, 2 * N, MPI_DOUBLE, MPI_SUM, m->tp_comm,
-                               "the vocabulary-parallel cross-entropy (sums)"));
+    CPA_TRY(tp_allreduce(m, se, 2 * N, MPI_DOUBLE, MPI_SUM,
+                         "the vocabulary-parallel cross-entropy (sums)"));
     double total = 0.0;
     for (int64_t n = 0; n < N; ++n) {
         mx[n] += log(se[n]); /* now the row's log-sum-exp */
@@ -514,29 +743,114 @@ static void tp_crossentropy_backward(cpa_gpt *m, float *dlogits, const float *lo
     }
 }
 
+/* The tensors several TP ranks hold: the norm weights (all TP ranks) and,
+ * when G < TP, each layer's key and value rows (kv_rep ranks): `fn` gets
+ * each range [off, off + n) of the local parameters and how many ranks
+ * hold it.  Returns the number of floats visited. */
+static int64_t shared_ranges(const cpa_gpt *m, int norms, int kv,
+                             void (*fn)(void *arg, int64_t off, int64_t n, int copies), void *arg)
+{
+    const int64_t L = m->L, C = m->C, kvrows = 2 * m->G * m->D;
+    int64_t total = 0;
+    if (norms) {
+        const int64_t off[3] = {m->p.ln1w - m->params, m->p.ln2w - m->params,
+                                m->p.lnfw - m->params};
+        const int64_t n[3] = {L * C, L * C, C};
+        for (int k = 0; k < 3; ++k) {
+            if (fn)
+                fn(arg, off[k], n[k], m->tp);
+            total += n[k];
+        }
+    }
+    if (kv && m->kv_rep > 1)
+        for (int64_t l = 0; l < L; ++l) {
+            const int64_t off = (m->p.qkvw - m->params) + (l * m->W + m->H * m->D) * C;
+            if (fn)
+                fn(arg, off, kvrows * C, m->kv_rep);
+            total += kvrows * C;
+        }
+    return total;
+}
+
+typedef struct pack_arg {
+    float *grads, *buf;
+    int64_t at;
+    int unpack;
+} pack_arg;
+
+static void pack_range(void *arg, int64_t off, int64_t n, int copies)
+{
+    pack_arg *p = arg;
+    (void)copies;
+    if (p->unpack)
+        memcpy(p->grads + off, p->buf + p->at, sizeof(float) * (size_t)n);
+    else
+        memcpy(p->buf + p->at, p->grads + off, sizeof(float) * (size_t)n);
+    p->at += n;
+}
+
+/* Sum the shared ranges (norms, or KV rows) over `comm`, packed into one
+ * buffer: one all-reduce. */
+static cpa_status sum_shared(cpa_gpt *m, float *grads, int norms, int kv, MPI_Comm comm,
+                             int ranks, const char *what)
+{
+    pack_arg pk = {grads, m->share, 0, 0};
+    const int64_t n = shared_ranges(m, norms, kv, pack_range, &pk);
+    const double t0 = MPI_Wtime();
+    CPA_TRY(cpa_comm_allreduce(m->share, n, MPI_FLOAT, MPI_SUM, comm, what));
+    m->comm.tp_bytes += 4.0 * (double)n * 2.0 * (ranks - 1) / ranks;
+    m->comm.tp_s += MPI_Wtime() - t0;
+    m->comm.tp_calls += 1;
+    pk.at = 0, pk.unpack = 1;
+    shared_ranges(m, norms, kv, pack_range, &pk);
+    return CPA_OK;
+}
+
+cpa_status cpa_gpt_reduce_shared_grads(cpa_gpt *m, float *grads)
+{
+    if (m->sp)
+        CPA_TRY(sum_shared(m, grads, 1, 0, m->tp_comm, m->tp,
+                           "the norm weights' gradients (sequence parallel: TP all-reduce)"));
+    if (m->kv_rep > 1)
+        CPA_TRY(sum_shared(m, grads, 0, 1, m->kv_comm, m->kv_rep,
+                           "the replicated KV heads' gradients (all-reduce over their TP ranks)"));
+    return CPA_OK;
+}
+
+typedef struct norm_arg {
+    const float *grads;
+    double extra; /* sum over the shared ranges of g^2 (1/copies - 1) */
+} norm_arg;
+
+static void norm_range(void *arg, int64_t off, int64_t n, int copies)
+{
+    norm_arg *a = arg;
+    double s = 0.0;
+    for (int64_t i = 0; i < n; ++i)
+        s += (double)a->grads[off + i] * a->grads[off + i];
+    a->extra += s * (1.0 / copies - 1.0);
+}
+
 double cpa_gpt_grad_norm(const cpa_gpt *m, const float *grads)
 {
-    /* Sharded tensors: their squares summed over TP; replicated ones (the
-     * norms) counted once. */
-    const cpa_gpt_params *p = &m->p;
-    const int64_t off_ln1 = p->ln1w - m->params, off_ln2 = p->ln2w - m->params;
-    const int64_t off_lnf = p->lnfw - m->params, LC = m->L * m->C;
-    double sh = 0.0, rep = 0.0;
-    for (int64_t i = 0; i < m->num_params; ++i) {
-        const int replicated = (i >= off_ln1 && i < off_ln1 + LC) ||
-                               (i >= off_ln2 && i < off_ln2 + LC) ||
-                               (i >= off_lnf && i < off_lnf + m->C);
-        const double g = grads[i];
-        if (replicated)
-            rep += g * g;
-        else
-            sh += g * g;
+    /* Every local square, the shared ranges' weighted down to count each
+     * logical element once after the sum over TP. */
+    double sum = 0.0;
+    for (int64_t i = 0; i < m->num_params; ++i)
+        sum += (double)grads[i] * grads[i];
+    if (m->tp > 1) {
+        norm_arg a = {grads, 0.0};
+        shared_ranges(m, 1, 1, norm_range, &a);
+        sum += a.extra;
+        if (cpa_comm_allreduce(&sum, 1, MPI_DOUBLE, MPI_SUM, m->tp_comm,
+                               "the gradient norm (TP)") != CPA_OK)
+            return NAN;
     }
-    if (m->tp > 1 && cpa_comm_allreduce(&sh, 1, MPI_DOUBLE, MPI_SUM, m->tp_comm,
-                                        "the gradient norm (TP)") != CPA_OK)
-        return NAN;
-    return sqrt(sh + rep);
+    return sqrt(sum > 0.0 ? sum : 0.0);
 }
+
+void cpa_gpt_comm_stats_get(const cpa_gpt *m, cpa_gpt_comm_stats *st) { *st = m->comm; }
+void cpa_gpt_comm_stats_reset(cpa_gpt *m) { memset(&m->comm, 0, sizeof m->comm); }
 
 /* ---- views ------------------------------------------------------------------ */
 
@@ -585,10 +899,10 @@ typedef struct slot {
 static slot slot_of(const cpa_gpt *m, int64_t s)
 {
     const acts *a = &m->a;
-    const int64_t N = m->N, C = m->C;
-    slot x = {a->ln1 + s * N * C, a->rstd1 + s * N, a->qkv + s * N * m->W,
+    const int64_t N = m->N, Nl = m->Nl, C = m->C;
+    slot x = {a->ln1 + s * Nl * C, a->rstd1 + s * Nl, a->qkv + s * N * m->W,
               a->att + s * N * m->H * m->D, a->lse + s * m->B * m->H * m->T,
-              a->resmid + s * N * C, a->ln2 + s * N * C, a->rstd2 + s * N,
+              a->resmid + s * Nl * C, a->ln2 + s * Nl * C, a->rstd2 + s * Nl,
               a->fc1 + s * N * 2 * m->F, a->sw + s * N * m->F, m->saved + s * m->Bs};
     return x;
 }
@@ -609,6 +923,15 @@ static cpa_status set_sample_documents(cpa_gpt *m, int64_t b)
     return cpa_plan_set_documents(m->plan, m->docs + b * (m->S + 1), m->ndocs[b]);
 }
 
+/* The last plan call's bytes and exposed waits into m->comm. */
+static void count_cp(cpa_gpt *m)
+{
+    cpa_plan_stats st;
+    cpa_plan_last_stats(m->plan, &st);
+    m->comm.cp_bytes += st.bytes_sent;
+    m->comm.cp_wait_s += st.wait_s;
+}
+
 static cpa_status attention_forward(cpa_gpt *m, cpa_plan_saved **saved, cpa_tensor q,
                                     cpa_tensor k, cpa_tensor v, cpa_tensor out, cpa_tensor lse,
                                     double *flops)
@@ -619,6 +942,7 @@ static cpa_status attention_forward(cpa_gpt *m, cpa_plan_saved **saved, cpa_tens
         CPA_TRY(cpa_plan_forward(m->plan, saved[0], q, k, v, out, lse));
         cpa_plan_last_stats(m->plan, &st);
         *flops = st.flops;
+        count_cp(m);
         return CPA_OK;
     }
     for (int64_t b = 0; b < m->B; ++b) {
@@ -627,6 +951,7 @@ static cpa_status attention_forward(cpa_gpt *m, cpa_plan_saved **saved, cpa_tens
                                  sample_of(v, b), sample_of(out, b), sample_of(lse, b)));
         cpa_plan_last_stats(m->plan, &st);
         *flops += st.flops;
+        count_cp(m);
     }
     return CPA_OK;
 }
@@ -635,27 +960,34 @@ static cpa_status attention_backward(cpa_gpt *m, cpa_plan_saved **saved, cpa_ten
                                      cpa_tensor k, cpa_tensor v, cpa_tensor out, cpa_tensor lse,
                                      cpa_tensor dout, cpa_tensor dq, cpa_tensor dk, cpa_tensor dv)
 {
-    if (!m->cfg.sample_documents)
-        return cpa_plan_backward(m->plan, saved[0], q, k, v, out, lse, dout, dq, dk, dv);
+    if (!m->cfg.sample_documents) {
+        CPA_TRY(cpa_plan_backward(m->plan, saved[0], q, k, v, out, lse, dout, dq, dk, dv));
+        count_cp(m);
+        return CPA_OK;
+    }
     for (int64_t b = 0; b < m->B; ++b) {
         CPA_TRY(set_sample_documents(m, b));
         CPA_TRY(cpa_plan_backward(m->plan, saved[b], sample_of(q, b), sample_of(k, b),
                                   sample_of(v, b), sample_of(out, b), sample_of(lse, b),
                                   sample_of(dout, b), sample_of(dq, b), sample_of(dk, b),
                                   sample_of(dv, b)));
+        count_cp(m);
     }
     return CPA_OK;
 }
 
 /* `count`: add the attention's flops to the model flops (not when the
- * backward recomputes the block). */
+ * backward recomputes the block).  res[l] and the slot's norms hold this
+ * rank's Nl residual rows; the column-parallel matmuls take all N rows
+ * (tp_rows_in) and the row-parallel ones give them back (tp_rows_out). */
 static cpa_status block_forward(cpa_gpt *m, int64_t l, slot x, int count)
 {
-    const int64_t N = m->N, C = m->C, HD = m->H * m->D;
-    const float *in = m->a.res + l * N * C;
-    float *out = m->a.res + (l + 1) * N * C;
-    cpa_rmsnorm_forward(x.ln1, x.rstd1, in, m->p.ln1w + l * C, N, C, m->cfg.norm_eps);
-    cpa_matmul_forward(x.qkv, x.ln1, m->p.qkvw + l * m->W * C, N, C, m->W);
+    const int64_t N = m->N, Nl = m->Nl, C = m->C, HD = m->H * m->D;
+    const float *in = m->a.res + l * Nl * C, *h, *o;
+    float *out = m->a.res + (l + 1) * Nl * C;
+    cpa_rmsnorm_forward(x.ln1, x.rstd1, in, m->p.ln1w + l * C, Nl, C, m->cfg.norm_eps);
+    CPA_TRY(tp_rows_in(m, x.ln1, &h, "the QKV projection's input"));
+    cpa_matmul_forward(x.qkv, h, m->p.qkvw + l * m->W * C, N, C, m->W);
     cpa_tensor q = rows_view(m, x.qkv, m->H, m->W), k = rows_view(m, x.qkv + HD, m->G, m->W);
     cpa_tensor v = rows_view(m, x.qkv + HD + m->G * m->D, m->G, m->W);
     rope(m, q, 0);
@@ -666,37 +998,43 @@ static cpa_status block_forward(cpa_gpt *m, int64_t l, slot x, int count)
     if (count)
         m->attn_fwd_flops += flops;
     cpa_matmul_forward(m->a.tmp, x.att, m->p.projw + l * C * HD, N, HD, C);
-    CPA_TRY(tp_sum(m, m->a.tmp, N * C, "the attention output projection (TP all-reduce)"));
-    cpa_residual_forward(x.resmid, in, m->a.tmp, N * C);
-    cpa_rmsnorm_forward(x.ln2, x.rstd2, x.resmid, m->p.ln2w + l * C, N, C, m->cfg.norm_eps);
-    cpa_matmul_forward(x.fc1, x.ln2, m->p.fc1w + l * 2 * m->F * C, N, C, 2 * m->F);
+    CPA_TRY(tp_rows_out(m, m->a.tmp, &o, "the attention output projection"));
+    cpa_residual_forward(x.resmid, in, o, Nl * C);
+    cpa_rmsnorm_forward(x.ln2, x.rstd2, x.resmid, m->p.ln2w + l * C, Nl, C, m->cfg.norm_eps);
+    CPA_TRY(tp_rows_in(m, x.ln2, &h, "the MLP's input"));
+    cpa_matmul_forward(x.fc1, h, m->p.fc1w + l * 2 * m->F * C, N, C, 2 * m->F);
     cpa_swiglu_forward(x.sw, x.fc1, N, m->F);
     cpa_matmul_forward(m->a.tmp, x.sw, m->p.fc2w + l * C * m->F, N, m->F, C);
-    CPA_TRY(tp_sum(m, m->a.tmp, N * C, "the MLP down projection (TP all-reduce)"));
-    cpa_residual_forward(out, x.resmid, m->a.tmp, N * C);
+    CPA_TRY(tp_rows_out(m, m->a.tmp, &o, "the MLP down projection"));
+    cpa_residual_forward(out, x.resmid, o, Nl * C);
     return CPA_OK;
 }
 
-/* dres holds d loss / d res[l+1] on entry and d loss / d res[l] on return. */
+/* dres [Nl, C] holds d loss / d res[l+1] on entry and d loss / d res[l] on
+ * return.  The backward of tp_rows_out is tp_rows_in and vice versa; with
+ * sp the norm outputs are gathered again for the weight gradients. */
 static cpa_status block_backward(cpa_gpt *m, int64_t l, slot x)
 {
-    const int64_t N = m->N, C = m->C, HD = m->H * m->D, F = m->F;
+    const int64_t N = m->N, Nl = m->Nl, C = m->C, HD = m->H * m->D, F = m->F;
     acts *a = &m->a;
-    const float *in = a->res + l * N * C;
-    /* MLP branch: dres is the gradient of fc2's output. */
+    const float *in = a->res + l * Nl * C, *dy, *h, *d;
+    /* MLP branch: dres is the gradient of fc2's output rows. */
+    CPA_TRY(tp_rows_in(m, a->dres, &dy, "the MLP down projection's output gradient"));
     memset(a->dsw, 0, sizeof(float) * (size_t)(N * F));
-    cpa_matmul_backward(a->dsw, m->g.fc2w + l * C * F, a->dres, x.sw, m->p.fc2w + l * C * F, N, F, C);
+    cpa_matmul_backward(a->dsw, m->g.fc2w + l * C * F, dy, x.sw, m->p.fc2w + l * C * F, N, F, C);
     memset(a->dfc1, 0, sizeof(float) * (size_t)(N * 2 * F));
     cpa_swiglu_backward(a->dfc1, a->dsw, x.fc1, N, F);
+    CPA_TRY(tp_rows_in(m, x.ln2, &h, "the MLP's input (again, for its weight gradient)"));
     memset(a->dln, 0, sizeof(float) * (size_t)(N * C));
-    cpa_matmul_backward(a->dln, m->g.fc1w + l * 2 * F * C, a->dfc1, x.ln2,
+    cpa_matmul_backward(a->dln, m->g.fc1w + l * 2 * F * C, a->dfc1, h,
                         m->p.fc1w + l * 2 * F * C, N, C, 2 * F);
-    CPA_TRY(tp_sum(m, a->dln, N * C, "the MLP input gradient (TP all-reduce)"));
-    cpa_rmsnorm_backward(a->dres, m->g.ln2w + l * C, a->dln, x.resmid, m->p.ln2w + l * C,
-                         x.rstd2, N, C); /* dres is now d/d resmid */
+    CPA_TRY(tp_rows_out(m, a->dln, &d, "the MLP input gradient"));
+    cpa_rmsnorm_backward(a->dres, m->g.ln2w + l * C, d, x.resmid, m->p.ln2w + l * C,
+                         x.rstd2, Nl, C); /* dres is now d/d resmid */
     /* Attention branch. */
+    CPA_TRY(tp_rows_in(m, a->dres, &dy, "the attention output projection's output gradient"));
     memset(a->datt, 0, sizeof(float) * (size_t)(N * HD));
-    cpa_matmul_backward(a->datt, m->g.projw + l * C * HD, a->dres, x.att, m->p.projw + l * C * HD,
+    cpa_matmul_backward(a->datt, m->g.projw + l * C * HD, dy, x.att, m->p.projw + l * C * HD,
                         N, HD, C);
     cpa_tensor q = rows_view(m, x.qkv, m->H, m->W), k = rows_view(m, x.qkv + HD, m->G, m->W);
     cpa_tensor v = rows_view(m, x.qkv + HD + m->G * m->D, m->G, m->W);
@@ -707,11 +1045,13 @@ static cpa_status block_backward(cpa_gpt *m, int64_t l, slot x)
                                lse_view(m, x.lse), rows_view(m, a->datt, m->H, HD), dq, dk, dv));
     rope(m, dq, 1);
     rope(m, dk, 1);
+    CPA_TRY(tp_rows_in(m, x.ln1, &h, "the QKV projection's input (again, for its weight "
+                                     "gradient)"));
     memset(a->dln, 0, sizeof(float) * (size_t)(N * C));
-    cpa_matmul_backward(a->dln, m->g.qkvw + l * m->W * C, a->dqkv, x.ln1, m->p.qkvw + l * m->W * C,
+    cpa_matmul_backward(a->dln, m->g.qkvw + l * m->W * C, a->dqkv, h, m->p.qkvw + l * m->W * C,
                         N, C, m->W);
-    CPA_TRY(tp_sum(m, a->dln, N * C, "the QKV input gradient (TP all-reduce)"));
-    cpa_rmsnorm_backward(a->dres, m->g.ln1w + l * C, a->dln, in, m->p.ln1w + l * C, x.rstd1, N, C);
+    CPA_TRY(tp_rows_out(m, a->dln, &d, "the QKV input gradient"));
+    cpa_rmsnorm_backward(a->dres, m->g.ln1w + l * C, d, in, m->p.ln1w + l * C, x.rstd1, Nl, C);
     return CPA_OK;
 }
 
@@ -747,8 +1087,12 @@ static cpa_status step(cpa_gpt *m, const cpa_gpt_batch *batch, int64_t long_stri
     CPA_TRY(embedding_forward(m, a->res));
     for (int64_t l = 0; l < m->L; ++l)
         CPA_TRY(block_forward(m, l, slot_of(m, m->cfg.recompute ? 0 : l), 1));
-    const float *last = a->res + m->L * N * C;
-    cpa_rmsnorm_forward(a->lnf, a->rstdf, last, m->p.lnfw, N, C, m->cfg.norm_eps);
+    const int64_t Nl = m->Nl;
+    const float *last = a->res + m->L * Nl * C;
+    /* The final norm on this rank's rows, in place among all N rows of lnf. */
+    cpa_rmsnorm_forward(a->lnf + m->n0 * C, a->rstdf, last, m->p.lnfw, Nl, C, m->cfg.norm_eps);
+    if (m->sp)
+        CPA_TRY(sp_allgather(m, NULL, a->lnf, "the LM head's input"));
     cpa_matmul_forward(a->logits, a->lnf, m->p.wte, N, C, m->Vv); /* [N, Vv]: my columns */
     CPA_TRY(tp_crossentropy_forward(m, a->logits, loss_sum));
     double ls = 0.0, lc = 0.0;
@@ -767,16 +1111,16 @@ static cpa_status step(cpa_gpt *m, const cpa_gpt_batch *batch, int64_t long_stri
     tp_crossentropy_backward(m, a->dlogits, a->logits, loss_scale);
     memset(a->dln, 0, sizeof(float) * (size_t)(N * C));
     cpa_matmul_backward(a->dln, m->g.wte, a->dlogits, a->lnf, m->p.wte, N, C, m->Vv);
-    CPA_TRY(tp_sum(m, a->dln, N * C, "the LM head input gradient (TP all-reduce)"));
-    memset(a->dres, 0, sizeof(float) * (size_t)(N * C));
-    cpa_rmsnorm_backward(a->dres, m->g.lnfw, a->dln, last, m->p.lnfw, a->rstdf, N, C);
+    const float *d;
+    CPA_TRY(tp_rows_out(m, a->dln, &d, "the LM head input gradient"));
+    memset(a->dres, 0, sizeof(float) * (size_t)(Nl * C));
+    cpa_rmsnorm_backward(a->dres, m->g.lnfw, d, last, m->p.lnfw, a->rstdf, Nl, C);
     for (int64_t l = m->L - 1; l >= 0; --l) {
         if (m->cfg.recompute) /* rebuild this block's activations from its input */
             CPA_TRY(block_forward(m, l, slot_of(m, 0), 0));
         CPA_TRY(block_backward(m, l, slot_of(m, m->cfg.recompute ? 0 : l)));
     }
-    embedding_backward(m, a->dres);
-    return CPA_OK;
+    return embedding_backward(m, a->dres);
 }
 
 cpa_status cpa_gpt_step(cpa_gpt *m, const int32_t *sample, const uint8_t *long_range,

@@ -13,8 +13,10 @@
  * the batch (cpa_gpt_step_batch: --reset-position-ids); a model with
  * sample_documents attends inside each sample's own documents
  * (--reset-attention-mask): its plan runs once per sample, each with that
- * sample's cu_seqlens (cpa_plan_set_documents).  Parameters are
- * replicated; their gradients are summed over all ranks by the trainer.
+ * sample's cu_seqlens (cpa_plan_set_documents).  With tensor parallelism
+ * (cpa_gpt_create_tp) each TP rank holds its shards of the weights (gpt.c);
+ * the CP and DP replicas hold the same ones, their gradients summed by the
+ * trainer.
  */
 #ifndef CPATTN_MODEL_GPT_H
 #define CPATTN_MODEL_GPT_H
@@ -36,6 +38,8 @@ typedef struct cpa_gpt_config {
     int recompute;        /* --recompute-granularity full: keep block inputs only */
     int sample_documents; /* --reset-attention-mask: each sample attends inside its own
                              documents (the batch's cu_seqlens); the plan runs per sample */
+    int sequence_parallel; /* --sequence-parallel (TP > 1): norms and residuals on this TP
+                              rank's N/TP token rows (see gpt.c) */
     float rope_base;      /* 10000 */
     float norm_eps;       /* 1e-5 */
     cpa_cp_config cp;     /* the attention algorithm and its options (sizes filled by the model) */
@@ -68,10 +72,45 @@ cpa_status cpa_gpt_create_tp(const cpa_gpt_config *config, MPI_Comm cp_comm, MPI
  * CPA_ERR_ARG naming the flags: what create checks first. */
 cpa_status cpa_gpt_tp_rules(const cpa_gpt_config *config);
 
+/* Checkpoints store the logical (TP = 1) parameters: their count, one TP
+ * rank's local array scattered into a logical one (padding rows of the
+ * vocabulary left out), and this rank's local array taken from a logical
+ * one.  Parameters and the optimizer's moments are sharded alike. */
+int64_t cpa_gpt_logical_params(const cpa_gpt *model);
+void cpa_gpt_to_logical(const cpa_gpt *model, int tp_rank, const float *local, float *logical);
+void cpa_gpt_from_logical(const cpa_gpt *model, const float *logical, float *local);
+
+/* Where this rank's parameter i lives in the logical layout: its index
+ * there, or -1 for a padding row of the vocabulary.  TP ranks that share a
+ * tensor (the norms; a KV head replicated when G < TP) give the same index. */
+int64_t cpa_gpt_logical_index(const cpa_gpt *model, int64_t i);
+
+/* Once per iteration, after the last micro-batch's backward (Megatron's
+ * finalize_model_grads): sum the gradients of the tensors several TP ranks
+ * hold whose ranks saw different parts of the work — with
+ * --sequence-parallel the norm weights (each TP rank saw its own token
+ * rows), with G < TP the key/value rows of a replicated KV head (each rank
+ * its own query heads).  Nothing otherwise.  Collective over the TP group. */
+cpa_status cpa_gpt_reduce_shared_grads(cpa_gpt *model, float *grads);
+
 /* The global gradient norm of this rank's gradients (after the replica
- * sum): sharded tensors' squares summed over the TP group, the replicated
- * norms' counted once.  Collective over the TP group. */
+ * sum and cpa_gpt_reduce_shared_grads): the squares summed over the TP
+ * group, a tensor held by k TP ranks counted once (each copy weighted
+ * 1/k).  Collective over the TP group. */
 double cpa_gpt_grad_norm(const cpa_gpt *model, const float *grads);
+
+/* Communication of this rank since the last reset: the TP collectives'
+ * volume per rank under a bandwidth-optimal (ring) algorithm — all-reduce
+ * 2(p-1)/p of the payload, all-gather and reduce-scatter (p-1)/p — and
+ * the time spent in them; the CP attention's bytes sent (the plans'
+ * counts) and its exposed waits. */
+typedef struct cpa_gpt_comm_stats {
+    double tp_bytes, tp_s;     /* TP collectives: volume, wall time in them */
+    double cp_bytes, cp_wait_s; /* CP attention: bytes sent, time blocked on MPI */
+    int64_t tp_calls;          /* TP collectives issued */
+} cpa_gpt_comm_stats;
+void cpa_gpt_comm_stats_get(const cpa_gpt *model, cpa_gpt_comm_stats *stats);
+void cpa_gpt_comm_stats_reset(cpa_gpt *model);
 
 /* The bytes cpa_gpt_create allocates on one of cp_size ranks (parameters,
  * gradients, activations, the attention plan and its kernel context),

@@ -40,13 +40,13 @@ struct cpa_grid {
     int host_rank, host_size;
 };
 
-static cpa_status mpi_failed(int rc, const char *what)
+cpa_status cpa_model_mpi_error(int rc, const char *what)
 {
     char text[MPI_MAX_ERROR_STRING];
     int len = 0;
     if (MPI_Error_string(rc, text, &len) != MPI_SUCCESS)
         snprintf(text, sizeof text, "error %d", rc);
-    return cpa_error(CPA_ERR_MPI, "process grid: %s failed: %s", what, text);
+    return cpa_error(CPA_ERR_MPI, "%s failed: %s", what, text);
 }
 
 static void comm_free(MPI_Comm *c)
@@ -87,7 +87,7 @@ static cpa_status build(cpa_grid *g, MPI_Comm parent, int tp_size, int cp_size)
 {
     int rc = MPI_Comm_dup(parent, &g->world);
     if (rc != MPI_SUCCESS)
-        return mpi_failed(rc, "MPI_Comm_dup");
+        return cpa_model_mpi_error(rc, "process grid: MPI_Comm_dup");
     MPI_Comm_set_errhandler(g->world, MPI_ERRORS_RETURN);
     MPI_Comm_rank(g->world, &g->world_rank);
     MPI_Comm_size(g->world, &g->world_size);
@@ -107,7 +107,7 @@ static cpa_status build(cpa_grid *g, MPI_Comm parent, int tp_size, int cp_size)
          * coordinate: name the group by its member at coordinate 0. */
         rc = MPI_Comm_split(g->world, g->world_rank - d->rank * stride, d->rank, &d->comm);
         if (rc != MPI_SUCCESS)
-            return mpi_failed(rc, "MPI_Comm_split (one group per axis)");
+            return cpa_model_mpi_error(rc, "process grid: MPI_Comm_split (one group per axis)");
         if (!axis_table[i].replicates_params)
             shard_color += d->rank * stride;
         stride *= d->size;
@@ -116,11 +116,11 @@ static cpa_status build(cpa_grid *g, MPI_Comm parent, int tp_size, int cp_size)
      * axes that replicate the parameters, in world order. */
     rc = MPI_Comm_split(g->world, shard_color, g->world_rank, &g->replicas);
     if (rc != MPI_SUCCESS)
-        return mpi_failed(rc, "MPI_Comm_split (the replica group)");
+        return cpa_model_mpi_error(rc, "process grid: MPI_Comm_split (the replica group)");
     rc = MPI_Comm_split_type(g->world, MPI_COMM_TYPE_SHARED, g->world_rank, MPI_INFO_NULL,
                              &g->host);
     if (rc != MPI_SUCCESS)
-        return mpi_failed(rc, "MPI_Comm_split_type (ranks per host)");
+        return cpa_model_mpi_error(rc, "process grid: MPI_Comm_split_type (ranks per host)");
     MPI_Comm_rank(g->host, &g->host_rank);
     MPI_Comm_size(g->host, &g->host_size);
     return CPA_OK;

@@ -113,6 +113,9 @@ const char *cpa_grid_describe(const cpa_grid *grid, char *buf, size_t cap);
  * ranks holding the same parameters: the same TP coordinate), in
  * pieces so that any int64 count works, under the watchdog.  Collective
  * over the group. */
+/* An MPI return code as CPA_ERR_MPI: "WHAT failed: <MPI's error string>". */
+cpa_status cpa_model_mpi_error(int rc, const char *what);
+
 cpa_status cpa_grid_sum_grads(const cpa_grid *grid, float *grads, int64_t count);
 
 /* In-place sum of `count` per-rank loss sums over the ranks that together

@@ -8,13 +8,18 @@
 #      for data parallelism (DP = 2 x CP = 2 and DP = 2 x CP = 1 against one
 #      rank accumulating the same global batch in micro-steps), and for tensor
 #      parallelism with GQA (TP = 2; TP = 2 x CP = 2 ring with overlap and
-#      Ulysses; TP = 2 x CP = 2 x DP = 2; TP = 4 with a padded vocabulary).
+#      Ulysses; TP = 2 x CP = 2 x DP = 2; TP = 4 with a padded vocabulary),
+#      with --sequence-parallel (TP = 2, TP = 2 x CP = 2, TP = 2 x CP = 2 x
+#      DP = 2 with recompute) and with KV heads replicated when G < TP (G = 1
+#      on TP = 2, TP = 2 x CP = 2 Ulysses, TP = 4 with SP).
 #   2. --recompute-granularity full gives the losses of the plain run (CP = 1
 #      and CP = 2 ring).
 #   3. Resume: 8 uninterrupted iterations (A) against 4 iterations stopped by
 #      --exit-interval 4 with --save (B1) and a --load of that checkpoint
 #      (B2): B2's iterations 5..8 print exactly A's losses, and B2's final
-#      checkpoint is byte-identical to A's.
+#      checkpoint is byte-identical to A's.  Checkpoints reshard: saved at
+#      TP=2 x CP=2, resumed at TP=1 x CP=4, TP=2 x CP=1 x DP=2 and with
+#      --sequence-parallel, iterations 5..8 match the uninterrupted run.
 #   4. Errors: flag-rule violations exit 2 on every rank; a checkpoint of
 #      another shape exits 2 naming hidden_size and both values; a corrupted
 #      checkpoint, a missing --load folder and a missing --data-path file exit
@@ -288,6 +293,25 @@ if train_losses 1 5 $TPB $V37; then
     same_losses "TP=4 (vocabulary 37 padded to 40) == TP=1" "$got" 4 $TPB $V37 \
         --tensor-model-parallel-size 4
 else fail "reference TP=1 G=4 V=37" "$why"; fi
+# Megatron's --sequence-parallel: norms and residuals on N/TP rows,
+# all-gather / reduce-scatter instead of the all-reduce.
+SP="--sequence-parallel"
+same_losses "TP=2 --sequence-parallel == TP=1" "$REF_TP" 2 $TPB --micro-batch-size 2 $TP2 $SP
+same_losses "TP=2 x CP=2 ring overlap --sequence-parallel == TP=1" "$REF_TP" 4 $TPB \
+    --micro-batch-size 2 $TP2 $SP --context-parallel-size 2 $RING --use-cp-send-recv-overlap
+same_losses "TP=2 x CP=2 x DP=2 --sequence-parallel recompute == TP=1" "$REF_TP" 8 $TPB \
+    --micro-batch-size 1 $TP2 $SP --context-parallel-size 2 $RING --recompute-granularity full
+# KV heads replicated when G < TP: G=1 on TP=2 and TP=4 (each rank one copy,
+# its gradient summed over the copies), with Ulysses and with SP.
+G1="--micro-batch-size 2 --num-query-groups 1"
+if train_losses 1 5 $TPB $G1; then
+    REF_G1=$got
+    same_losses "G=1 < TP=2 (KV head replicated) == TP=1" "$REF_G1" 2 $TPB $G1 $TP2
+    same_losses "G=1 < TP=2 x CP=2 ulysses == TP=1" "$REF_G1" 4 $TPB $G1 $TP2 \
+        --context-parallel-size 2 $ULY
+    same_losses "G=1 < TP=4 --sequence-parallel == TP=1" "$REF_G1" 4 $TPB $G1 \
+        --tensor-model-parallel-size 4 $SP
+else fail "reference TP=1 G=1" "$why"; fi
 same_losses "GQA G=2 ulysses CP=2 == CP=1" "$REF_GQA" 2 $BASE $GQA --context-parallel-size 2 $ULY
 
 # ---------------------------------------------------------------------------
@@ -358,6 +382,38 @@ if cmp -s "$TMP/A/checkpoint.bin" "$TMP/B/checkpoint.bin"; then
     pass "run B2: final checkpoint byte-identical to A's (params and AdamW moments)"
 else fail "run B2: final checkpoint byte-identical to A's (params and AdamW moments)" "cmp differs"; fi
 
+# Checkpoints reshard: saved at TP=2 x CP=2 they hold the logical (TP = 1)
+# tensors; resumed at TP=1 x CP=4 and at TP=2 x CP=1 x DP=2, iterations
+# 5..8 print the uninterrupted TP=2 x CP=2 run's losses within the fp32
+# tolerance of `close` (the weights move over exactly: test_gpt tp checks
+# the shards' mapping bit for bit; only the reduction order differs).
+RS="$MODEL $GQA --global-batch-size 2 --lr 1e-2 --lr-warmup-iters 2 --log-interval 1 \
+--eval-interval 0 --train-iters 8"
+TP2CP2="--micro-batch-size 2 --tensor-model-parallel-size 2 --context-parallel-size 2 $RING"
+if train_losses 4 8 $RS $TP2CP2; then
+    RS_ALL=$got
+    RS_TAIL=$(echo "$RS_ALL" | cut -d' ' -f5-8)
+    if train_losses 4 4 $RS $TP2CP2 --save "$TMP/R" --exit-interval 4 &&
+        [ "$got" = "$(echo "$RS_ALL" | cut -d' ' -f1-4)" ] && [ -f "$TMP/R/checkpoint.bin" ]; then
+        pass "reshard: TP=2 x CP=2 saves at iteration 4"
+        resume_as() { # NAME P ARGS...
+            local name=$1 np=$2
+            shift 2
+            if ! train_losses "$np" 4 $RS "$@" --load "$TMP/R"; then fail "$name" "$why"
+            elif ! grep -q "^ resumed from $TMP/R at iteration 4$" "$OUT" ||
+                [ "$(iter_numbers | tr '\n' ' ')" != "5 6 7 8 " ]; then
+                fail "$name" "did not resume at iteration 5"
+            elif ! close "$RS_TAIL" "$got"; then
+                fail "$name" "losses '$got' vs the uninterrupted run's '$RS_TAIL'"
+            else pass "$name: iterations 5..8 as the uninterrupted run ('$got')"; fi
+        }
+        resume_as "reshard: resume at TP=1 x CP=4" 4 --micro-batch-size 2 \
+            --context-parallel-size 4 $RING
+        resume_as "reshard: resume at TP=2 x CP=1 x DP=2" 4 --micro-batch-size 1 $TP2
+        resume_as "reshard: resume at TP=2 x CP=2 --sequence-parallel" 4 $TP2CP2 --sequence-parallel
+    else fail "reshard: TP=2 x CP=2 saves at iteration 4" "${why:-losses '$got' vs '$RS_ALL'}"; fi
+else fail "reshard: uninterrupted TP=2 x CP=2 run" "$why"; fi
+
 # ---------------------------------------------------------------------------
 # 4. Errors: exit code on every rank, one clear message, nothing overwritten
 # ---------------------------------------------------------------------------
@@ -380,12 +436,11 @@ expect_fail "ulysses H % (TP*CP) (H=2, TP=2, CP=2)" 4 2 $SHORT --context-paralle
     "--num-attention-heads 2" "H % (TP*CP)"
 expect_fail "TP x CP does not divide the world" 4 2 $SHORT --context-parallel-size 2 \
     --tensor-model-parallel-size 3 -- "--tensor-model-parallel-size 3" "TP x CP x DP"
-expect_fail "G % TP (G=1, TP=2)" 2 2 $SHORT --tensor-model-parallel-size 2 \
-    --num-query-groups 1 -- "--num-query-groups 1" "--tensor-model-parallel-size 2"
+expect_fail "G and TP divide neither way (G=6, TP=4)" 4 2 $SHORT --tensor-model-parallel-size 4 \
+    --num-attention-heads 12 --hidden-size 48 --num-query-groups 6 -- "--num-query-groups 6" \
+    "--tensor-model-parallel-size 4" "one must divide the other"
 expect_fail "F % TP (F=30, TP=4)" 4 2 $SHORT --tensor-model-parallel-size 4 \
     --ffn-hidden-size 30 -- "--ffn-hidden-size 30" "--tensor-model-parallel-size 4"
-expect_fail "--save with TP=2 (not supported yet)" 2 2 $SHORT --tensor-model-parallel-size 2 \
-    --save "$TMP/tp_ckpt" -- "--save" "not supported yet"
 expect_fail "hybrid without --ulysses-degree-in-cp" 4 2 $SHORT --context-parallel-size 4 $HYB \
     -- "--ulysses-degree-in-cp"
 

@@ -5,7 +5,7 @@
  * strided q/k/v views, the loss over the whole sequence).
  *
  * usage: test_gpt ALGO [U W RECOMPUTE]
- *        test_gpt tp ALGO        (4 ranks: TP = 2 x CP = 2, below)
+ *        test_gpt tp ALGO [G SP] (4 ranks: TP = 2 x CP = 2, below)
  *
  * The loss is the mean cross-entropy over the B·S tokens, summed over the
  * ranks.  For a sample of parameters from every tensor, the analytic
@@ -41,8 +41,13 @@
  * model's on one rank (1e-5 relative), and the gradient agrees with finite
  * differences, perturbing the same local element on every rank — for a
  * sharded tensor that moves one element of each TP rank's shard, so the
- * expected change is the sum of the TP ranks' gradients; for a replicated
- * norm weight it is the one gradient every TP rank holds.
+ * expected change is the sum of the TP ranks' gradients; for an element
+ * both TP ranks hold (a norm weight, the KV head when G = 1 < TP: the same
+ * logical index) it is the one gradient both hold after
+ * cpa_gpt_reduce_shared_grads.  G (default 2) and SP (1:
+ * --sequence-parallel) select the variant.  First, the logical layout of
+ * checkpoints: the shards scatter into the TP = 1 model's values bit for
+ * bit, cover it, and come back from it exactly.
  */
 #include "gpt.h"
 #include "test.h"
@@ -271,7 +276,46 @@ done:
 }
 
 /* The TP = 2 x CP = 2 check (see the top of the file). */
-static int run_tp(const char *algo)
+/* The logical layout a checkpoint holds, bit for bit: the TP = 2 shards
+ * of a model initialised like `ref` (TP = 1, the logical layout itself)
+ * scatter into ref's values and together cover every element, and each
+ * rank's shard taken from ref's array (what --load does) is its own. */
+static void check_logical(cpa_gpt *m, cpa_gpt *ref, MPI_Comm tp_comm)
+{
+    const int64_t n = cpa_gpt_num_params(m), nl = cpa_gpt_logical_params(m);
+    int tr;
+    MPI_Comm_rank(tp_comm, &tr);
+    CHECK_MSG(nl == cpa_gpt_num_params(ref), "logical count %lld, the TP = 1 model has %lld",
+              (long long)nl, (long long)cpa_gpt_num_params(ref));
+    if (nl != cpa_gpt_num_params(ref))
+        return;
+    float *logical = calloc((size_t)nl, sizeof(float)), *back = malloc(sizeof(float) * (size_t)n);
+    unsigned char *seen = calloc((size_t)nl, 1);
+    const float *rp = cpa_gpt_params_buffer(ref), *p = cpa_gpt_params_buffer(m);
+    cpa_gpt_to_logical(m, tr, p, logical);
+    int64_t bad = 0;
+    for (int64_t i = 0; i < n; ++i) {
+        const int64_t g = cpa_gpt_logical_index(m, i);
+        if (g >= 0) {
+            seen[g] = 1;
+            bad += memcmp(&logical[g], &rp[g], sizeof(float)) != 0;
+        }
+    }
+    MPI_Allreduce(MPI_IN_PLACE, seen, (int)nl, MPI_UNSIGNED_CHAR, MPI_BOR, tp_comm);
+    int64_t missing = 0;
+    for (int64_t g = 0; g < nl; ++g)
+        missing += !seen[g];
+    cpa_gpt_from_logical(m, rp, back);
+    const int same = memcmp(back, p, sizeof(float) * (size_t)n) == 0;
+    CHECK_MSG(bad == 0 && missing == 0 && same, "logical layout: %lld shard elements differ from "
+              "TP = 1, %lld logical elements held by no rank, shard from logical %s",
+              (long long)bad, (long long)missing, same ? "exact" : "differs");
+    free(logical);
+    free(back);
+    free(seen);
+}
+
+static int run_tp(const char *algo, int kv_heads, int sp)
 {
     int rank, W;
     MPI_Comm_rank(MPI_COMM_WORLD, &rank);
@@ -286,9 +330,10 @@ static int run_tp(const char *algo)
     MPI_Comm_split(MPI_COMM_WORLD, rank % 2, rank / 2, &cp_comm);
     cpa_gpt_config g;
     memset(&g, 0, sizeof g);
-    g.num_layers = 2, g.hidden = 16, g.ffn_hidden = 24, g.heads = 4, g.kv_heads = 2;
+    g.num_layers = 2, g.hidden = 16, g.ffn_hidden = 24, g.heads = 4, g.kv_heads = kv_heads;
     g.vocab = 11, g.seq_length = 16, g.micro_batch = 2;
     g.rope_base = 10000.0f, g.norm_eps = 1e-5f;
+    g.sequence_parallel = sp;
     cpa_algo_parse(algo, &g.cp.algo);
     g.cp.window = 1;
     g.cp.mask.kind = CPA_MASK_CAUSAL;
@@ -302,6 +347,7 @@ static int run_tp(const char *algo)
         return 1;
     cpa_gpt_init_params(ref, 7);
     cpa_gpt_init_params(m, 7);
+    check_logical(m, ref, tp_comm);
     float *p = cpa_gpt_params_buffer(m), *grad = cpa_gpt_grads_buffer(m);
     const int64_t n = cpa_gpt_num_params(m), tokens = g.micro_batch * g.seq_length;
     int32_t sample[2 * 17];
@@ -311,18 +357,11 @@ static int run_tp(const char *algo)
     CHECK_OK(cpa_gpt_step(ref, sample, NULL, 1.0f / (float)tokens, 0, &rl, &ls, &lc));
     memset(grad, 0, sizeof(float) * (size_t)n);
     CHECK_OK(cpa_gpt_step(m, sample, NULL, 1.0f / (float)tokens, 1, &l, &ls, &lc));
+    CHECK_OK(cpa_gpt_reduce_shared_grads(m, grad)); /* as the trainer, once per iteration */
     MPI_Allreduce(MPI_IN_PLACE, &l, 1, MPI_DOUBLE, MPI_SUM, cp_comm);
     MPI_Allreduce(MPI_IN_PLACE, grad, (int)n, MPI_FLOAT, MPI_SUM, cp_comm);
-    CHECK_MSG(fabs(l - rl) <= 1e-5 * fabs(rl), "TP=2 x CP=2 %s: loss %.9g, TP=1 %.9g", algo, l,
-              rl);
-    /* The replicated norms in the local layout: wte (6, C), ln1 (L, C), qkv
-     * (L, (2+2) * 4, C), proj (L, C, 8), ln2 (L, C), fc1 (L, 24, C), fc2
-     * (L, C, 12), lnf (C). */
-    const int64_t C = 16, L = 2, o_ln1 = 6 * C, o_qkv = o_ln1 + L * C;
-    const int64_t o_ln2 = o_qkv + L * 16 * C + L * C * 8, o_fc1 = o_ln2 + L * C;
-    const int64_t o_lnf = o_fc1 + L * 24 * C + L * C * 12;
-    CHECK_MSG(o_lnf + C == n, "the local layout: %lld parameters, expected %lld", (long long)n,
-              (long long)(o_lnf + C));
+    CHECK_MSG(fabs(l - rl) <= 1e-5 * fabs(rl), "TP=2 x CP=2 %s G=%d sp=%d: loss %.9g, TP=1 %.9g",
+              algo, kv_heads, sp, l, rl);
     float *sum = malloc(sizeof(float) * (size_t)n);
     memcpy(sum, grad, sizeof(float) * (size_t)n);
     MPI_Allreduce(MPI_IN_PLACE, sum, (int)n, MPI_FLOAT, MPI_SUM, tp_comm);
@@ -330,8 +369,12 @@ static int run_tp(const char *algo)
     double worst = 0.0;
     int checked = 0;
     for (int64_t i = 0; i < n; i += 1 + n / 61) {
-        const int replicated = (i >= o_ln1 && i < o_qkv) || (i >= o_ln2 && i < o_fc1) ||
-                               i >= o_lnf;
+        /* The same logical element on both TP ranks (a norm; the KV head
+         * when G = 1 < TP): one element moved, its gradient held by both. */
+        int64_t gi[2];
+        gi[rank % 2] = cpa_gpt_logical_index(m, i);
+        MPI_Allgather(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, gi, 1, MPI_INT64_T, tp_comm);
+        const int replicated = gi[0] == gi[1];
         const float p0 = p[i];
         p[i] = p0 + (float)h;
         double up;
@@ -350,8 +393,9 @@ static int run_tp(const char *algo)
         ++checked;
     }
     if (rank == 0)
-        printf("TP=2 x CP=2 %s: loss %.9g (TP=1: %.9g), %d parameters checked, worst |fd - "
-               "analytic| %.2g\n", algo, l, rl, checked, worst);
+        printf("TP=2 x CP=2 %s G=%d%s: loss %.9g (TP=1: %.9g), %d parameters checked, worst "
+               "|fd - analytic| %.2g\n", algo, kv_heads, sp ? " sequence-parallel" : "", l, rl,
+               checked, worst);
     free(sum);
     cpa_gpt_destroy(m);
     cpa_gpt_destroy(ref);
@@ -364,7 +408,8 @@ int main(int argc, char **argv)
 {
     MPI_Init(&argc, &argv);
     if (argc > 2 && !strcmp(argv[1], "tp")) {
-        int rc = run_tp(argv[2]), rank;
+        int rc = run_tp(argv[2], argc > 3 ? atoi(argv[3]) : 2, argc > 4 ? atoi(argv[4]) : 0),
+            rank;
         int counts[2] = {test_passed_, test_failed_}, total[2];
         MPI_Allreduce(counts, total, 2, MPI_INT, MPI_SUM, MPI_COMM_WORLD);
         MPI_Comm_rank(MPI_COMM_WORLD, &rank);
