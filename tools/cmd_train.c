@@ -799,6 +799,9 @@ static int train_main(int argc, char **argv)
         tool_say_platform(r.ceil.isa);
         tool_say_ceilings(&r.ceil);
         tool_say("# MFU = model TFLOP/s per rank / FMA peak per rank (model flops: docs/train.md)\n");
+        if (r.c.sequence_parallel && r.c.tp == 1)
+            tool_say("# --sequence-parallel: no effect at --tensor-model-parallel-size 1 "
+                     "(Megatron turns it off too)\n");
         if (r.c.load)
             rc = load(&r);
     }
