@@ -579,6 +579,80 @@ typedef struct cpa_plan_stats {
 void cpa_plan_last_stats(const cpa_plan *plan, cpa_plan_stats *stats);
 
 /* ------------------------------------------------------------------------ */
+/* The planner: choosing the algorithm from measurements                     */
+/* ------------------------------------------------------------------------ */
+
+/* What the planner measured on this job's ranks before predicting.  Links
+ * are the exchange patterns the candidates' schedules use, each timed with
+ * every rank sending at once (the ring's pattern, not a lone ping-pong). */
+#define CPA_PLANNER_MAX_LINKS 16
+
+typedef struct cpa_planner_link {
+    char what[64];      /* "ring +1 over 4", "window +2 over 4", "all-to-all over 4", ... */
+    double bytes;       /* per rank per exchange, at the size the candidates send */
+    double seconds;     /* median over repeats of the slowest rank */
+    double latency_s;   /* the same pattern with one float */
+    int inter_host;     /* 1: some rank's peer is on another host (processor name) */
+} cpa_planner_link;
+
+typedef struct cpa_planner_calibration {
+    int hosts;              /* distinct MPI processor names among the ranks */
+    int max_ranks_per_host;
+    double hidden_fraction; /* of min(transfer, compute) hidden when a ring step's
+                               transfer runs beside a kernel driving MPI progress */
+    double copy_gbytes;     /* memcpy rate (the all-to-alls' packing), GB/s */
+    int calib_heads;        /* heads the candidates' kernels were timed on (of H) */
+    int nlinks;
+    cpa_planner_link links[CPA_PLANNER_MAX_LINKS];
+    double seconds;         /* wall time of the calibration (without --validate) */
+} cpa_planner_calibration;
+
+/* One legal configuration and what the planner predicts for it, per rank
+ * (the slowest rank's times). */
+typedef struct cpa_plan_candidate {
+    cpa_cp_config config;   /* the base with algo, window, ulysses_degree and
+                               send_recv_overlap set */
+    char flags[192];        /* those settings as `cpattn attn` and `train` take them */
+    double fwd_s, bwd_s;    /* predicted forward and backward (with saved state) time */
+    double compute_s;       /* predicted kernel time, forward + backward */
+    double exposed_s;       /* predicted exposed communication, fwd + bwd */
+    double fwd_bytes, bwd_bytes; /* bytes the busiest rank sends (cpa_plan_volume) */
+    int64_t memory_bytes;   /* the plan's buffers + one saved state, per rank */
+    /* The request's rule S/(T*alpha) >= 1/(W*beta) for one ring step (< 0:
+     * not a ring schedule): a step's kernel time at the measured rate T*alpha
+     * against its transfer's time at the measured rate W*beta. */
+    double step_compute_s, step_transfer_s;
+    double kernel_gflops;   /* T*alpha: this candidate's measured kernel rate */
+    double link_gbytes;     /* W*beta: its step transfer's measured rate, GB/s */
+    /* --validate: measured by running the configuration (validated = 1). */
+    int validated;
+    double measured_fwd_s, measured_bwd_s, measured_wait_s;
+} cpa_plan_candidate;
+
+typedef struct cpa_planner_options {
+    int validate;           /* run the best `validate` candidates for real (0: none) */
+    int iters;              /* timed repeats of each measurement (0: 3) */
+} cpa_planner_options;
+
+/* Calibrate on the ranks of `comm` (collective; its size is base->cp_size)
+ * and predict every legal configuration of `base`'s problem (its shape,
+ * mask, layout, threads and TP head rule; its algorithm, window, Ulysses
+ * degree and overlap are ignored): Ulysses; the ring with and without
+ * overlap; the double ring for each window W dividing P; the hybrid for
+ * each Ulysses degree U dividing P with each window of its ring;
+ * all-gather.  *candidates (cpa_planner_free) holds *count of them, best
+ * predicted fwd + bwd first, the same on every rank.  A problem no
+ * configuration can run is refused on every rank naming why. */
+cpa_status cpa_planner_run(MPI_Comm comm, const cpa_cp_config *base,
+                           const cpa_planner_options *options, cpa_plan_candidate **candidates,
+                           int *count, cpa_planner_calibration *calibration);
+void cpa_planner_free(cpa_plan_candidate *candidates);
+
+/* The flags that select `config`'s algorithm, window, Ulysses degree and
+ * overlap, as the tools take them ("--context-parallel-algo ... "). */
+void cpa_plan_flags(const cpa_cp_config *config, char *buf, size_t cap);
+
+/* ------------------------------------------------------------------------ */
 /* The communication watchdog                                               */
 /* ------------------------------------------------------------------------ */
 
@@ -620,6 +694,89 @@ cpa_status cpa_comm_agree(MPI_Comm comm, int *code, char *msg, size_t cap, int *
 /* MPI_Bcast under the timeout. */
 cpa_status cpa_comm_bcast(void *buf, int count, MPI_Datatype type, int root, MPI_Comm comm,
                           const char *what);
+
+/* ------------------------------------------------------------------------ */
+/* Traces (docs/trace.md)                                                    */
+/* ------------------------------------------------------------------------ */
+
+/* A process-wide recorder of timed events, written as a Chrome / Perfetto
+ * trace-event JSON file (open it in https://ui.perfetto.dev or
+ * chrome://tracing).  While recording, the plans log each ring step's
+ * kernel work, every send and receive (post to completion), the time
+ * blocked in waits, the all-to-alls and all-gathers, and each forward and
+ * backward call; a program adds its own events (layers, iterations) with
+ * cpa_trace_begin / cpa_trace_end.  Not recording costs one predictable
+ * branch per event site; recording allocates nothing after
+ * cpa_trace_start (events go into its preallocated buffer; once it is
+ * full, further events are dropped, counted and reported, never a crash). */
+
+/* What an event is; its "cat" in the JSON and its colour in `cpattn
+ * trace-svg`. */
+typedef enum cpa_trace_kind {
+    CPA_TRACE_COMPUTE = 0,    /* local kernel work (one ring step, a layer's matmuls) */
+    CPA_TRACE_SEND = 1,       /* a point-to-point send, from its post to its completion */
+    CPA_TRACE_RECV = 2,       /* a point-to-point receive, from its post to its completion */
+    CPA_TRACE_WAIT = 3,       /* blocked in an MPI wait: exposed communication */
+    CPA_TRACE_ALLTOALL = 4,   /* an all-to-all (Ulysses, the hybrid's outer level) */
+    CPA_TRACE_ALLGATHER = 5,  /* an all-gather or reduce-scatter (allgather_cp_algo, SP) */
+    CPA_TRACE_COLLECTIVE = 6, /* another collective: all-reduce, broadcast */
+    CPA_TRACE_PLAN = 7,       /* one cpa_plan_forward / cpa_plan_backward call */
+    CPA_TRACE_MODEL = 8       /* a program's own spans: layers, iterations, the optimizer */
+} cpa_trace_kind;
+
+#define CPA_TRACE_KIND_COUNT 9
+#define CPA_TRACE_MAX_ARGS 4 /* numeric arguments per event */
+
+/* "compute", "send", "recv", "wait", "alltoall", "allgather", "collective",
+ * "plan", "model" ("?" outside the table). */
+const char *cpa_trace_kind_name(cpa_trace_kind kind);
+
+/* A numeric argument of an event ("args" in the JSON): `key` must be a
+ * string that outlives the trace (a literal). */
+typedef struct cpa_trace_arg {
+    const char *key;
+    double value;
+} cpa_trace_arg;
+
+/* Start recording on this process into a new buffer of `max_events`
+ * events (about 100 bytes each), dropping any earlier one.  CPA_ERR_ARG
+ * for max_events < 1, CPA_ERR_NOMEM if the buffer cannot be had.  Not
+ * collective: each rank records its own events. */
+cpa_status cpa_trace_start(int64_t max_events);
+
+/* Stop recording and free the buffer (what was recorded is lost: write it
+ * first).  Safe when not recording. */
+void cpa_trace_stop(void);
+
+/* 1 while recording. */
+int cpa_trace_recording(void);
+
+/* Events recorded and dropped (buffer full) since cpa_trace_start. */
+int64_t cpa_trace_count(void);
+int64_t cpa_trace_dropped(void);
+
+/* A program's own event: t = cpa_trace_begin() before the work (0 when not
+ * recording), cpa_trace_end(t, ...) after it, which records
+ * [t, now) on track `lane` (0: the main track, where the plans' compute and
+ * waits go; 1..31 free for the program) with up to CPA_TRACE_MAX_ARGS
+ * arguments.  `name` must outlive the trace (a literal).  Events on one
+ * lane must nest or be disjoint.  cpa_trace_end(0, ...) does nothing. */
+int64_t cpa_trace_begin(void);
+void cpa_trace_end(int64_t begin, const char *name, cpa_trace_kind kind, int lane,
+                   const cpa_trace_arg *args, int nargs);
+
+/* Write the events every rank of `comm` recorded so far as one JSON file
+ * at `path`, collectively: each rank's events go to rank 0 (in pieces of a
+ * few MiB), which writes a temporary file next to `path` and renames it
+ * into place only when every rank succeeded, so `path` is the old file or
+ * the complete new one.  "pid" is the rank in `comm`, named "rank N
+ * (host)"; "tid" a track of that rank (the main track, a receive and a send
+ * track per transfer slot), named by metadata events; "otherData" holds the
+ * dropped-event counts.  Timestamps are microseconds of the monotonic clock
+ * from the earliest event (on several hosts, clocks are aligned to rank 0's
+ * by a ping-pong estimate).  Every rank returns the same status and
+ * message.  Recording goes on unless stopped. */
+cpa_status cpa_trace_write(MPI_Comm comm, const char *path);
 
 /* ------------------------------------------------------------------------ */
 /* NumPy .npy files (float32, C order, format versions 1.0, 2.0 and 3.0)     */

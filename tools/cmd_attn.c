@@ -34,6 +34,7 @@
 #include "attn_tensors.h"
 #include "cmd.h"
 #include "cp_flags.h"
+#include "trace_opts.h"
 #include "util.h"
 
 #include "cpattn.h"
@@ -69,6 +70,8 @@ typedef struct attn_cfg {
     int save_inputs, forward_only, check, reference, allow_non_finite;
     double tol_fwd, tol_grad;
     int64_t iters, warmup, threads;
+    const char *trace;         /* --trace FILE (docs/trace.md) */
+    int64_t trace_max;         /* --trace-max-events */
 } attn_cfg;
 
 enum { LAYOUT_BSHD = 0, LAYOUT_SBHD = 1, LAYOUT_BNSD = 2 };
@@ -151,6 +154,8 @@ static const cli_option attn_options[] = {
     {.flag = "--threads", .env = "CPATTN_THREADS", .type = CLI_INT, .def = "0", .min = 0,
      .max = 4096, .help = "OpenMP threads of the kernel (per rank); 0 means "
      "omp_get_max_threads().", .offset = AT(threads)},
+    /* --trace, --trace-max-events (trace_opts.h): last, so no row index above moves. */
+    TRACE_FLAG_ROWS(AT(trace), AT(trace_max)),
 };
 
 #define ATTN_OWN ((int)(sizeof attn_options / sizeof attn_options[0]))
@@ -425,6 +430,8 @@ static int resolve(cli_args *args, attn_cfg *c)
     int rc;
     if (c->save_inputs && !c->save)
         return cli_usage(&attn_spec, "--save-inputs: needs --save DIR");
+    if (c->trace && (rc = tool_agree(tool_rank() == 0 ? trace_check_path(c->trace) : 0)))
+        return rc; /* the trace's folder, before any work */
     if (c->cpf.bnsd) {
         if (cli_given(args, "--layout") && c->layout != LAYOUT_BNSD) {
             char name[16];
@@ -696,7 +703,8 @@ static int execute(attn_run *r)
 {
     const attn_cfg *c = &r->c;
     int rc;
-    if ((rc = setup(r)) || (rc = first_run(r)))
+    if ((rc = setup(r)) || (c->trace && (rc = trace_begin(c->trace_max))) ||
+        (rc = first_run(r)))
         return rc;
     if (c->save && (rc = attn_save(&r->set, c->save,
                                    results(c) | (c->save_inputs ? T_INPUTS : 0u))))
@@ -737,6 +745,9 @@ static int attn_main(int argc, char **argv)
     if (tool_rank() == 0)
         cli_print_config(&args, stdout, "# ");
     rc = execute(&run);
+    if (!rc && run.c.trace) /* every call of the run, written once it succeeded */
+        rc = trace_finish(run.c.trace);
+    cpa_trace_stop();
     double rss = tool_peak_rss_mib();
     tool_max_to_root(&rss, 1);
     if (run.P > 1)
@@ -752,13 +763,5 @@ static int attn_main(int argc, char **argv)
 
 int cmd_attn(int argc, char **argv)
 {
-    int rc = tool_mpi_init("cpattn attn"), initialized = 0;
-    cli_set_quiet(tool_rank() != 0); /* every rank parses; rank 0 speaks */
-    if (!rc)
-        rc = attn_main(argc, argv);
-    fflush(stdout);
-    MPI_Initialized(&initialized);
-    if (initialized)
-        MPI_Finalize();
-    return rc;
+    return tool_mpi_command("cpattn attn", 1, attn_main, argc, argv);
 }

@@ -15,6 +15,7 @@
 #include "args.h"
 #include "cmd.h"
 #include "cp_flags.h"
+#include "trace_opts.h"
 #include "util.h"
 
 #include "checkpoint.h"
@@ -38,6 +39,8 @@ typedef struct train_cfg {
     double lr, min_lr, wd, clip;
     cp_flags cpf; /* the context-parallel flags, shared with attn (cp_flags.h) */
     const char *save, *load, *data_path, *split;
+    const char *trace; /* --trace FILE (docs/trace.md) */
+    int64_t trace_max; /* --trace-max-events */
     /* Not flags: which of the data flags were given (check_rules). */
     int vocab_given, split_given, eod_given;
 } train_cfg;
@@ -132,6 +135,8 @@ static const cli_option train_options[] = {
     {.flag = "--threads", .env = "CPATTN_THREADS", .type = CLI_INT, .def = "1",
      .help = "OpenMP threads per rank (kernels and GEMMs).", .min = 1, .max = 1024,
      .offset = AT(threads)},
+    /* --trace, --trace-max-events (trace_opts.h): last, so no row index above moves. */
+    TRACE_FLAG_ROWS(AT(trace), AT(trace_max)),
 };
 
 #define TRAIN_OWN ((int)(sizeof train_options / sizeof train_options[0]))
@@ -153,8 +158,11 @@ static cli_spec train_spec = {
 const cli_spec *cmd_train_spec(void)
 {
     if (!train_spec.count)
+    {
         train_spec.count = cp_build_table(train_table, train_options, TRAIN_OWN, TRAIN_CP_AT,
                                           AT(cpf), "CP ranks per sequence (world = TP x CP x DP).");
+        cp_flags_allow_auto(train_table, train_spec.count);
+    }
     return &train_spec;
 }
 
@@ -294,6 +302,56 @@ static int make_data(train_run *r)
     if (!err && s != CPA_OK)
         err = tool_fail(s == CPA_ERR_ARG || s == CPA_ERR_FORMAT ? 2 : 1, "%s%s",
                         c->data_path ? "--data-path: " : "", cpa_last_error());
+    return tool_agree(err);
+}
+
+/* --context-parallel-algo auto: the planner on this rank's CP group, over
+ * the attention each TP rank runs (H/TP heads, its KV heads), then world
+ * rank 0's choice for everyone, so every group and replica runs the same
+ * configuration (groups calibrate at once and could differ by noise). */
+static int choose_algo(train_run *r)
+{
+    train_cfg *c = &r->c;
+    const int64_t tp = c->tp;
+    cpa_cp_config base = {.cp_size = (int)c->cpf.cp, .window = 1, .ulysses_degree = 1,
+                          .tp_size = 1, .batch = c->B, .seq_length = c->S,
+                          .num_heads = c->H / tp, .num_kv_heads = c->G >= tp ? c->G / tp : 1,
+                          .head_dim = c->C / c->H, .v_head_dim = c->C / c->H,
+                          .num_threads = (int)c->threads};
+    cp_flags_apply(&c->cpf, &base);
+    base.algo = CPA_ALGO_RING;
+    base.layout = c->cpf.bnsd ? CPA_LAYOUT_BNSD : CPA_LAYOUT_BSHD;
+    cpa_planner_options opt = {.iters = 2};
+    cpa_plan_candidate *k = NULL;
+    cpa_planner_calibration cal;
+    int n = 0, err = 0;
+    int pick[4] = {0, 1, 1, 0};
+    cpa_status s = cpa_planner_run(cpa_grid_comm(r->grid, CPA_GRID_CP), &base, &opt, &k, &n,
+                                   &cal);
+    if (s != CPA_OK)
+        err = tool_fail(s == CPA_ERR_ARG ? 2 : 1, "--context-parallel-algo auto: %s",
+                        cpa_last_error());
+    else
+        pick[0] = (int)k[0].config.algo, pick[1] = k[0].config.window,
+        pick[2] = k[0].config.ulysses_degree, pick[3] = k[0].config.send_recv_overlap;
+    if ((err = tool_agree(err)))
+        return err;
+    if (cpa_comm_bcast(pick, 4, MPI_INT, 0, MPI_COMM_WORLD, "the planner's choice") != CPA_OK)
+        err = tool_fail(1, "--context-parallel-algo auto: %s", cpa_last_error());
+    if (!err) {
+        c->cpf.algo = pick[0], c->cpf.window = pick[1], c->cpf.ulysses = pick[2];
+        c->cpf.overlap = pick[3];
+        cpa_cp_config chosen = base;
+        chosen.algo = (cpa_algo)pick[0], chosen.window = pick[1];
+        chosen.ulysses_degree = pick[2], chosen.send_recv_overlap = pick[3];
+        char flags[192];
+        cpa_plan_flags(&chosen, flags, sizeof flags);
+        tool_say("# --context-parallel-algo auto: the planner chose %s (of %d configurations; "
+                 "predicted %.2f ms attention fwd+bwd per layer per micro-batch; calibration "
+                 "%.1f s on %d host(s))\n",
+                 flags, n, 1e3 * (k[0].fwd_s + k[0].bwd_s), cal.seconds, cal.hosts);
+    }
+    cpa_planner_free(k);
     return tool_agree(err);
 }
 
@@ -603,7 +661,10 @@ static int batch_pass(train_run *r, int split, int64_t it, int backward, double 
                     cpa_data_sample_documents(r->data, tok, r->cu_seqlens + b * (c->S + 1));
         }
         double l, ls, lc;
+        const int64_t tt = cpa_trace_begin();
         cpa_status s = cpa_gpt_step_batch(r->model, &batch, scale, backward, &l, &ls, &lc);
+        cpa_trace_end(tt, backward ? "micro-batch" : "evaluation batch", CPA_TRACE_MODEL, 0,
+                      (cpa_trace_arg[]){{"micro_batch", (double)m}, {"iteration", (double)it}}, 2);
         if (s != CPA_OK)
             return tool_agree(tool_fail(1, "step %lld: %s", (long long)it, cpa_last_error()));
         sums[0] += l, sums[1] += ls, sums[2] += lc;
@@ -649,6 +710,7 @@ static int train(train_run *r)
     }
     for (int64_t it = r->start_iter; it < c->iters; ++it) {
         double t0 = MPI_Wtime();
+        const int64_t trace_it = cpa_trace_begin(); /* the iteration's span (docs/trace.md) */
         cpa_gpt_comm_stats_reset(r->model);
         memset(grads, 0, sizeof(float) * (size_t)r->n);
         double sums[4];
@@ -657,9 +719,12 @@ static int train(train_run *r)
             return err;
         /* Megatron's finalize_model_grads: the TP-shared tensors' partial
          * gradients, then the replicas' sum. */
+        int64_t tt = cpa_trace_begin();
         if (cpa_gpt_reduce_shared_grads(r->model, grads) != CPA_OK ||
             cpa_grid_sum_grads(r->grid, grads, r->n) != CPA_OK)
             return tool_agree(tool_fail(1, "%s", cpa_last_error()));
+        cpa_trace_end(tt, "gradient reduction", CPA_TRACE_MODEL, 0,
+                      (cpa_trace_arg[]){{"bytes", 4.0 * (double)r->n}}, 1);
         double norm = cpa_gpt_grad_norm(r->model, grads); /* TP: shards' squares summed */
         /* Megatron's guard: a NaN or Inf loss or gradient stops the run
          * before the update, so neither the weights nor any checkpoint ever
@@ -673,8 +738,13 @@ static int train(train_run *r)
         }
         float clip = (c->clip > 0 && norm > c->clip) ? (float)(c->clip / norm) : 1.0f;
         float lr = cpa_lr_at(&r->opt, it);
+        tt = cpa_trace_begin();
         cpa_adamw_update(&r->opt, params, grads, r->adam_m, r->adam_v, cpa_gpt_decay_mask(r->model),
                          r->n, it + 1, lr, clip);
+        cpa_trace_end(tt, "optimizer step", CPA_TRACE_MODEL, 0,
+                      (cpa_trace_arg[]){{"parameters", (double)r->n}}, 1);
+        cpa_trace_end(trace_it, "iteration", CPA_TRACE_MODEL, 0,
+                      (cpa_trace_arg[]){{"iteration", (double)(it + 1)}}, 1);
         double dt = MPI_Wtime() - t0;
         window_t += dt, total_t += dt, ++window_n, ++done;
         window_flops += cpa_gpt_step_flops(r->model) * (double)r->accum;
@@ -762,6 +832,8 @@ static int train_main(int argc, char **argv)
      * with --save-interval 0, after the whole run. */
     if (r.c.save && (rc = tool_agree(r.rank == 0 ? tool_check_output_dir("--save", r.c.save) : 0)))
         return rc;
+    if (r.c.trace && (rc = tool_agree(r.rank == 0 ? trace_check_path(r.c.trace) : 0)))
+        return rc; /* --trace's folder, before any work */
     cpa_grid_config grid = {.cp_size = (int)r.c.cpf.cp, .tp_size = (int)r.c.tp};
     cpa_status gs = cpa_grid_create(MPI_COMM_WORLD, &grid, &r.grid);
     rc = gs == CPA_OK ? 0 : tool_fail(gs == CPA_ERR_ARG ? 2 : 1, "%s", cpa_last_error());
@@ -772,6 +844,8 @@ static int train_main(int argc, char **argv)
         cli_print_config(&args, stdout, "# ");
         printf("# %s\n", cpa_grid_describe(r.grid, layout, sizeof layout));
     }
+    if (r.c.cpf.algo == CP_ALGO_AUTO && (rc = choose_algo(&r)))
+        return rc;
     rc = setup(&r);
     if (!rc) {
         char data[1024];
@@ -807,21 +881,18 @@ static int train_main(int argc, char **argv)
     }
     if (!rc)
         rc = guard_save(&r);
+    if (!rc && r.c.trace) /* the trace: the iterations, not the set-up */
+        rc = trace_begin(r.c.trace_max);
     if (!rc)
         rc = train(&r);
+    if (!rc && r.c.trace)
+        rc = trace_finish(r.c.trace);
+    cpa_trace_stop();
     teardown(&r);
     return rc;
 }
 
 int cmd_train(int argc, char **argv)
 {
-    int rc = tool_mpi_init("cpattn train"), initialized = 0;
-    cli_set_quiet(tool_rank() != 0);
-    if (!rc)
-        rc = train_main(argc, argv);
-    fflush(stdout);
-    MPI_Initialized(&initialized);
-    if (initialized)
-        MPI_Finalize();
-    return rc;
+    return tool_mpi_command("cpattn train", 1, train_main, argc, argv);
 }

@@ -9,6 +9,7 @@
 
 /* "a|b|c" and "a: summary; b: ..." from the library's table, built once. */
 static char algo_choices[512], algo_help[2048];
+static char auto_choices[560], auto_help[2400]; /* the same with "auto" (train) */
 
 static void build_algo_texts(void)
 {
@@ -27,6 +28,19 @@ static void build_algo_texts(void)
             nh += (size_t)snprintf(algo_help + nh, sizeof algo_help - nh, " %s: %s.", info.name,
                                    info.summary);
     }
+    snprintf(auto_choices, sizeof auto_choices, "%s|auto", algo_choices);
+    snprintf(auto_help, sizeof auto_help, "%s auto: the planner (`cpattn plan`) calibrates the "
+             "job's ranks at start-up and picks the algorithm, window, Ulysses degree and "
+             "overlap it predicts fastest for this model's attention; rank 0 prints its choice.",
+             algo_help);
+}
+
+void cp_flags_allow_auto(cli_option *rows, int n)
+{
+    build_algo_texts();
+    for (int i = 0; i < n; ++i)
+        if (!strcmp(rows[i].flag, "--context-parallel-algo"))
+            rows[i].choices = auto_choices, rows[i].help = auto_help;
 }
 
 void cp_flag_rows(cli_option *rows, size_t base, const char *cp_help)

@@ -43,6 +43,11 @@ void cp_flag_rows(cli_option *rows, size_t base, const char *cp_help);
 int cp_build_table(cli_option *out, const cli_option *own, int n_own, int at, size_t base,
                    const char *cp_help);
 
+/* Let --context-parallel-algo of the table `rows` (n rows) also take
+ * "auto" (its index is CP_ALGO_AUTO): the trainer's planner choice. */
+void cp_flags_allow_auto(cli_option *rows, int n);
+#define CP_ALGO_AUTO cpa_algo_count()
+
 /* The plan configuration's algorithm, degrees, overlap and mask (kind and
  * window; documents are the command's). */
 void cp_flags_apply(const cp_flags *f, cpa_cp_config *cc);

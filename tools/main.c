@@ -22,8 +22,12 @@ static const struct {
     {"bench", cmd_bench, "benchmarks (`cpattn bench kernel`: kernel GFLOP/s vs same-run sgemm)"},
     {"preprocess", cmd_preprocess, "write Megatron's indexed dataset (PREFIX.bin/.idx) from text or "
                                    "JSON-lines files, byte-level tokens"},
+    {"plan", cmd_plan, "choose the context-parallel configuration from measurements on this "
+                       "job's ranks (under mpiexec)"},
     {"algos", cmd_algos, "the context-parallel algorithms; with --context-parallel-size P, every valid configuration "
                          "with its memory and communication volume"},
+    {"trace-svg", cmd_trace_svg, "draw a --trace JSON file as an SVG timeline (one lane per rank "
+                                 "and track; docs/trace.md)"},
 };
 
 static void usage(FILE *f)
@@ -54,7 +58,10 @@ int main(int argc, char **argv)
     for (size_t i = 0; i < sizeof subcommands / sizeof subcommands[0]; ++i)
         if (!strcmp(argv[1], subcommands[i].name))
             return subcommands[i].run(argc - 1, argv + 1);
-    fprintf(stderr, "cpattn: unknown subcommand '%s' (expected one of: attn, train, bench, preprocess, algos; see cpattn --help)\n",
-            argv[1]);
+    /* The choices come from the table, so a new subcommand is named too. */
+    fprintf(stderr, "cpattn: unknown subcommand '%s' (expected one of:", argv[1]);
+    for (size_t i = 0; i < sizeof subcommands / sizeof subcommands[0]; ++i)
+        fprintf(stderr, "%s %s", i ? "," : "", subcommands[i].name);
+    fprintf(stderr, "; see cpattn --help)\n");
     return EXIT_USAGE;
 }

@@ -3,6 +3,7 @@
  */
 #include "util.h"
 
+#include "args.h"
 #include "cmd.h"
 
 #include <errno.h>
@@ -324,6 +325,21 @@ static const char *g_command = "cpattn"; /* message prefix */
 static char g_msg[2048];                 /* this rank's first error, until tool_agree */
 
 static void abort_on_timeout(const char *message, void *arg);
+
+int tool_mpi_command(const char *command, int quiet_others, int (*body)(int, char **), int argc,
+                     char **argv)
+{
+    int rc = tool_mpi_init(command), initialized = 0;
+    if (quiet_others)
+        cli_set_quiet(tool_rank() != 0); /* every rank parses; rank 0 speaks */
+    if (!rc)
+        rc = body(argc, argv);
+    fflush(stdout);
+    MPI_Initialized(&initialized);
+    if (initialized)
+        MPI_Finalize();
+    return rc;
+}
 
 int tool_mpi_init(const char *command)
 {

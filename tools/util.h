@@ -107,6 +107,13 @@ int tool_make_dirs(const char *dir);
  * agreed exit code (1 after printing why).  Pair with MPI_Finalize() on
  * every path. */
 int tool_mpi_init(const char *command);
+
+/* A whole MPI subcommand: tool_mpi_init, then `body(argc, argv)` with every
+ * rank but 0 silenced in the flag parser when `quiet_others`, then stdout
+ * flushed and MPI finalised on every path.  Returns body's exit code (or
+ * the init's). */
+int tool_mpi_command(const char *command, int quiet_others, int (*body)(int, char **), int argc,
+                     char **argv);
 int tool_rank(void);
 int tool_world_size(void);
 

@@ -4,6 +4,7 @@
  * every wait is a test loop with a deadline (cpa_comm_wait).
  */
 #include "comm.h"
+#include "trace.h"
 
 #include <limits.h>
 #include <stdarg.h>
@@ -67,6 +68,7 @@ cpa_status cpa_comm_allreduce(void *buf, int64_t count, MPI_Datatype type, MPI_O
 {
     int size = 0;
     MPI_Type_size(type, &size);
+    const int64_t trace_t = cpa_trace_t0();
     const int64_t chunk = (int64_t)1 << 30; /* well inside MPI's int count */
     for (int64_t off = 0; off < count; off += chunk) {
         int n = (int)(count - off < chunk ? count - off : chunk);
@@ -77,6 +79,8 @@ cpa_status cpa_comm_allreduce(void *buf, int64_t count, MPI_Datatype type, MPI_O
         CPA_TRY(cpa_comm_wait(1, &req, "%s (all-reduce of %lld elements from offset %lld)", what,
                               (long long)n, (long long)off));
     }
+    CPA_TRACE_END(trace_t, "all-reduce", CPA_TRACE_COLLECTIVE, CPA_TRACE_LANE_MAIN,
+                  {"bytes", (double)count * size});
     return CPA_OK;
 }
 
@@ -189,6 +193,78 @@ cpa_status cpa_comm_dup(MPI_Comm comm, MPI_Comm *out)
     return CPA_OK;
 }
 
+/* ---- tracing of transfers (only while recording: see trace.h) ------------------ */
+
+/* `peer` of `comm` in MPI_COMM_WORLD's numbering, so that every event
+ * names ranks the way the trace's processes are numbered. */
+static int world_rank_of(MPI_Comm comm, int peer)
+{
+    MPI_Group g, wg;
+    int out = peer;
+    if (comm == MPI_COMM_WORLD || MPI_Comm_group(comm, &g) != MPI_SUCCESS)
+        return peer;
+    if (MPI_Comm_group(MPI_COMM_WORLD, &wg) == MPI_SUCCESS) {
+        if (MPI_Group_translate_ranks(g, 1, &peer, wg, &out) != MPI_SUCCESS)
+            out = peer;
+        MPI_Group_free(&wg);
+    }
+    MPI_Group_free(&g);
+    return out;
+}
+
+static void trace_posted(cpa_xfer *x, int h, int64_t t, double recv_bytes, MPI_Comm recv_comm,
+                         double send_bytes, MPI_Comm send_comm)
+{
+    x->trace_post[h] = t;
+    x->trace_done[2 * h] = x->trace_done[2 * h + 1] = 0;
+    x->trace_bytes[2 * h] = recv_bytes;
+    x->trace_bytes[2 * h + 1] = send_bytes;
+    x->trace_peer[2 * h] = x->peer_from[h] >= 0 ? world_rank_of(recv_comm, x->peer_from[h]) : -1;
+    x->trace_peer[2 * h + 1] = x->peer_to[h] >= 0 ? world_rank_of(send_comm, x->peer_to[h]) : -1;
+}
+
+/* MPI_Testsome over every request: the same progress as MPI_Testall, and
+ * the time each request is first seen complete. */
+static void trace_progress(cpa_xfer *x)
+{
+    int idx[2 * CPA_XFER_SLOTS], n = 0;
+    if (MPI_Testsome(2 * CPA_XFER_SLOTS, x->req, &n, idx, MPI_STATUSES_IGNORE) != MPI_SUCCESS ||
+        n == MPI_UNDEFINED)
+        return;
+    const int64_t now = cpa_trace_clock();
+    for (int i = 0; i < n; ++i)
+        if (!x->trace_done[idx[i]])
+            x->trace_done[idx[i]] = now;
+}
+
+/* After the wait on slot h that began at `t_wait`: the wait (exposed
+ * communication, on the main track), then the receive and the send, each
+ * from its post to its completion (a request not seen complete earlier
+ * completed during the wait), on the slot's own tracks. */
+static void trace_completed(cpa_xfer *x, int h, int64_t t_wait)
+{
+    const int64_t now = cpa_trace_clock();
+    const int traced = x->trace_post[h] != 0; /* else the peers are the group's ranks */
+    CPA_TRACE_END(t_wait, "wait", CPA_TRACE_WAIT, CPA_TRACE_LANE_MAIN,
+                  {"recv_from", x->peer_from[h] >= 0 && traced ? x->trace_peer[2 * h]
+                                                               : x->peer_from[h]},
+                  {"send_to", x->peer_to[h] >= 0 && traced ? x->trace_peer[2 * h + 1]
+                                                           : x->peer_to[h]});
+    if (!x->trace_post[h])
+        return; /* posted before recording started */
+    for (int side = 0; side < 2; ++side) {
+        const int r = 2 * h + side;
+        if ((side == 0 ? x->peer_from[h] : x->peer_to[h]) < 0)
+            continue;
+        const int64_t done = x->trace_done[r] ? x->trace_done[r] : now;
+        const cpa_trace_arg args[2] = {{"peer", x->trace_peer[r]}, {"bytes", x->trace_bytes[r]}};
+        cpa_trace_record(x->trace_post[h], done, x->what[h] ? x->what[h] : "transfer",
+                         side == 0 ? CPA_TRACE_RECV : CPA_TRACE_SEND,
+                         CPA_TRACE_LANE_XFER + r, args, 2);
+    }
+    x->trace_post[h] = 0;
+}
+
 void cpa_xfer_init(cpa_xfer *x)
 {
     memset(x, 0, sizeof *x);
@@ -245,17 +321,26 @@ cpa_status cpa_xfer_post(cpa_xfer *x, const float *sendbuf, int64_t send_count, 
     x->peer_to[h] = sendbuf ? dest : -1;
     x->what[h] = what;
     *handle = h;
+    const int64_t trace_t = cpa_trace_t0();
+    if (trace_t)
+        trace_posted(x, h, trace_t, recvbuf ? (double)recv_count * sizeof(float) : 0.0,
+                     recv_comm, sendbuf ? (double)send_count * sizeof(float) : 0.0, send_comm);
     return CPA_OK;
 }
 
 cpa_status cpa_xfer_wait(cpa_xfer *x, int handle)
 {
     double t0 = MPI_Wtime();
+    const int64_t trace_t = cpa_trace_t0();
+    if (trace_t)
+        trace_progress(x); /* stamp what completed before the wait */
     cpa_status st = cpa_comm_wait(2, &x->req[2 * handle], "%s%s%s: receive from rank %d / send to "
                                   "rank %d (ranks in the plan's group)", x->context,
                                   x->context[0] ? ", " : "", x->what[handle] ? x->what[handle] : "transfer",
                                   x->peer_from[handle], x->peer_to[handle]);
     x->wait_s += MPI_Wtime() - t0;
+    if (trace_t)
+        trace_completed(x, handle, trace_t);
     x->busy[handle] = 0;
     return st;
 }
@@ -264,6 +349,10 @@ void cpa_xfer_progress(void *arg)
 {
     cpa_xfer *x = arg;
     int done;
+    if (atomic_load_explicit(&cpa_trace_on_, memory_order_relaxed)) {
+        trace_progress(x); /* the same progress, noting when each request completed */
+        return;
+    }
     /* Completed requests become MPI_REQUEST_NULL, which later waits accept. */
     MPI_Testall(2 * CPA_XFER_SLOTS, x->req, &done, MPI_STATUSES_IGNORE);
 }
@@ -274,5 +363,5 @@ void cpa_xfer_drain(cpa_xfer *x)
     cpa_comm_wait(2 * CPA_XFER_SLOTS, x->req, "%s%scleanup of the transfers in flight",
                   x->context, x->context[0] ? ", " : "");
     for (int h = 0; h < CPA_XFER_SLOTS; ++h)
-        x->busy[h] = 0;
+        x->busy[h] = 0, x->trace_post[h] = 0; /* nothing of a failed step is traced */
 }

@@ -30,6 +30,14 @@ typedef struct cpa_xfer {
     char context[96]; /* where the caller is ("ring forward, step 2 of 4"), for messages */
     double wait_s;     /* time blocked in cpa_xfer_wait since the last reset */
     double bytes_sent; /* bytes posted for sending since the last reset */
+    /* Tracing (src/core/trace.h), filled only while recording: when slot h
+     * was posted (0: not traced), when each request was seen complete (0:
+     * not yet), what it carries and its peer in MPI_COMM_WORLD's numbering;
+     * [2h] the receive, [2h+1] the send, as in req. */
+    int64_t trace_post[CPA_XFER_SLOTS];
+    int64_t trace_done[2 * CPA_XFER_SLOTS];
+    double trace_bytes[2 * CPA_XFER_SLOTS];
+    int trace_peer[2 * CPA_XFER_SLOTS];
 } cpa_xfer;
 
 void cpa_xfer_init(cpa_xfer *x);

@@ -30,6 +30,7 @@
  */
 #include "cp_internal.h"
 #include "kernel_internal.h"
+#include "trace.h"
 
 #include <string.h>
 
@@ -231,6 +232,7 @@ static cpa_status gather_kv(ag_state *g, cpa_tensor k, cpa_tensor v)
     const int64_t koff = g->B * g->Sl * g->G * g->Dqk;
     cpa_tensor_copy(mine_view(g, 0, g->Dqk), k);
     cpa_tensor_copy(mine_view(g, koff, g->Dv), v);
+    const int64_t tt = cpa_trace_t0();
     double t0 = cpa_wtime();
     for (int64_t c0 = 0; c0 < g->slab; c0 += g->chunk) {
         const int n = (int)(g->slab - c0 < g->chunk ? g->slab - c0 : g->chunk);
@@ -245,6 +247,8 @@ static cpa_status gather_kv(ag_state *g, cpa_tensor k, cpa_tensor v)
     }
     g->wait_s += cpa_wtime() - t0;
     g->bytes_sent += 4.0 * (double)g->slab * (g->P - 1);
+    CPA_TRACE_END(tt, "K/V all-gather", CPA_TRACE_ALLGATHER, CPA_TRACE_LANE_MAIN,
+                  {"bytes", 4.0 * (double)g->slab * (g->P - 1)}, {"ranks", g->P});
     for (int j = 0; j < g->P; ++j) {
         rows_copy(g, j, g->k, g->Dqk, 0, 0);
         rows_copy(g, j, g->v, g->Dv, 1, 0);
@@ -282,10 +286,13 @@ static cpa_status ag_forward(void *state, float *saved, cpa_tensor q, cpa_tensor
     cpa_attn_desc d;
     cpa_piece pc[CPA_SPLIT_MAX_PIECES];
     block_desc(g, q, pc, &d);
+    const int64_t tt = cpa_trace_t0();
     double t0 = cpa_wtime();
     cpa_status s = cpa_attn_forward(g->ctx, &d, out, lse);
     g->compute_s += cpa_wtime() - t0;
     g->flops += cpa_attn_forward_flops(&d);
+    CPA_TRACE_END(tt, "forward step", CPA_TRACE_COMPUTE, CPA_TRACE_LANE_MAIN, {"step", 1},
+                  {"owner", g->r}, {"flops", g->flops});
     return s;
 }
 
@@ -302,10 +309,13 @@ static cpa_status ag_backward(void *state, const float *saved, cpa_tensor q, cpa
     cpa_attn_desc d;
     cpa_piece pc[CPA_SPLIT_MAX_PIECES];
     block_desc(g, q, pc, &d);
+    int64_t tt = cpa_trace_t0();
     double t0 = cpa_wtime();
     CPA_TRY(cpa_attn_backward(g->ctx, &d, out, lse, dout, dq, dK, dV));
     g->compute_s += cpa_wtime() - t0;
     g->flops += 2.5 * cpa_attn_forward_flops(&d);
+    CPA_TRACE_END(tt, "backward step", CPA_TRACE_COMPUTE, CPA_TRACE_LANE_MAIN, {"step", 1},
+                  {"owner", g->r}, {"flops", g->flops});
 
     /* Every rank's dK/dV rows into its slab, then the sums of mine. */
     const int64_t koff = g->B * g->Sl * g->G * g->Dqk;
@@ -313,6 +323,7 @@ static cpa_status ag_backward(void *state, const float *saved, cpa_tensor q, cpa
         rows_copy(g, j, g->dk, g->Dqk, 0, 1);
         rows_copy(g, j, g->dv, g->Dv, 1, 1);
     }
+    tt = cpa_trace_t0();
     t0 = cpa_wtime();
     for (int64_t c0 = 0; c0 < g->slab; c0 += g->chunk) {
         const int n = (int)(g->slab - c0 < g->chunk ? g->slab - c0 : g->chunk);
@@ -327,6 +338,8 @@ static cpa_status ag_backward(void *state, const float *saved, cpa_tensor q, cpa
     }
     g->wait_s += cpa_wtime() - t0;
     g->bytes_sent += 4.0 * (double)g->slab * (g->P - 1);
+    CPA_TRACE_END(tt, "dK/dV reduce-scatter", CPA_TRACE_ALLGATHER, CPA_TRACE_LANE_MAIN,
+                  {"bytes", 4.0 * (double)g->slab * (g->P - 1)}, {"ranks", g->P});
     cpa_tensor_copy(dk, mine_view(g, 0, g->Dqk));
     cpa_tensor_copy(dv, mine_view(g, koff, g->Dv));
     return CPA_OK;

@@ -263,6 +263,28 @@ cpa_split cpa_balanced_split(const cpa_cp_config *c);
  * (*table = NULL). */
 cpa_status cpa_split_fill_table(cpa_split *split, int64_t S, cpa_mask mask, int32_t **table);
 
+/* Every rank learns whether any rank failed; if one did, all return the
+ * status and message of the lowest failing rank (plans, the planner). */
+cpa_status cpa_cp_agree(MPI_Comm comm, cpa_status mine);
+
+/* The planner's cost model of one configuration's schedule (planner.c),
+ * for a sequence that divides evenly: what travels, in how many steps and
+ * calls.  Its byte totals must equal the engines' counters (bytes_sent);
+ * the planner tests check them for every algorithm. */
+typedef struct cpa_planner_sched {
+    int U;                  /* Ulysses group (Ulysses: P; hybrid: U; else 1) */
+    int ring_steps, window; /* ring steps per call (0: no ring), its window */
+    double block_bytes;     /* one K/V block (= one dK/dV accumulator) */
+    double ring_fwd_bytes, ring_bwd_bytes;
+    int a2a_fwd_calls, a2a_bwd_calls;
+    double a2a_fwd_bytes, a2a_bwd_bytes, a2a_slab_floats;
+    double gather_bytes;    /* each all-gather of K/V (allgather_cp_algo) */
+    double scatter_bytes;   /* its dK/dV reduce-scatter */
+    double fwd_bytes, bwd_bytes; /* totals per rank */
+} cpa_planner_sched;
+
+void cpa_planner_schedule(const cpa_cp_config *config, cpa_planner_sched *s);
+
 /* Rules shared by rows: the double ring's window (of `of` = R ranks). */
 cpa_status cpa_window_rule(int W, int R, const char *of);
 

@@ -7,6 +7,7 @@
  */
 #include "cp_internal.h"
 #include "kernel_internal.h"
+#include "trace.h"
 
 #include <limits.h>
 #include <stdio.h>
@@ -242,9 +243,7 @@ static cpa_status check_same_everywhere(MPI_Comm comm, const cpa_cp_config *c)
     return CPA_OK;
 }
 
-/* Every rank learns whether any rank failed; if one did, all return the
- * status and message of the lowest failing rank. */
-static cpa_status agree(MPI_Comm comm, cpa_status mine)
+cpa_status cpa_cp_agree(MPI_Comm comm, cpa_status mine)
 {
     int code = (int)mine, who = -1;
     char msg[1024];
@@ -267,7 +266,7 @@ cpa_status cpa_plan_create(MPI_Comm comm, const cpa_cp_config *config, cpa_plan 
         s = cpa_error(CPA_ERR_ARG, "cpa_plan_create: config and out must not be NULL");
     else
         s = validate(config, world);
-    CPA_TRY(agree(comm, s));
+    CPA_TRY(cpa_cp_agree(comm, s));
 
     CPA_TRY(check_same_everywhere(comm, config));
 
@@ -313,7 +312,7 @@ cpa_status cpa_plan_create(MPI_Comm comm, const cpa_cp_config *config, cpa_plan 
     if (s == CPA_OK)
         s = plan->row->init(plan->comm, &plan->cfg, plan->split, plan->ctx, &plan->state);
     /* Allocation can fail on one rank only: agree before anyone proceeds. */
-    cpa_status all = agree(comm, s);
+    cpa_status all = cpa_cp_agree(comm, s);
     if (all != CPA_OK) {
         cpa_plan_destroy(plan);
         return all;
@@ -463,10 +462,14 @@ cpa_status cpa_plan_forward(cpa_plan *plan, cpa_plan_saved *saved, cpa_tensor q,
         saved->filled = 0; /* until this forward succeeds */
     CPA_TRY(check_io(plan, &q, &k, &v, &out, &lse));
     double t0 = cpa_wtime();
+    const int64_t tt = cpa_trace_t0();
     cpa_status s = plan->row->forward(plan->state, saved ? saved->data : NULL, q, k, v, out, lse);
     note_outcome(plan, s);
     plan->row->stats(plan->state, &plan->stats);
     plan->stats.total_s = cpa_wtime() - t0;
+    CPA_TRACE_END(tt, "plan forward", CPA_TRACE_PLAN, CPA_TRACE_LANE_MAIN,
+                  {"bytes_sent", plan->stats.bytes_sent}, {"flops", plan->stats.flops},
+                  {"wait_s", plan->stats.wait_s}, {"algo", (double)plan->cfg.algo});
     if (saved && s == CPA_OK) {
         saved->filled = 1;
         saved->docs_hash = plan->docs_hash;
@@ -504,7 +507,7 @@ cpa_status cpa_plan_set_documents(cpa_plan *plan, const int64_t *cu_seqlens, int
         s = cpa_mask_check(m, plan->cfg.seq_length);
     /* Every rank must pass the same documents: the check agrees on the
      * status and compares a hash of them (two collectives per call). */
-    CPA_TRY(agree(plan->comm, s));
+    CPA_TRY(cpa_cp_agree(plan->comm, s));
     const uint64_t h = docs_hash(m);
     long long v[4] = {(long long)(h >> 33), (long long)(h & 0x1ffffffffULL), 0, 0};
     v[2] = -v[0], v[3] = -v[1];
@@ -515,7 +518,7 @@ cpa_status cpa_plan_set_documents(cpa_plan *plan, const int64_t *cu_seqlens, int
                          "plan must pass the same documents");
     if (m.cu_seqlens && m.num_docs + 1 > plan->docs_cap) { /* grows only */
         int64_t *n = cpa_malloc(sizeof(int64_t) * (size_t)(m.num_docs + 1), "the plan's cu_seqlens");
-        CPA_TRY(agree(plan->comm, n ? CPA_OK : CPA_ERR_NOMEM));
+        CPA_TRY(cpa_cp_agree(plan->comm, n ? CPA_OK : CPA_ERR_NOMEM));
         cpa_free(plan->cu_seqlens);
         plan->cu_seqlens = n;
         plan->docs_cap = m.num_docs + 1;
@@ -545,12 +548,16 @@ cpa_status cpa_plan_backward(cpa_plan *plan, const cpa_plan_saved *saved, cpa_te
     CPA_TRY(check_local(plan, "dv", &dv, c->num_kv_heads, c->v_head_dim));
     CPA_TRY(check_saved(plan, saved, 1));
     double t0 = cpa_wtime();
+    const int64_t tt = cpa_trace_t0();
     /* A row with nothing to save (ring, all-gather) gets NULL either way. */
     cpa_status s = plan->row->backward(plan->state, saved ? saved->data : NULL, q, k, v, out, lse,
                                        dout, dq, dk, dv);
     note_outcome(plan, s);
     plan->row->stats(plan->state, &plan->stats);
     plan->stats.total_s = cpa_wtime() - t0;
+    CPA_TRACE_END(tt, "plan backward", CPA_TRACE_PLAN, CPA_TRACE_LANE_MAIN,
+                  {"bytes_sent", plan->stats.bytes_sent}, {"flops", plan->stats.flops},
+                  {"wait_s", plan->stats.wait_s}, {"algo", (double)plan->cfg.algo});
     return s;
 }
 

@@ -64,6 +64,7 @@
  */
 #include "cp_internal.h"
 #include "kernel_internal.h"
+#include "trace.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -465,7 +466,10 @@ static cpa_status halo_forward(cpa_ring *g, cpa_tensor q, cpa_tensor k, cpa_tens
     cpa_attn_desc d;
     cpa_piece qp[CPA_SPLIT_MAX_PIECES], kp[CPA_SPLIT_MAX_PIECES];
     own_desc(g, q, k, v, &d, qp, kp);
+    int64_t tt = cpa_trace_t0();
     cpa_status s = timed_forward(g, &d, out, lse);
+    CPA_TRACE_END(tt, "forward step", CPA_TRACE_COMPUTE, CPA_TRACE_LANE_MAIN, {"step", 1},
+                  {"owner", g->idx}, {"flops", g->flops});
     const int64_t lse_shape[3] = {g->B, g->H, g->Sq};
     cpa_tensor ob = cpa_tensor_attn(g->out_blk, g->layout, g->B, g->Sq, g->H, g->Dv);
     cpa_tensor lb = cpa_tensor_make(g->lse_blk, 3, lse_shape);
@@ -476,9 +480,14 @@ static cpa_status halo_forward(cpa_ring *g, cpa_tensor q, cpa_tensor k, cpa_tens
         halo_desc(g, side, q, &d, qp, &hp);
         if (cpa_attn_forward_flops(&d) == 0.0) /* nothing visible (documents) */
             continue;
+        const double f0 = g->flops;
+        tt = cpa_trace_t0();
         s = timed_forward(g, &d, ob, lb);
         if (s == CPA_OK)
             s = cpa_attn_merge(out, lse, ob, lb, d.q_rows);
+        CPA_TRACE_END(tt, "forward step", CPA_TRACE_COMPUTE, CPA_TRACE_LANE_MAIN,
+                      {"step", 2 + side}, {"owner", g->idx + (side ? 1 : -1)},
+                      {"flops", g->flops - f0});
     }
     if (s != CPA_OK)
         cpa_xfer_drain(&g->xfer);
@@ -496,10 +505,13 @@ static cpa_status halo_backward(cpa_ring *g, cpa_tensor q, cpa_tensor k, cpa_ten
     cpa_attn_desc d;
     cpa_piece qp[CPA_SPLIT_MAX_PIECES], kp[CPA_SPLIT_MAX_PIECES];
     own_desc(g, q, k, v, &d, qp, kp);
+    int64_t tt = cpa_trace_t0();
     double t0 = cpa_wtime();
     cpa_status s = cpa_attn_backward(g->ctx, &d, out, lse, dout, dq, dk, dv);
     g->compute_s += cpa_wtime() - t0;
     g->flops += 2.5 * cpa_attn_forward_flops(&d);
+    CPA_TRACE_END(tt, "backward step", CPA_TRACE_COMPUTE, CPA_TRACE_LANE_MAIN, {"step", 1},
+                  {"owner", g->idx}, {"flops", g->flops});
     const int64_t h = g->halo, hf = halo_floats(g);
     for (int side = 0; side < 2; ++side) { /* the halos' gradients into [4], [5] */
         if (!halo_arrived(g, hs[side], side, &s))
@@ -509,11 +521,15 @@ static cpa_status halo_backward(cpa_ring *g, cpa_tensor q, cpa_tensor k, cpa_ten
         cpa_piece hp;
         halo_desc(g, side, q, &d, qp, &hp);
         const double flops = cpa_attn_forward_flops(&d);
+        tt = cpa_trace_t0();
         t0 = cpa_wtime();
         if (flops > 0.0)
             s = cpa_attn_backward(g->ctx, &d, out, lse, dout, dq, halo_k(g, acc), halo_v(g, acc));
         g->compute_s += cpa_wtime() - t0;
         g->flops += 2.5 * flops;
+        CPA_TRACE_END(tt, "backward step", CPA_TRACE_COMPUTE, CPA_TRACE_LANE_MAIN,
+                      {"step", 2 + side}, {"owner", g->idx + (side ? 1 : -1)},
+                      {"flops", 2.5 * flops});
     }
     /* Each halo's dK/dV back to its owner; the neighbours' of my rows to me:
      * the next rank's left halo is my last rows, the previous rank's right
@@ -574,7 +590,11 @@ cpa_status cpa_ring_forward(cpa_ring *g, cpa_tensor q, cpa_tensor k, cpa_tensor 
         cpa_attn_desc d;
         cpa_piece qp[CPA_SPLIT_MAX_PIECES], kp[CPA_SPLIT_MAX_PIECES];
         own_desc(g, q, k, v, &d, qp, kp);
-        return timed_forward(g, &d, out, lse);
+        const int64_t tt = cpa_trace_t0();
+        cpa_status s = timed_forward(g, &d, out, lse);
+        CPA_TRACE_END(tt, "forward step", CPA_TRACE_COMPUTE, CPA_TRACE_LANE_MAIN, {"step", 1},
+                      {"owner", 0}, {"flops", g->flops});
+        return s;
     }
     if (g->halo > 0)
         return halo_forward(g, q, k, v, out, lse);
@@ -602,7 +622,12 @@ cpa_status cpa_ring_forward(cpa_ring *g, cpa_tensor q, cpa_tensor k, cpa_tensor 
                     break;
             }
             say_step(g, "forward", j * W + i + 1);
+            const int64_t tt = cpa_trace_t0();
+            const double f0 = g->flops;
             s = forward_block(g, FWD_BLOCK(j, i), g->kv[cur], first, q, out, lse);
+            CPA_TRACE_END(tt, "forward step", CPA_TRACE_COMPUTE, CPA_TRACE_LANE_MAIN,
+                          {"step", j * W + i + 1}, {"owner", FWD_BLOCK(j, i)},
+                          {"flops", g->flops - f0});
             first = 0;
             if (hi >= 0) {
                 cpa_status sw = cpa_xfer_wait(&g->xfer, hi);
@@ -657,10 +682,13 @@ cpa_status cpa_ring_backward(cpa_ring *g, cpa_tensor q, cpa_tensor k, cpa_tensor
         cpa_piece qp[CPA_SPLIT_MAX_PIECES], kp[CPA_SPLIT_MAX_PIECES];
         own_desc(g, q, k, v, &d, qp, kp);
         cpa_tensor_zero(dq), cpa_tensor_zero(dk), cpa_tensor_zero(dv);
+        const int64_t tt = cpa_trace_t0();
         double t0 = cpa_wtime();
         s = cpa_attn_backward(g->ctx, &d, out, lse, dout, dq, dk, dv);
         g->compute_s += cpa_wtime() - t0;
         g->flops += 2.5 * cpa_attn_forward_flops(&d);
+        CPA_TRACE_END(tt, "backward step", CPA_TRACE_COMPUTE, CPA_TRACE_LANE_MAIN, {"step", 1},
+                      {"owner", 0}, {"flops", g->flops});
         return s;
     }
     if (g->halo > 0)
@@ -702,6 +730,7 @@ cpa_status cpa_ring_backward(cpa_ring *g, cpa_tensor q, cpa_tensor k, cpa_tensor
             /* Gradients of the held block: dQ straight into dq; dK/dV into a
              * zeroed block accumulator (the first step: the one that travels). */
             say_step(g, "backward", step + 1);
+            const int64_t tt = cpa_trace_t0();
             float *blk = step == 0 ? g->dkv[acc] : g->dkv[0];
             const int owner = BWD_BLOCK(j, i);
             memset(blk, 0, sizeof(float) * (size_t)kv_of(g, owner));
@@ -715,6 +744,8 @@ cpa_status cpa_ring_backward(cpa_ring *g, cpa_tensor q, cpa_tensor k, cpa_tensor
                                       v_view(g, blk, owner));
             g->compute_s += cpa_wtime() - t0;
             g->flops += 2.5 * flops;
+            CPA_TRACE_END(tt, "backward step", CPA_TRACE_COMPUTE, CPA_TRACE_LANE_MAIN,
+                          {"step", step + 1}, {"owner", owner}, {"flops", 2.5 * flops});
             if (s != CPA_OK)
                 break;
             if (step > 0) { /* the accumulator of this block arrived in dkv[acc] */

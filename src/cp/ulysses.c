@@ -34,6 +34,7 @@
  */
 #include "cp_internal.h"
 #include "kernel_internal.h"
+#include "trace.h"
 
 #include <limits.h>
 #include <string.h>
@@ -267,6 +268,7 @@ static cpa_status alltoall(cpa_ulysses *x, int64_t unit, const int64_t *send_row
     if (rc0 != MPI_SUCCESS)
         return cpa_mpi_error(rc0, "MPI_Type_contiguous (Ulysses rows)");
     double t0 = cpa_wtime();
+    const int64_t tt = cpa_trace_t0();
     MPI_Request req;
     int rc1 = MPI_Ialltoallv(x->send, sc, sd, type, x->recv, rc, rd, type, x->comm, &req);
     MPI_Type_free(&type); /* freed types stay valid for pending operations */
@@ -277,6 +279,8 @@ static cpa_status alltoall(cpa_ulysses *x, int64_t unit, const int64_t *send_row
                         : cpa_mpi_error(rc1, "MPI_Ialltoallv");
     x->wait_s += cpa_wtime() - t0;
     x->bytes_sent += sent;
+    CPA_TRACE_END(tt, what, CPA_TRACE_ALLTOALL, CPA_TRACE_LANE_MAIN, {"bytes", sent},
+                  {"ranks", U});
     return st;
 }
 
@@ -357,10 +361,13 @@ cpa_status cpa_ulysses_forward(cpa_ulysses *x, float *saved, cpa_tensor q, cpa_t
     } else {
         cpa_attn_desc d;
         inner_desc(x, &st, &d);
+        const int64_t tt = cpa_trace_t0();
         double t0 = cpa_wtime();
         CPA_TRY(cpa_attn_forward(x->ctx, &d, st.out, st.lse));
         x->compute_s += cpa_wtime() - t0;
         x->flops += cpa_attn_forward_flops(&d);
+        CPA_TRACE_END(tt, "forward step", CPA_TRACE_COMPUTE, CPA_TRACE_LANE_MAIN, {"step", 1},
+                      {"owner", x->u}, {"flops", x->flops});
     }
     CPA_TRY(cpa_ulysses_heads_to_seq(x, st.out, x->q_heads, x->Hl, out, 0));
     return cpa_ulysses_heads_to_seq(x, lse_as_rows(st.lse), x->q_heads, x->Hl, lse_as_rows(lse),
@@ -390,10 +397,13 @@ cpa_status cpa_ulysses_backward(cpa_ulysses *x, const float *saved, cpa_tensor q
         cpa_attn_desc d;
         inner_desc(x, &st, &d);
         cpa_tensor_zero(dQ), cpa_tensor_zero(dK), cpa_tensor_zero(dV);
+        const int64_t tt = cpa_trace_t0();
         double t0 = cpa_wtime();
         CPA_TRY(cpa_attn_backward(x->ctx, &d, st.out, st.lse, dO, dQ, dK, dV));
         x->compute_s += cpa_wtime() - t0;
         x->flops += 2.5 * cpa_attn_forward_flops(&d);
+        CPA_TRACE_END(tt, "backward step", CPA_TRACE_COMPUTE, CPA_TRACE_LANE_MAIN, {"step", 1},
+                      {"owner", x->u}, {"flops", x->flops});
     }
     CPA_TRY(cpa_ulysses_heads_to_seq(x, dQ, x->q_heads, x->Hl, dq, 0));
     cpa_tensor_zero(dk), cpa_tensor_zero(dv); /* replicas of a KV head add up */

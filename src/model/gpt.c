@@ -589,6 +589,7 @@ static cpa_status tp_sum(cpa_gpt *m, float *x, int64_t n, const char *what)
 static cpa_status sp_allgather(cpa_gpt *m, const float *local, float *all, const char *what)
 {
     const double t0 = MPI_Wtime();
+    const int64_t tt = cpa_trace_begin();
     MPI_Request req;
     int rc = MPI_Iallgatherv(local ? local : MPI_IN_PLACE, m->sp_counts[m->tp_rank], MPI_FLOAT,
                              all, m->sp_counts, m->sp_displs, MPI_FLOAT, m->tp_comm, &req);
@@ -596,6 +597,8 @@ static cpa_status sp_allgather(cpa_gpt *m, const float *local, float *all, const
         return cpa_model_mpi_error(rc, "MPI_Iallgatherv");
     CPA_TRY(cpa_comm_wait(1, &req, "%s (TP all-gather of %lld rows)", what, (long long)m->N));
     tp_count(m, 4.0 * (double)(m->N * m->C), 1.0, t0);
+    cpa_trace_end(tt, "TP all-gather", CPA_TRACE_ALLGATHER, 0,
+                  (cpa_trace_arg[]){{"bytes", 4.0 * (double)(m->N * m->C)}}, 1);
     return CPA_OK;
 }
 
@@ -604,6 +607,7 @@ static cpa_status sp_allgather(cpa_gpt *m, const float *local, float *all, const
 static cpa_status sp_reduce_scatter(cpa_gpt *m, const float *all, float *local, const char *what)
 {
     const double t0 = MPI_Wtime();
+    const int64_t tt = cpa_trace_begin();
     MPI_Request req;
     int rc = MPI_Ireduce_scatter(all, local, m->sp_counts, MPI_FLOAT, MPI_SUM, m->tp_comm, &req);
     if (rc != MPI_SUCCESS)
@@ -611,6 +615,8 @@ static cpa_status sp_reduce_scatter(cpa_gpt *m, const float *all, float *local, 
     CPA_TRY(cpa_comm_wait(1, &req, "%s (TP reduce-scatter of %lld rows)", what,
                           (long long)m->N));
     tp_count(m, 4.0 * (double)(m->N * m->C), 1.0, t0);
+    cpa_trace_end(tt, "TP reduce-scatter", CPA_TRACE_ALLGATHER, 0,
+                  (cpa_trace_arg[]){{"bytes", 4.0 * (double)(m->N * m->C)}}, 1);
     return CPA_OK;
 }
 
@@ -980,11 +986,19 @@ static cpa_status attention_backward(cpa_gpt *m, cpa_plan_saved **saved, cpa_ten
  * backward recomputes the block).  res[l] and the slot's norms hold this
  * rank's Nl residual rows; the column-parallel matmuls take all N rows
  * (tp_rows_in) and the row-parallel ones give them back (tp_rows_out). */
+/* A span of the trace (cpattn.h, docs/trace.md) on the main track, with
+ * the layer as its argument: nothing when not recording. */
+static void trace_layer(int64_t t, const char *name, int64_t l)
+{
+    cpa_trace_end(t, name, CPA_TRACE_MODEL, 0, (cpa_trace_arg[]){{"layer", (double)l}}, 1);
+}
+
 static cpa_status block_forward(cpa_gpt *m, int64_t l, slot x, int count)
 {
     const int64_t N = m->N, Nl = m->Nl, C = m->C, HD = m->H * m->D;
     const float *in = m->a.res + l * Nl * C, *h, *o;
     float *out = m->a.res + (l + 1) * Nl * C;
+    const int64_t t_block = cpa_trace_begin(), t_att = cpa_trace_begin(); /* inside t_block */
     cpa_rmsnorm_forward(x.ln1, x.rstd1, in, m->p.ln1w + l * C, Nl, C, m->cfg.norm_eps);
     CPA_TRY(tp_rows_in(m, x.ln1, &h, "the QKV projection's input"));
     cpa_matmul_forward(x.qkv, h, m->p.qkvw + l * m->W * C, N, C, m->W);
@@ -1000,6 +1014,8 @@ static cpa_status block_forward(cpa_gpt *m, int64_t l, slot x, int count)
     cpa_matmul_forward(m->a.tmp, x.att, m->p.projw + l * C * HD, N, HD, C);
     CPA_TRY(tp_rows_out(m, m->a.tmp, &o, "the attention output projection"));
     cpa_residual_forward(x.resmid, in, o, Nl * C);
+    trace_layer(t_att, "attention", l);
+    const int64_t t_mlp = cpa_trace_begin();
     cpa_rmsnorm_forward(x.ln2, x.rstd2, x.resmid, m->p.ln2w + l * C, Nl, C, m->cfg.norm_eps);
     CPA_TRY(tp_rows_in(m, x.ln2, &h, "the MLP's input"));
     cpa_matmul_forward(x.fc1, h, m->p.fc1w + l * 2 * m->F * C, N, C, 2 * m->F);
@@ -1007,6 +1023,8 @@ static cpa_status block_forward(cpa_gpt *m, int64_t l, slot x, int count)
     cpa_matmul_forward(m->a.tmp, x.sw, m->p.fc2w + l * C * m->F, N, m->F, C);
     CPA_TRY(tp_rows_out(m, m->a.tmp, &o, "the MLP down projection"));
     cpa_residual_forward(out, x.resmid, o, Nl * C);
+    trace_layer(t_mlp, "MLP", l);
+    trace_layer(t_block, count ? "block forward" : "block forward (recomputed)", l);
     return CPA_OK;
 }
 
@@ -1018,6 +1036,7 @@ static cpa_status block_backward(cpa_gpt *m, int64_t l, slot x)
     const int64_t N = m->N, Nl = m->Nl, C = m->C, HD = m->H * m->D, F = m->F;
     acts *a = &m->a;
     const float *in = a->res + l * Nl * C, *dy, *h, *d;
+    const int64_t t_block = cpa_trace_begin(), t_mlp = cpa_trace_begin(); /* inside t_block */
     /* MLP branch: dres is the gradient of fc2's output rows. */
     CPA_TRY(tp_rows_in(m, a->dres, &dy, "the MLP down projection's output gradient"));
     memset(a->dsw, 0, sizeof(float) * (size_t)(N * F));
@@ -1031,6 +1050,8 @@ static cpa_status block_backward(cpa_gpt *m, int64_t l, slot x)
     CPA_TRY(tp_rows_out(m, a->dln, &d, "the MLP input gradient"));
     cpa_rmsnorm_backward(a->dres, m->g.ln2w + l * C, d, x.resmid, m->p.ln2w + l * C,
                          x.rstd2, Nl, C); /* dres is now d/d resmid */
+    trace_layer(t_mlp, "MLP backward", l);
+    const int64_t t_att = cpa_trace_begin();
     /* Attention branch. */
     CPA_TRY(tp_rows_in(m, a->dres, &dy, "the attention output projection's output gradient"));
     memset(a->datt, 0, sizeof(float) * (size_t)(N * HD));
@@ -1052,6 +1073,8 @@ static cpa_status block_backward(cpa_gpt *m, int64_t l, slot x)
                         N, C, m->W);
     CPA_TRY(tp_rows_out(m, a->dln, &d, "the QKV input gradient"));
     cpa_rmsnorm_backward(a->dres, m->g.ln1w + l * C, d, in, m->p.ln1w + l * C, x.rstd1, Nl, C);
+    trace_layer(t_att, "attention backward", l);
+    trace_layer(t_block, "block backward", l);
     return CPA_OK;
 }
 
@@ -1084,17 +1107,21 @@ static cpa_status step(cpa_gpt *m, const cpa_gpt_batch *batch, int64_t long_stri
     acts *a = &m->a;
     m->attn_fwd_flops = 0.0;
     take_shard(m, batch, long_stride);
+    int64_t tt = cpa_trace_begin();
     CPA_TRY(embedding_forward(m, a->res));
+    trace_layer(tt, "embedding", -1);
     for (int64_t l = 0; l < m->L; ++l)
         CPA_TRY(block_forward(m, l, slot_of(m, m->cfg.recompute ? 0 : l), 1));
     const int64_t Nl = m->Nl;
     const float *last = a->res + m->L * Nl * C;
+    tt = cpa_trace_begin();
     /* The final norm on this rank's rows, in place among all N rows of lnf. */
     cpa_rmsnorm_forward(a->lnf + m->n0 * C, a->rstdf, last, m->p.lnfw, Nl, C, m->cfg.norm_eps);
     if (m->sp)
         CPA_TRY(sp_allgather(m, NULL, a->lnf, "the LM head's input"));
     cpa_matmul_forward(a->logits, a->lnf, m->p.wte, N, C, m->Vv); /* [N, Vv]: my columns */
     CPA_TRY(tp_crossentropy_forward(m, a->logits, loss_sum));
+    trace_layer(tt, "LM head and loss", m->L);
     double ls = 0.0, lc = 0.0;
     for (int64_t n = 0; n < N; ++n)
         if (m->longf[n]) {
@@ -1108,6 +1135,7 @@ static cpa_status step(cpa_gpt *m, const cpa_gpt_batch *batch, int64_t long_stri
     if (!backward)
         return CPA_OK;
 
+    tt = cpa_trace_begin();
     tp_crossentropy_backward(m, a->dlogits, a->logits, loss_scale);
     memset(a->dln, 0, sizeof(float) * (size_t)(N * C));
     cpa_matmul_backward(a->dln, m->g.wte, a->dlogits, a->lnf, m->p.wte, N, C, m->Vv);
@@ -1115,12 +1143,16 @@ static cpa_status step(cpa_gpt *m, const cpa_gpt_batch *batch, int64_t long_stri
     CPA_TRY(tp_rows_out(m, a->dln, &d, "the LM head input gradient"));
     memset(a->dres, 0, sizeof(float) * (size_t)(Nl * C));
     cpa_rmsnorm_backward(a->dres, m->g.lnfw, d, last, m->p.lnfw, a->rstdf, Nl, C);
+    trace_layer(tt, "LM head backward", m->L);
     for (int64_t l = m->L - 1; l >= 0; --l) {
         if (m->cfg.recompute) /* rebuild this block's activations from its input */
             CPA_TRY(block_forward(m, l, slot_of(m, 0), 0));
         CPA_TRY(block_backward(m, l, slot_of(m, m->cfg.recompute ? 0 : l)));
     }
-    return embedding_backward(m, a->dres);
+    tt = cpa_trace_begin();
+    CPA_TRY(embedding_backward(m, a->dres));
+    trace_layer(tt, "embedding backward", -1);
+    return CPA_OK;
 }
 
 cpa_status cpa_gpt_step(cpa_gpt *m, const int32_t *sample, const uint8_t *long_range,
