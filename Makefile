@@ -1,11 +1,13 @@
-# Thin front for CMake/CTest.  `make`, `make test`, `make bench`, `make asan`,
+# Thin front for CMake/CTest.  `make`, `make test`, `make install PREFIX=...`, `make bench`, `make asan`,
 # `make fuzz` (FUZZ_SECONDS per harness, default 30).
 BUILD ?= build
 ASAN_BUILD ?= build-asan
 JOBS ?= $(shell nproc)
 CMAKE_FLAGS ?=
 
-.PHONY: all build test bench asan fuzz clean
+PREFIX ?= /usr/local
+
+.PHONY: all build test bench asan fuzz clean install
 
 all: build
 
@@ -15,6 +17,11 @@ build:
 
 test: build
 	cd $(BUILD) && ctest --output-on-failure -j $(JOBS)
+
+# Header, libcpattn.a/.so, the program, cpattn.pc, the CMake package and the
+# Python package under PREFIX (docs/install.md); DESTDIR is honoured.
+install: build
+	DESTDIR=$(DESTDIR) cmake --install $(BUILD) --prefix $(PREFIX)
 
 bench: build
 	$(BUILD)/cpattn bench kernel

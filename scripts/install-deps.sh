@@ -3,6 +3,8 @@
 # Safe to run again; needs root (or sudo) only when something is missing.
 #   scripts/install-deps.sh          what building and running cpattn needs
 #   scripts/install-deps.sh fuzz     also clang and libFuzzer (tests/fuzz)
+#   scripts/install-deps.sh python   also Debian's python3 with NumPy, mpi4py and PyTorch,
+#                                    and pkg-config (the install and Python tests)
 set -euo pipefail
 
 packages=(
@@ -13,7 +15,8 @@ packages=(
 for group in "$@"; do
   case "$group" in
     fuzz) packages+=(clang libclang-rt-14-dev) ;;  # libFuzzer + ASan/UBSan runtimes
-    *) echo "install-deps.sh: unknown group '$group' (known: fuzz)" >&2; exit 2 ;;
+    python) packages+=(python3 python3-numpy python3-mpi4py python3-torch pkgconf) ;;
+    *) echo "install-deps.sh: unknown group '$group' (known: fuzz, python)" >&2; exit 2 ;;
   esac
 done
 

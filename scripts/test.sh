@@ -7,6 +7,9 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh || exit 1
+# Debian's python3, NumPy, mpi4py, PyTorch and pkg-config: the install and
+# Python tests (install_consumer, python_*) need them and fail without.
+scripts/install-deps.sh python || echo "test.sh: the Python packages could not be installed; the python_* tests will fail"
 # clang and libFuzzer for the fuzz harnesses; without them those are skipped.
 fuzz_ok=1
 scripts/install-deps.sh fuzz || fuzz_ok=0

@@ -15,6 +15,7 @@ int cmd_algos(int argc, char **argv);
 int cmd_preprocess(int argc, char **argv);
 int cmd_trace_svg(int argc, char **argv); /* cmd_trace_svg.c: a trace's SVG timeline */
 int cmd_plan(int argc, char **argv);
+int cmd_export(int argc, char **argv); /* cmd_export.c: a checkpoint as a Hugging Face Llama folder */
 
 /* The subcommands' flag tables (args.h), for the argument-parser fuzz
  * harness (tests/fuzz/fuzz_args.c). */

@@ -26,6 +26,8 @@ static const struct {
                        "job's ranks (under mpiexec)"},
     {"algos", cmd_algos, "the context-parallel algorithms; with --context-parallel-size P, every valid configuration "
                          "with its memory and communication volume"},
+    {"export", cmd_export, "write a `train` checkpoint as a Hugging Face Llama model "
+                           "(model.safetensors + config.json)"},
     {"trace-svg", cmd_trace_svg, "draw a --trace JSON file as an SVG timeline (one lane per rank "
                                  "and track; docs/trace.md)"},
 };
