@@ -309,9 +309,7 @@ static cpa_status probe_collective(probe_ctx *pc, cpa_planner_calibration *cal, 
         l->bytes = sent;
         l->seconds = big;
         l->latency_s = small;
-        l->inter_host = 0;
-        for (int r = 0; r < pc->P; ++r)
-            l->inter_host |= pc->host[r] != pc->host[(r / group) * group];
+        l->inter_host = 0; /* some pair inside a group on two hosts */
         for (int r = 0; r < pc->P; ++r)
             for (int s = (r / group) * group; s < (r / group + 1) * group; ++s)
                 l->inter_host |= pc->host[r] != pc->host[s];
@@ -431,10 +429,12 @@ static int enumerate(const cpa_cp_config *base, cpa_plan_candidate *out, int cap
     c.window = 1, c.ulysses_degree = 1, c.send_recv_overlap = 0;
 #define ADD()                                             \
     do {                                                  \
-        if (n < cap && legal(&c)) {                       \
-            memset(&out[n], 0, sizeof out[n]);            \
-            out[n].config = c;                            \
-            cpa_plan_flags(&c, out[n].flags, sizeof out[n].flags); \
+        if (legal(&c)) { /* counted past cap: the caller refuses */ \
+            if (n < cap) {                                \
+                memset(&out[n], 0, sizeof out[n]);        \
+                out[n].config = c;                        \
+                cpa_plan_flags(&c, out[n].flags, sizeof out[n].flags); \
+            }                                             \
             ++n;                                          \
         }                                                 \
     } while (0)
@@ -662,7 +662,7 @@ static cpa_status predict(probe_ctx *pc, cpa_planner_calibration *cal, family *f
     if (sc.ring_steps > 0) {
         const int n = sc.ring_steps;
         double rf, rb, t;
-        CPA_TRY(ring_time(pc, cal, sc.U > 1 && c->algo == CPA_ALGO_HYBRID ? sc.U : 1, c->window,
+        CPA_TRY(ring_time(pc, cal, c->algo == CPA_ALGO_HYBRID ? sc.U : 1, c->window,
                           (int64_t)(sc.block_bytes / 4), f->fwd_s / n, f->bwd_s / n, e, &rf,
                           &rb, &t));
         fwd = rf, bwd = rb;
@@ -751,7 +751,8 @@ cpa_status cpa_planner_run(MPI_Comm comm, const cpa_cp_config *base,
     *candidates = NULL, *count = 0;
     memset(cal, 0, sizeof *cal);
     const double t0 = cpa_wtime();
-    const int iters = options && options->iters > 0 ? options->iters : 3;
+    int iters = options && options->iters > 0 ? options->iters : 3;
+    iters = iters < 64 ? iters : 64; /* run_config's medians hold 64 */
     const int validate = options ? options->validate : 0;
     probe_ctx pc = {.comm = comm, .reps = PROBE_REPS};
     MPI_Comm_rank(comm, &pc.rank);
@@ -762,9 +763,9 @@ cpa_status cpa_planner_run(MPI_Comm comm, const cpa_cp_config *base,
     if (b.cp_size != pc.P)
         return cpa_error(CPA_ERR_ARG, "--context-parallel-size %d but the planner's "
                          "communicator has %d ranks: they must be equal", b.cp_size, pc.P);
-    enum { CAP = 64 };
+    enum { CAP = 256 };
     cpa_plan_candidate *cand = cpa_calloc(CAP * sizeof *cand, "planner candidates");
-    family fam[8];
+    family fam[CAP]; /* at most one per candidate */
     int nfam = 0;
     pc.host = cpa_calloc(sizeof(int) * (size_t)pc.P, "planner hosts");
     /* Probe buffers: the largest block twice over, and the collectives' sizes. */
@@ -787,7 +788,10 @@ cpa_status cpa_planner_run(MPI_Comm comm, const cpa_cp_config *base,
     if (st == CPA_OK) {
         memset(pc.sbuf, 0, sizeof(float) * (size_t)cap);
         n = enumerate(&b, cand, CAP);
-        if (n == 0)
+        if (n > CAP)
+            st = cpa_error(CPA_ERR_ARG, "--context-parallel-size %d: %d legal configurations, "
+                           "more than the planner's %d", pc.P, n, (int)CAP);
+        else if (n == 0)
             st = cpa_error(CPA_ERR_ARG, "no context-parallel algorithm can run this problem "
                            "(H %lld, G %lld, P %d, TP %d): Ulysses needs H %% (TP*P) == 0, "
                            "the ring and all-gather a sequence the split accepts (S %lld)",
